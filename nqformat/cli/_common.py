@@ -1,0 +1,67 @@
+"""Shared CLI plumbing: errors for people (one line, non-zero exit, no traceback unless --debug)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from nqformat.errors import NQError, NQFormatError
+
+__all__ = ["EXIT_FAILED", "EXIT_INVALID_FILE", "EXIT_USAGE", "fail", "human_errors"]
+
+#: exit codes shared by every nqtool command
+EXIT_FAILED = 1  # the command ran but a check failed (verify) or an operation failed
+EXIT_USAGE = 2  # click's own code for bad arguments
+EXIT_INVALID_FILE = 3  # the input is not a valid .nq file (spec §11 error)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    """Print one line to stderr and exit with ``code``."""
+    click.echo(f"nqtool: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("debug"):
+            return True
+        ctx = ctx.parent
+    return bool(os.environ.get("NQTOOL_DEBUG"))
+
+
+def human_errors(func: F) -> F:
+    """Turn expected failures into one clear line; ``--debug``/NQTOOL_DEBUG=1 re-raises."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the point is to catch everything for people
+            if _debug():
+                raise
+            if isinstance(exc, NQFormatError):
+                fail(f"{exc} [{exc.code}]", EXIT_INVALID_FILE)
+            if isinstance(exc, NQError):
+                fail(str(exc))
+            if isinstance(exc, IsADirectoryError):
+                fail(f"{exc.filename}: is a directory, expected a file")
+            if isinstance(exc, FileNotFoundError):
+                fail(f"{exc.filename or exc}: no such file")
+            if isinstance(exc, PermissionError):
+                fail(f"{exc.filename or exc}: permission denied")
+            if isinstance(exc, KeyboardInterrupt):
+                fail("interrupted", 130)
+            fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return None
+
+    return wrapper  # type: ignore[return-value]
