@@ -12,12 +12,19 @@ import click
 
 from nqformat.errors import NQError, NQFormatError
 
-__all__ = ["EXIT_FAILED", "EXIT_INVALID_FILE", "EXIT_USAGE", "fail", "human_errors"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INVALID_FILE",
+    "EXIT_USAGE",
+    "fail",
+    "human_errors",
+    "require_file",
+]
 
 #: exit codes shared by every nqtool command
-EXIT_FAILED = 1  # the command ran but a check failed (verify) or an operation failed
+EXIT_FAILED = 1  # the command could not do its job (missing input, refused overwrite, ...)
 EXIT_USAGE = 2  # click's own code for bad arguments
-EXIT_INVALID_FILE = 3  # the input is not a valid .nq file (spec §11 error)
+EXIT_INVALID_FILE = 3  # the input is not a valid .nq file (spec §11 error; verify's deep checks)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,6 +33,14 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
     """Print one line to stderr and exit with ``code``."""
     click.echo(f"nqtool: error: {message}", err=True)
     sys.exit(code)
+
+
+def require_file(path: os.PathLike[str] | str) -> None:
+    """Fail with one line when ``path`` is missing or not a regular file (before opening it)."""
+    if not os.path.exists(path):
+        fail(f"{path}: no such file")
+    if os.path.isdir(path):
+        fail(f"{path}: is a directory, expected a .nq file")
 
 
 def _debug() -> bool:
@@ -46,7 +61,7 @@ def human_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
-        except Exception as exc:  # noqa: BLE001 - the point is to catch everything for people
+        except Exception as exc:
             if _debug():
                 raise
             if isinstance(exc, NQFormatError):
@@ -54,7 +69,7 @@ def human_errors(func: F) -> F:
             if isinstance(exc, NQError):
                 fail(str(exc))
             if isinstance(exc, IsADirectoryError):
-                fail(f"{exc.filename}: is a directory, expected a file")
+                fail(f"{exc.filename or 'input'}: is a directory, expected a file")
             if isinstance(exc, FileNotFoundError):
                 fail(f"{exc.filename or exc}: no such file")
             if isinstance(exc, PermissionError):

@@ -1,0 +1,389 @@
+"""``nqtool eval``: top-1/top-5 of the part-bit and full-bit models on an ImageFolder tree.
+
+torch, torchvision and the runtime are imported inside the command only, so the rest of nqtool
+stays torch-free. The preprocessing is the one the file's META records for its source model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import click
+
+from nqformat.cli._common import EXIT_USAGE, fail, human_errors, require_file
+
+__all__ = [
+    "EvalResult",
+    "Preprocess",
+    "eval_cmd",
+    "imagenet_synset_index",
+    "parse_class_index",
+    "preprocess_from_meta",
+]
+
+#: the standard ImageNet evaluation transform (pytorchcv, torchvision): resize the shorter side
+#: to 256 (= 224 / 0.875), bilinear, centre-crop 224, normalise with the ImageNet mean and std.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_INPUT_SIZE = 224
+DEFAULT_CROP_PCT = 0.875
+DEFAULT_INTERPOLATION = "bilinear"
+TOPK = (1, 5)
+#: --limit draws its images with this seed, so a limited run is the same every time.
+LIMIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Evaluation transform: resize shorter side to floor(size / crop_pct), centre-crop, normalise.
+
+    This is timm's eval transform for ``crop_mode="center"`` and pytorchcv's standard one.
+    """
+
+    input_size: int = DEFAULT_INPUT_SIZE
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = DEFAULT_INTERPOLATION
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    source: str = "default (ImageNet standard: resize 256 bilinear, crop 224)"
+
+    @property
+    def resize(self) -> int:
+        return math.floor(self.input_size / self.crop_pct)
+
+    def transform(self) -> Any:
+        from torchvision import transforms
+
+        modes = {
+            "bilinear": transforms.InterpolationMode.BILINEAR,
+            "bicubic": transforms.InterpolationMode.BICUBIC,
+            "nearest": transforms.InterpolationMode.NEAREST,
+        }
+        return transforms.Compose(
+            [
+                transforms.Resize(self.resize, interpolation=modes[self.interpolation]),
+                transforms.CenterCrop(self.input_size),
+                transforms.ToTensor(),
+                transforms.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def describe(self) -> str:
+        mean = ", ".join(f"{m:.3f}" for m in self.mean)
+        std = ", ".join(f"{s:.3f}" for s in self.std)
+        return (
+            f"resize {self.resize} {self.interpolation}, centre crop {self.input_size}, "
+            f"mean ({mean}) std ({std})  [{self.source}]"
+        )
+
+
+def _find_data_config(meta: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str]:
+    model = meta.get("model")
+    model = model if isinstance(model, dict) else {}
+    candidates = [
+        ("model.data_config", model.get("data_config")),
+        ("model.preprocess", model.get("preprocess")),
+        ("preprocess", meta.get("preprocess")),
+    ]
+    for where, value in candidates:
+        if isinstance(value, dict):
+            return value, where
+    return None, ""
+
+
+def preprocess_from_meta(meta: Mapping[str, Any]) -> Preprocess:
+    """The transform META records (timm data-config keys), else the ImageNet standard one."""
+    config, where = _find_data_config(meta)
+    if config is None:
+        return Preprocess()
+    size = config.get("input_size", DEFAULT_INPUT_SIZE)
+    if isinstance(size, Sequence):  # timm: (channels, height, width)
+        height, width = int(size[-2]), int(size[-1])
+        if height != width:
+            raise click.ClickException(
+                f"META {where}.input_size {list(size)} is not square; eval supports square crops"
+            )
+        size = height
+    crop_mode = config.get("crop_mode", "center")
+    if crop_mode != "center":
+        raise click.ClickException(
+            f"META {where}.crop_mode is {crop_mode!r}; eval implements 'center' only"
+        )
+    interpolation = str(config.get("interpolation", DEFAULT_INTERPOLATION))
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        raise click.ClickException(f"META {where}.interpolation {interpolation!r} is not supported")
+    mean = tuple(float(x) for x in config.get("mean", IMAGENET_MEAN))
+    std = tuple(float(x) for x in config.get("std", IMAGENET_STD))
+    if len(mean) != 3 or len(std) != 3:
+        raise click.ClickException(f"META {where}: mean and std need 3 values (RGB)")
+    return Preprocess(
+        input_size=int(size),
+        crop_pct=float(config.get("crop_pct", DEFAULT_CROP_PCT)),
+        interpolation=interpolation,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        source=f"META {where}",
+    )
+
+
+def parse_class_index(path: pathlib.Path) -> dict[str, int]:
+    """Folder name -> class index, from JSON ``{name: index}`` or a text file of names in order.
+
+    A text file has one name per line (blank lines and ``#`` comments skipped); line i is index i.
+    """
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{path}: not valid JSON ({exc})") from exc
+        bad = [k for k, v in data.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+        if bad:
+            raise click.ClickException(
+                f"{path}: class indices must be non-negative integers (bad: {bad[:3]})"
+            )
+        return dict(data)
+    names = [line.strip() for line in text.splitlines()]
+    names = [name for name in names if name and not name.startswith("#")]
+    if not names:
+        raise click.ClickException(f"{path}: no class names found")
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in index:
+            raise click.ClickException(f"{path}: class {name!r} is listed twice")
+        index[name] = i
+    return index
+
+
+def imagenet_synset_index() -> dict[str, int]:
+    """WordNet synset id (n01440764, ...) -> standard ImageNet-1k index, from timm (offline)."""
+    from timm.data import ImageNetInfo
+
+    return {name: i for i, name in enumerate(ImageNetInfo().label_names())}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    mode: str
+    images: int
+    top1: int
+    top5: int
+    seconds: float
+
+    @property
+    def top1_acc(self) -> float:
+        return self.top1 / self.images if self.images else 0.0
+
+    @property
+    def top5_acc(self) -> float:
+        return self.top5 / self.images if self.images else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "top1_acc": self.top1_acc, "top5_acc": self.top5_acc}
+
+
+def _dataset(data: pathlib.Path, preprocess: Preprocess, mapping: dict[str, int] | None) -> Any:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        dataset = ImageFolder(str(data), transform=preprocess.transform())
+    except FileNotFoundError as exc:
+        raise click.ClickException(
+            f"{data}: no images in ImageFolder layout (DIR/<class>/<image>) ({exc})"
+        ) from exc
+    if mapping is not None:
+        missing = [c for c in dataset.classes if c not in mapping]
+        if missing:
+            raise click.ClickException(
+                f"{len(missing)} folder(s) of {data} are not in the class index, e.g. "
+                f"{', '.join(missing[:5])}"
+            )
+        remap = [mapping[c] for c in dataset.classes]
+        dataset.target_transform = remap.__getitem__
+    return dataset
+
+
+def _run(model: Any, loader: Any, mode: str, num_images: int) -> EvalResult:
+    import torch
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    top1 = top5 = seen = 0
+    start = time.perf_counter()
+    columns = (
+        TextColumn(f"[bold]{mode:>4}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("top-1 {task.fields[acc]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress, torch.inference_mode():
+        task = progress.add_task(mode, total=num_images, acc="-")
+        for images, targets in loader:
+            logits = model(images)
+            if logits.ndim != 2:
+                raise click.ClickException(
+                    f"the model returned shape {tuple(logits.shape)}, expected (batch, classes)"
+                )
+            classes = logits.shape[1]
+            if int(targets.max()) >= classes:
+                raise click.ClickException(
+                    f"class index {int(targets.max())} but the model has {classes} classes; "
+                    "check --class-index / --imagenet-synsets"
+                )
+            k = min(max(TOPK), classes)
+            best = logits.topk(k, dim=1).indices
+            hits = best == targets[:, None]
+            top1 += int(hits[:, :1].any(dim=1).sum())
+            top5 += int(hits.any(dim=1).sum())
+            seen += len(targets)
+            progress.update(task, advance=len(targets), acc=f"{100 * top1 / seen:.1f}%")
+    return EvalResult(mode, seen, top1, top5, time.perf_counter() - start)
+
+
+@click.command("eval")
+@click.argument("file", type=click.Path(path_type=pathlib.Path))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path),
+    help="ImageFolder tree: DIR/<class folder>/<image>.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["part", "full", "both"]),
+    default="both",
+    show_default=True,
+    help="Which model to evaluate; 'both' switches part -> full in place.",
+)
+@click.option(
+    "--class-index",
+    type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+    help="Folder name -> model class index: JSON {name: index} or a text file of names in order.",
+)
+@click.option(
+    "--imagenet-synsets",
+    is_flag=True,
+    help="Folders are ImageNet synset ids (n01440764, ...): map them to the standard 0..999.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Evaluate N images drawn with a fixed seed (the same N every run).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+@human_errors
+def eval_cmd(
+    file: pathlib.Path,
+    data: pathlib.Path,
+    mode: str,
+    class_index: pathlib.Path | None,
+    imagenet_synsets: bool,
+    batch_size: int,
+    workers: int,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Measure top-1 and top-5 of FILE's part-bit and/or full-bit model on images in DATA.
+
+    DATA is an ImageFolder tree. Its folders are indexed in sorted order unless --class-index or
+    --imagenet-synsets says how they map to the model's classes (needed for any subset of
+    ImageNet). The preprocessing is the one recorded in the file's META.
+    """
+    import nqformat
+
+    require_file(file)
+    if class_index is not None and imagenet_synsets:
+        fail("give --class-index or --imagenet-synsets, not both", EXIT_USAGE)
+    with nqformat.open(file) as f:
+        meta = f.metadata
+        part_only = f.part_only
+    if part_only and mode != "part":
+        fail(f"{file} is a part-bit-only file (LOW absent): only --mode part can run")
+    preprocess = preprocess_from_meta(meta)
+    if class_index is not None:
+        mapping: dict[str, int] | None = parse_class_index(class_index)
+    elif imagenet_synsets:
+        mapping = imagenet_synset_index()
+    else:
+        mapping = None
+
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    import nqformat.torch as nqtorch
+
+    dataset = _dataset(data, preprocess, mapping)
+    total = len(dataset)
+    if limit is not None and limit < total:
+        generator = torch.Generator().manual_seed(LIMIT_SEED)
+        indices = torch.randperm(total, generator=generator)[:limit].sort().values.tolist()
+        dataset = Subset(dataset, indices)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    num_images = len(dataset)
+    err = click.get_text_stream("stderr")
+    if not as_json:
+        click.echo(f"data: {num_images} images in {len(_classes(dataset))} folders of {data}")
+        click.echo(f"preprocessing: {preprocess.describe()}")
+        if mapping is None:
+            click.echo("class index: folders in sorted order -> 0..k-1 (no --class-index given)")
+    if meta.get("model", {}).get("random_init") is True:
+        click.echo(
+            "WARNING: the file holds randomly initialised weights; accuracy is meaningless",
+            file=err,
+        )
+
+    results: list[EvalResult] = []
+    switch_info: dict[str, Any] | None = None
+    first = "full" if mode == "full" else "part"
+    model = nqtorch.load(file, mode=first)
+    model.eval()
+    results.append(_run(model, loader, first, num_images))
+    if mode == "both":
+        report = nqtorch.switch(model, "full")
+        switch_info = _switch_dict(report)
+        results.append(_run(model, loader, "full", num_images))
+
+    if as_json:
+        out = {
+            "file": str(file),
+            "data": str(data),
+            "images": num_images,
+            "preprocess": asdict(preprocess),
+            "results": {r.mode: r.to_dict() for r in results},
+            "switch": switch_info,
+        }
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    for r in results:
+        click.echo(
+            f"{r.mode:>4}  top-1 {100 * r.top1_acc:6.2f}% ({r.top1}/{r.images})  "
+            f"top-5 {100 * r.top5_acc:6.2f}% ({r.top5}/{r.images})  {r.seconds:.1f} s"
+        )
+    if switch_info is not None:
+        click.echo(f"switch part -> full: {switch_info}")
+
+
+def _classes(dataset: Any) -> list[str]:
+    base = getattr(dataset, "dataset", dataset)
+    return list(base.classes)
+
+
+def _switch_dict(report: Any) -> dict[str, Any]:
+    try:
+        return asdict(report)
+    except TypeError:
+        return {"report": repr(report)}
