@@ -1,0 +1,855 @@
+"""Lazy reader of ``.nq`` files (spec ``spec/nq-v1.md``): numpy + stdlib, zstandard lazily.
+
+``open(path)`` reads the preamble and header only and validates them in the order of spec §11
+with exact integer arithmetic against the real file size before anything else is allocated.
+Blob bytes are reached through :class:`_Source`, one read-only mmap of ``[DATA.offset,
+part_end)`` and, only when the LOW section is paged in, a second one of LOW; it counts every
+byte requested so that tests can prove the part-bit model never touches LOW.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import mmap
+import os
+import pathlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from nqformat import bitpack
+from nqformat.container import spec
+from nqformat.container.spec import (
+    BlobRef,
+    Codec,
+    DType,
+    IncompatFlag,
+    Kind,
+    Preamble,
+    Section,
+    TensorRecord,
+)
+from nqformat.errors import (
+    BadMagicError,
+    ChecksumError,
+    DuplicateNameError,
+    InvalidHeaderError,
+    InvalidNameError,
+    LayoutError,
+    LimitError,
+    MetadataError,
+    NQError,
+    PartOnlyError,
+    TruncatedError,
+    UnsupportedFeatureError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "ChannelParams",
+    "NQFile",
+    "SectionInfo",
+    "TensorInfo",
+    "TensorNotFoundError",
+    "open",
+    "parse_header",
+]
+
+
+class TensorNotFoundError(NQError, KeyError):
+    """No tensor of that name in the file (also a KeyError)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the INDEX says about one tensor (§4)."""
+
+    name: str
+    kind: Kind
+    dtype: DType
+    shape: tuple[int, ...]
+    numel: int
+    data: BlobRef
+    high: BlobRef
+    low: BlobRef
+    index: int
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        """dtype of ``NQFile.read``: float32 for NESTED, the stored dtype for RAW (BF16 as
+        uint16 bit patterns)."""
+        return np.dtype(np.float32) if self.kind is Kind.NESTED else self.dtype.np_dtype
+
+
+@dataclass(frozen=True)
+class ChannelParams:
+    """Per-output-channel dequantization parameters of a NESTED tensor (§7.2)."""
+
+    scale_full: np.ndarray
+    offset_full: np.ndarray
+    scale_part: np.ndarray
+    offset_part: np.ndarray
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    """One section table entry (§3.2), with its name."""
+
+    name: str
+    offset: int
+    length: int
+    crc: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """A validated preamble and header (§3-§6): everything ``open`` learns before data."""
+
+    preamble: Preamble
+    tensors: tuple[TensorInfo, ...]
+    metadata: dict[str, Any]
+    header_end: int
+    part_only: bool
+
+
+# --- validation, spec §11 ----------------------------------------------------------------------
+
+
+def _check_preamble(buf: bytes, size: int) -> Preamble:
+    """Steps 1-9 of §11 on the 256-byte preamble and the real file ``size``."""
+    if size < spec.PREAMBLE_SIZE or len(buf) < spec.PREAMBLE_SIZE:
+        raise TruncatedError(
+            f"file is {size} bytes; a .nq file has at least the {spec.PREAMBLE_SIZE}-byte "
+            "preamble (§3.1)"
+        )
+    if buf[:8] != spec.MAGIC:
+        raise BadMagicError(f"magic is {bytes(buf[:8])!r}, expected {spec.MAGIC!r} (§3.1)")
+    pre = Preamble.unpack(buf)
+    if pre.version_major != spec.VERSION_MAJOR:
+        raise UnsupportedVersionError(
+            f"format version {pre.version_major}.{pre.version_minor}; this reader implements "
+            f"major version {spec.VERSION_MAJOR} (§12)"
+        )
+    actual = spec.crc32(buf[: spec.PREAMBLE_CRC_OFFSET])
+    if actual != pre.crc:
+        raise ChecksumError(f"preamble_crc is {pre.crc:#010x}, computed {actual:#010x} (§3.1)")
+    unknown = pre.incompat_flags & ~IncompatFlag.known_mask()
+    if unknown:
+        raise UnsupportedFeatureError(
+            f"incompat_flags has unknown bits {unknown:#x}; this reader cannot read the file (§3.3)"
+        )
+    if not (spec.MIN_N <= pre.n <= spec.MAX_N and spec.MIN_H <= pre.h <= pre.n - 1):
+        raise InvalidHeaderError(f"need 2 <= n <= 8 and 1 <= h <= n-1, got n={pre.n}, h={pre.h}")
+    # step 7: limits, before any arithmetic that a C reader could overflow
+    if pre.tensor_count > spec.MAX_TENSOR_COUNT:
+        raise LimitError(f"tensor_count {pre.tensor_count} exceeds {spec.MAX_TENSOR_COUNT} (§10)")
+    for which, entry in zip(Section, pre.sections, strict=True):
+        for what, value in (("offset", entry.offset), ("length", entry.length)):
+            if value > spec.MAX_OFFSET:
+                raise LimitError(f"{which.name}.{what} {value} exceeds 2^63-1 (§10)")
+    for what, value in (("part_end", pre.part_end), ("full_end", pre.full_end)):
+        if value > spec.MAX_OFFSET:
+            raise LimitError(f"{what} {value} exceeds 2^63-1 (§10)")
+    meta_len = pre.sections[Section.META].length
+    if meta_len > spec.MAX_META_LENGTH:
+        raise LimitError(f"META.length {meta_len} exceeds 16 MiB (§10)")
+    header_end = (
+        spec.INDEX_OFFSET
+        + spec.RECORD_SIZE * pre.tensor_count
+        + pre.sections[Section.NAMES].length
+        + meta_len
+    )
+    if header_end > spec.MAX_HEADER_END:
+        raise LimitError(f"header_end {header_end} exceeds 256 MiB (§10)")
+    # step 8: the canonical layout (§3.2)
+    expected = _canonical_offsets(pre)
+    for which, entry in zip(Section, pre.sections, strict=True):
+        if which is Section.INDEX and entry.length != spec.RECORD_SIZE * pre.tensor_count:
+            raise LayoutError(
+                f"INDEX.length is {entry.length}, expected 160 * tensor_count = "
+                f"{spec.RECORD_SIZE * pre.tensor_count} (§3.2)"
+            )
+        if entry.offset != expected[which]:
+            raise LayoutError(
+                f"{which.name}.offset is {entry.offset}, expected {expected[which]} (§3.2)"
+            )
+    part_end = pre.sections[Section.HIGH].end
+    full_end = pre.sections[Section.LOW].end
+    if pre.part_end != part_end:
+        raise LayoutError(f"part_end is {pre.part_end}, expected HIGH end {part_end} (§3.2)")
+    if pre.full_end != full_end:
+        raise LayoutError(f"full_end is {pre.full_end}, expected LOW end {full_end} (§3.2)")
+    # step 9: the real size
+    if size < header_end or size < part_end:
+        raise TruncatedError(
+            f"file is {size} bytes but its part-bit prefix needs {part_end} (§9); it was cut short"
+        )
+    if size > full_end:
+        raise LayoutError(
+            f"file is {size} bytes, {size - full_end} more than full_end {full_end}: nothing "
+            "may follow the LOW section (§9)"
+        )
+    return pre
+
+
+def _canonical_offsets(pre: Preamble) -> dict[Section, int]:
+    s = pre.sections
+    index_off = spec.INDEX_OFFSET
+    names_off = index_off + s[Section.INDEX].length
+    meta_off = names_off + s[Section.NAMES].length
+    header_end = meta_off + s[Section.META].length
+    data_off = spec.align(header_end, spec.SECTION_ALIGN)
+    high_off = spec.align(data_off + s[Section.DATA].length, spec.SECTION_ALIGN)
+    low_off = spec.align(high_off + s[Section.HIGH].length, spec.SECTION_ALIGN)
+    return {
+        Section.INDEX: index_off,
+        Section.NAMES: names_off,
+        Section.META: meta_off,
+        Section.DATA: data_off,
+        Section.HIGH: high_off,
+        Section.LOW: low_off,
+    }
+
+
+def _check_header_crcs(pre: Preamble, header: bytes) -> None:
+    """Step 10: CRCs of INDEX, NAMES, META; ``header`` holds file bytes [0, header_end)."""
+    for which in (Section.INDEX, Section.NAMES, Section.META):
+        entry = pre.sections[which]
+        actual = spec.crc32(header[entry.offset : entry.end])
+        if actual != entry.crc:
+            raise ChecksumError(
+                f"{which.name} CRC is {entry.crc:#010x}, computed {actual:#010x} (§3.2)"
+            )
+
+
+def _numel(dims: tuple[int, ...]) -> int:
+    """Exact element count; LimitError over 2^48 (§10), independent of the order of dims."""
+    if any(d > spec.MAX_NUMEL for d in dims):
+        raise LimitError(f"dimension in {dims} exceeds 2^48 (§10)")
+    numel = 1
+    for d in dims:
+        numel *= d
+    if numel > spec.MAX_NUMEL:
+        raise LimitError(f"shape {dims} has {numel} elements, more than 2^48 (§10)")
+    return numel
+
+
+def _check_records(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
+    """Step 11: every INDEX record, in order."""
+    index_off = pre.sections[Section.INDEX].offset
+    names = pre.sections[Section.NAMES]
+    flags_zstd = bool(pre.incompat_flags & IncompatFlag.ZSTD)
+    cursors = {
+        which: pre.sections[which].offset for which in (Section.DATA, Section.HIGH, Section.LOW)
+    }
+    name_cursor = 0
+    seen: set[bytes] = set()
+    any_zstd = False
+    infos: list[TensorInfo] = []
+    for i in range(pre.tensor_count):
+        start = index_off + i * spec.RECORD_SIZE
+        rec = TensorRecord.unpack(header[start : start + spec.RECORD_SIZE])
+        where = f"record {i}"
+        blobs = {Section.DATA: rec.data, Section.HIGH: rec.high, Section.LOW: rec.low}
+        # 11a: reserved bytes and enumerated fields
+        if any(rec.reserved) or any(any(b.reserved) for b in blobs.values()):
+            raise InvalidHeaderError(f"{where}: reserved bytes are not zero (§4)")
+        if rec.kind not in (Kind.RAW, Kind.NESTED):
+            raise InvalidHeaderError(f"{where}: kind {rec.kind} is not 0 (RAW) or 1 (NESTED)")
+        kind = Kind(rec.kind)
+        if rec.dtype not in DType._value2member_map_:
+            raise InvalidHeaderError(f"{where}: dtype code {rec.dtype} is not defined (§4.1)")
+        dtype = DType(rec.dtype)
+        if kind is Kind.NESTED and not dtype.is_float:
+            raise InvalidHeaderError(f"{where}: NESTED dtype must be a float, got {dtype.name}")
+        if rec.ndim > spec.MAX_DIMS:
+            raise InvalidHeaderError(f"{where}: ndim {rec.ndim} exceeds 8 (§4)")
+        if kind is Kind.NESTED and rec.ndim == 0:
+            raise InvalidHeaderError(f"{where}: a NESTED tensor needs ndim >= 1 (§4)")
+        if any(rec.dims[rec.ndim :]):
+            raise InvalidHeaderError(f"{where}: dims past ndim={rec.ndim} are not zero (§4)")
+        used = (Section.DATA, Section.HIGH, Section.LOW) if kind is Kind.NESTED else (Section.DATA,)
+        if kind is Kind.RAW and not (rec.high.is_zero() and rec.low.is_zero()):
+            raise InvalidHeaderError(f"{where}: a RAW record's high/low references must be zero")
+        for which in used:
+            codec = blobs[which].codec
+            if codec > Codec.ZSTD:
+                raise UnsupportedFeatureError(f"{where}: {which.name} blob codec {codec} (§8)")
+            if codec == Codec.ZSTD:
+                if not flags_zstd:
+                    raise InvalidHeaderError(
+                        f"{where}: {which.name} blob is zstd but incompat flag ZSTD is clear (§3.3)"
+                    )
+                any_zstd = True
+        # 11b: element count
+        shape = rec.shape
+        numel = _numel(shape)
+        # 11c: name
+        if not 1 <= rec.name_length <= spec.MAX_NAME_LENGTH:
+            raise InvalidNameError(f"{where}: name_length {rec.name_length} not in 1..1024 (§5)")
+        if rec.name_offset != name_cursor or name_cursor + rec.name_length > names.length:
+            raise LayoutError(
+                f"{where}: name at [{rec.name_offset}, +{rec.name_length}) but expected offset "
+                f"{name_cursor} inside NAMES of {names.length} bytes (§5)"
+            )
+        raw_name = header[names.offset + name_cursor : names.offset + name_cursor + rec.name_length]
+        name_cursor += rec.name_length
+        try:
+            name = raw_name.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise InvalidNameError(f"{where}: name is not valid UTF-8 ({exc.reason})") from None
+        if raw_name in seen:
+            raise DuplicateNameError(f"{where}: duplicate tensor name {name!r} (§5)")
+        seen.add(raw_name)
+        # 11d: blob placement and lengths (§4.2, §7.1, §8)
+        for which in used:
+            ref = blobs[which]
+            expect_off = spec.align(cursors[which], spec.BLOB_ALIGN)
+            raw_len = spec.raw_blob_length(kind, which, dtype, shape, pre.n, pre.h)
+            if ref.offset != expect_off:
+                raise LayoutError(
+                    f"{where} {name!r}: {which.name} blob at {ref.offset}, expected {expect_off} "
+                    "(§7.1)"
+                )
+            if ref.codec == Codec.NONE and ref.length != raw_len:
+                raise LayoutError(
+                    f"{where} {name!r}: {which.name} blob is {ref.length} bytes, expected "
+                    f"{raw_len} (§4.2)"
+                )
+            if ref.codec == Codec.ZSTD and not 1 <= ref.length <= spec.max_zstd_length(raw_len):
+                raise LayoutError(
+                    f"{where} {name!r}: zstd {which.name} blob of {ref.length} bytes for "
+                    f"{raw_len} raw bytes (§8)"
+                )
+            section = pre.sections[which]
+            if ref.end > section.end:
+                raise LayoutError(
+                    f"{where} {name!r}: {which.name} blob ends at {ref.end}, past the section "
+                    f"end {section.end} (§7.1)"
+                )
+            cursors[which] = ref.end
+        infos.append(
+            TensorInfo(name, kind, dtype, shape, numel, rec.data, rec.high, rec.low, index=i)
+        )
+    if name_cursor != names.length:
+        raise LayoutError(f"NAMES is {names.length} bytes but the names use {name_cursor} (§5)")
+    for which, cursor in cursors.items():
+        section = pre.sections[which]
+        if cursor != section.end:
+            raise LayoutError(
+                f"{which.name} section ends at {section.end} but its last blob ends at {cursor} "
+                "(§7.1)"
+            )
+    if flags_zstd and not any_zstd:
+        raise InvalidHeaderError("incompat flag ZSTD is set but no blob is compressed (§3.3)")
+    return tuple(infos)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _check_meta(raw: bytes) -> dict[str, Any]:
+    """Step 12: META is a UTF-8 JSON object, no duplicate keys, depth <= 64 (§6)."""
+    try:
+        text = raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"META is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    # Depth first, without recursion: brackets outside strings, as a running sum.
+    skeleton = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
+    steps = (
+        (skeleton == ord("{")).astype(np.int64)
+        + (skeleton == ord("["))
+        - (skeleton == ord("}"))
+        - (skeleton == ord("]"))
+    )
+    if steps.size and int(np.cumsum(steps).max()) > spec.MAX_META_DEPTH:
+        raise MetadataError(f"META nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj:
+                raise MetadataError(f"META has duplicate key {key!r} (§6)")
+            obj[key] = value
+        return obj
+
+    def no_constant(name: str) -> Any:
+        raise MetadataError(f"META contains {name}, which is not JSON (RFC 8259)")
+
+    try:
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=no_constant)
+    except MetadataError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise MetadataError(f"META is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MetadataError(f"META must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_header(preamble: bytes, read: Any, size: int) -> Header:
+    """Validate preamble and header (§11 steps 1-12). ``read(offset, length)`` returns file
+    bytes; it is called once, for ``[0, header_end)``, after every size was checked."""
+    pre = _check_preamble(preamble, size)
+    header_end = pre.sections[Section.META].end
+    header = bytes(read(0, header_end))
+    if len(header) != header_end:
+        raise TruncatedError(f"could read only {len(header)} of {header_end} header bytes")
+    _check_header_crcs(pre, header)
+    tensors = _check_records(pre, header)
+    meta = pre.sections[Section.META]
+    metadata = _check_meta(header[meta.offset : meta.end])
+    return Header(pre, tensors, metadata, header_end, part_only=size < pre.full_end)
+
+
+# --- file access -------------------------------------------------------------------------------
+
+
+class _Source:
+    """The reader's only access to file bytes: preads, plus read-only mmaps of whole ranges.
+
+    ``bytes_read`` sums every byte requested; ``max_end`` is the furthest offset requested.
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            self.size = os.fstat(self._fd).st_size
+        except OSError:
+            os.close(self._fd)
+            raise
+        self._maps: dict[str, tuple[int, int, mmap.mmap | memoryview]] = {}
+        self.bytes_read = 0
+        self.max_end = 0
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self._count(offset, length)
+        chunks = []
+        while length:
+            chunk = os.pread(self._fd, length, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        return b"".join(chunks)
+
+    def map(self, key: str, start: int, end: int) -> None:
+        """Map file bytes [start, end) read-only under ``key`` (nothing is read yet)."""
+        if end <= start:
+            self._maps[key] = (start, end, memoryview(b""))
+            return
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self._fd, end - base, access=mmap.ACCESS_READ, offset=base)
+        self._maps[key] = (base, end, mapped)
+
+    def unmap(self, key: str) -> None:
+        entry = self._maps.pop(key, None)
+        if entry is not None and isinstance(entry[2], mmap.mmap):
+            # arrays may still view it; the mapping then goes away with the last of them
+            with contextlib.suppress(BufferError):
+                entry[2].close()
+
+    def mapped(self, key: str) -> bool:
+        return key in self._maps
+
+    def view(self, key: str, offset: int, length: int) -> memoryview:
+        """Zero-copy view of file bytes [offset, offset+length) inside map ``key``."""
+        base, end, mapped = self._maps[key]
+        if offset < base or offset + length > end:
+            raise LayoutError(f"bytes [{offset}, {offset + length}) lie outside map {key}")
+        self._count(offset, length)
+        return memoryview(mapped)[offset - base : offset - base + length]
+
+    def _count(self, offset: int, length: int) -> None:
+        self.bytes_read += length
+        self.max_end = max(self.max_end, offset + length)
+
+    def close(self) -> None:
+        for key in list(self._maps):
+            self.unmap(key)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+_PART_MAP = "part"  # DATA and HIGH: [DATA.offset, part_end)
+_LOW_MAP = "low"  # LOW: [LOW.offset, full_end)
+
+
+class NQFile:
+    """An open ``.nq`` file; use :func:`open`. Everything but the header is read lazily."""
+
+    def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
+        self.path = pathlib.Path(path)
+        self._verify_blobs = verify
+        self._src = _Source(self.path)
+        try:
+            self.file_size = self._src.size
+            pre_bytes = self._src.pread(0, min(self.file_size, spec.PREAMBLE_SIZE))
+            self._header = parse_header(pre_bytes, self._src.pread, self.file_size)
+            pre = self._header.preamble
+            self._src.map(_PART_MAP, pre.sections[Section.DATA].offset, pre.part_end)
+        except BaseException:
+            self._src.close()
+            raise
+        self._pre = pre
+        self._by_name = {t.name: t for t in self._header.tensors}
+        self._checked: set[tuple[int, Section]] = set()
+        self._closed = False
+
+    # --- attributes -----------------------------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        return self._pre.n
+
+    @property
+    def h(self) -> int:
+        return self._pre.h
+
+    @property
+    def l(self) -> int:  # noqa: E743 - the paper's name for n - h
+        return self._pre.n - self._pre.h
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self._pre.version_major, self._pre.version_minor)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._header.metadata
+
+    @property
+    def part_only(self) -> bool:
+        """True when the file ends before ``full_end``: only the part-bit model is present."""
+        return self._header.part_only
+
+    @property
+    def part_end(self) -> int:
+        return self._pre.part_end
+
+    @property
+    def full_end(self) -> int:
+        return self._pre.full_end
+
+    @property
+    def header_end(self) -> int:
+        return self._header.header_end
+
+    @property
+    def incompat_flags(self) -> int:
+        return self._pre.incompat_flags
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes requested through the file layer so far (preamble, header, blobs, LOW)."""
+        return self._src.bytes_read
+
+    @property
+    def max_offset_read(self) -> int:
+        """End of the furthest byte range requested so far."""
+        return self._src.max_end
+
+    @property
+    def low_resident(self) -> bool:
+        return self._src.mapped(_LOW_MAP)
+
+    # --- index ----------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return [t.name for t in self._header.tensors]
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._header.tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            close = difflib.get_close_matches(str(name), self._by_name, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise TensorNotFoundError(f"no tensor {name!r} in {self.path}{hint}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._header.tensors)
+
+    def sections(self) -> list[SectionInfo]:
+        return [
+            SectionInfo(which.name, e.offset, e.length, e.crc)
+            for which, e in zip(Section, self._pre.sections, strict=True)
+        ]
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def read(self, name: str, mode: Literal["part", "full"] = "part") -> np.ndarray:
+        """The tensor's values: NESTED dequantized to float32 (§7.2), RAW as stored (a read-only
+        view for uncompressed blobs)."""
+        info = self.info(name)
+        if mode not in ("part", "full"):
+            raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
+        if info.kind is Kind.RAW:
+            data = self._blob(info, Section.DATA)
+            return np.frombuffer(data, dtype=info.dtype.np_dtype).reshape(info.shape)
+        params = self.params(name)
+        if mode == "part":
+            codes = self.codes(name, "high")
+            scale, offset = params.scale_part, params.offset_part
+        else:
+            codes = self.codes(name, "full")
+            scale, offset = params.scale_full, params.offset_full
+        return _dequantize(codes, scale, offset, info.shape)
+
+    def codes(self, name: str, part: Literal["high", "low", "full"] = "full") -> np.ndarray:
+        """Integer codes of a NESTED tensor in its shape: H or L (int8), q = H*2^l + L (int16)."""
+        info = self._nested(name)
+        if part not in ("high", "low", "full"):
+            raise NQError(f"part must be 'high', 'low' or 'full', got {part!r}")
+        if part == "high":
+            return self._unpack(info, Section.HIGH, self.h)
+        low = self._unpack(info, Section.LOW, self.l + 1)
+        if part == "low":
+            return low
+        high = self._unpack(info, Section.HIGH, self.h)
+        full = high.astype(np.int16)
+        full <<= self.l  # H * 2^l, exact in int16 since |q| < 2^8
+        full += low
+        return full
+
+    def params(self, name: str) -> ChannelParams:
+        info = self._nested(name)
+        arr = np.frombuffer(self._blob(info, Section.DATA), dtype="<f4")
+        c = info.shape[0]
+        return ChannelParams(arr[0:c], arr[c : 2 * c], arr[2 * c : 3 * c], arr[3 * c : 4 * c])
+
+    def page_in_low(self) -> int:
+        """Map LOW and check ``LOW.crc`` (when verifying); returns the bytes paged in."""
+        self._check_open()
+        if self.part_only:
+            raise PartOnlyError(
+                f"{self.path} is a part-bit-only file ({self.file_size} of {self.full_end} bytes):"
+                " it has no LOW section, so only mode='part' is available (§9)"
+            )
+        if self.low_resident:
+            return 0
+        low = self._pre.sections[Section.LOW]
+        self._src.map(_LOW_MAP, low.offset, low.end)
+        if self._verify_blobs and low.length:
+            actual = spec.crc32(self._src.view(_LOW_MAP, low.offset, low.length))
+            if actual != low.crc:
+                self._src.unmap(_LOW_MAP)
+                raise ChecksumError(
+                    f"LOW CRC is {low.crc:#010x}, computed {actual:#010x}: the full-bit data is "
+                    "corrupt (§11 step 13)"
+                )
+            for info in self._header.tensors:
+                if info.kind is Kind.NESTED:
+                    self._checked.discard((info.index, Section.LOW))
+        return low.length
+
+    def release_low(self) -> int:
+        """Unmap LOW again; returns the bytes released (0 if it was not resident)."""
+        if not self.low_resident:
+            return 0
+        self._src.unmap(_LOW_MAP)
+        return self._pre.sections[Section.LOW].length
+
+    def verify(self) -> list[str]:
+        """Check everything present: section and blob CRCs, zero padding, decompression, code
+        ranges. Returns a list of problems (empty = valid). LOW is checked when present."""
+        self._check_open()
+        problems: list[str] = []
+        present = [Section.DATA, Section.HIGH] + ([] if self.part_only else [Section.LOW])
+        was_resident = self.low_resident
+        if not self.part_only and not was_resident:
+            low = self._pre.sections[Section.LOW]
+            self._src.map(_LOW_MAP, low.offset, low.end)
+        try:
+            for which in present:
+                entry = self._pre.sections[which]
+                key = _LOW_MAP if which is Section.LOW else _PART_MAP
+                actual = spec.crc32(self._src.view(key, entry.offset, entry.length))
+                if actual != entry.crc:
+                    problems.append(
+                        f"{which.name} section CRC is {entry.crc:#010x}, computed {actual:#010x}"
+                    )
+            problems.extend(self._verify_padding(present))
+            qmin, qmax = -(1 << (self.n - 1)), (1 << (self.n - 1)) - 1
+            for info in self._header.tensors:
+                for which in (Section.DATA, Section.HIGH, Section.LOW):
+                    if which not in present or (
+                        which is not Section.DATA and info.kind is Kind.RAW
+                    ):
+                        continue
+                    try:
+                        self._blob(info, which, force_check=True)
+                    except NQError as exc:
+                        problems.append(f"{info.name}: {exc}")
+                if info.kind is Kind.NESTED and Section.LOW in present:
+                    try:
+                        q = self.codes(info.name, "full")
+                    except NQError:
+                        continue  # already reported above
+                    if q.size and (int(q.min()) < qmin or int(q.max()) > qmax):
+                        problems.append(
+                            f"{info.name}: recomposed codes span [{int(q.min())}, "
+                            f"{int(q.max())}], outside the {self.n}-bit range (§7.3)"
+                        )
+        finally:
+            if not self.part_only and not was_resident:
+                self._src.unmap(_LOW_MAP)
+        return problems
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._src.close()
+
+    def __enter__(self) -> NQFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "part-only" if self.part_only else "full"
+        return (
+            f"<NQFile {str(self.path)!r} n={self.n} h={self.h} tensors={len(self)} {mode}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NQError(f"{self.path} is closed")
+
+    def _nested(self, name: str) -> TensorInfo:
+        info = self.info(name)
+        if info.kind is not Kind.NESTED:
+            raise NQError(f"{name!r} is a RAW tensor: it has no codes or channel parameters")
+        return info
+
+    def _blob(self, info: TensorInfo, which: Section, *, force_check: bool = False) -> memoryview:
+        """Stored bytes of one blob, CRC-checked (§11 step 13) and decompressed."""
+        self._check_open()
+        ref = {Section.DATA: info.data, Section.HIGH: info.high, Section.LOW: info.low}[which]
+        if which is Section.LOW:
+            if not self.low_resident:
+                self.page_in_low()
+            key = _LOW_MAP
+        else:
+            key = _PART_MAP
+        stored = self._src.view(key, ref.offset, ref.length)
+        checked = (info.index, which) in self._checked
+        if (self._verify_blobs and not checked) or force_check:
+            actual = spec.crc32(stored)
+            if actual != ref.crc:
+                raise ChecksumError(
+                    f"{info.name!r}: {which.name} blob CRC is {ref.crc:#010x}, computed "
+                    f"{actual:#010x} (§7.1)"
+                )
+            self._checked.add((info.index, which))
+        if ref.codec == Codec.NONE:
+            return stored
+        raw_len = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, self.n, self.h)
+        return memoryview(_zstd_decompress(stored, raw_len, f"{info.name!r} {which.name}"))
+
+    def _unpack(self, info: TensorInfo, which: Section, width: int) -> np.ndarray:
+        buf = np.frombuffer(self._blob(info, which), dtype=np.uint8)
+        return bitpack.unpack(buf, width, info.numel).reshape(info.shape)
+
+    def _verify_padding(self, present: list[Section]) -> list[str]:
+        """Padding between header, sections and blobs must be zero (§3.2, §7.1)."""
+        problems = []
+        gaps: list[tuple[str, int, int]] = []
+        sections = self._pre.sections
+        gaps.append(("before DATA", self.header_end, sections[Section.DATA].offset))
+        gaps.append(("before HIGH", sections[Section.DATA].end, sections[Section.HIGH].offset))
+        if Section.LOW in present:
+            gaps.append(("before LOW", self.part_end, sections[Section.LOW].offset))
+        for which in present:
+            cursor = sections[which].offset
+            for info in self._header.tensors:
+                if which is not Section.DATA and info.kind is Kind.RAW:
+                    continue
+                ref = {Section.DATA: info.data, Section.HIGH: info.high, Section.LOW: info.low}[
+                    which
+                ]
+                gaps.append((f"in {which.name} before {info.name!r}", cursor, ref.offset))
+                cursor = ref.end
+        for what, start, end in gaps:
+            if end <= start:
+                continue
+            inside_part = sections[Section.DATA].offset <= start and end <= self.part_end
+            inside_low = sections[Section.LOW].offset <= start and Section.LOW in present
+            if inside_part or inside_low:
+                key = _PART_MAP if inside_part else _LOW_MAP
+                data = bytes(self._src.view(key, start, end - start))
+            else:  # between header and DATA, or between part_end and LOW: not mapped
+                data = self._src.pread(start, end - start)
+            if any(data):
+                problems.append(f"padding {what} ([{start}, {end})) is not zero")
+        return problems
+
+
+def _dequantize(
+    codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """w = fl32(fl32(float32(code) * scale[c]) + offset[c]) per output channel c (§7.2)."""
+    channels = shape[0]
+    per = codes.size // channels if channels else 0
+    w = codes.reshape(channels, per).astype(np.float32)
+    w *= scale.reshape(channels, 1)  # rounded to float32 here ...
+    w += offset.reshape(channels, 1)  # ... and again here: no fused multiply-add
+    return w.reshape(shape)
+
+
+def _zstd_decompress(stored: memoryview, raw_len: int, what: str) -> bytes:
+    """One zstd frame whose declared content size is exactly ``raw_len`` (§8)."""
+    import zstandard  # lazily: uncompressed files never need it
+
+    try:
+        declared = zstandard.frame_content_size(bytes(stored[:18]))
+    except zstandard.ZstdError as exc:
+        raise LayoutError(f"{what}: not a zstd frame ({exc}) (§8)") from None
+    if declared != raw_len:
+        raise LayoutError(
+            f"{what}: zstd frame declares {declared} content bytes, expected {raw_len} (§8)"
+        )
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = dobj.decompress(bytes(stored))
+    except zstandard.ZstdError as exc:
+        raise LayoutError(f"{what}: zstd decompression failed ({exc}) (§8)") from None
+    if not dobj.eof or dobj.unused_data or len(out) != raw_len:
+        raise LayoutError(
+            f"{what}: zstd blob must be exactly one complete frame of {raw_len} bytes (§8)"
+        )
+    return out
+
+
+def open(path: str | os.PathLike[str], *, verify: bool = True) -> NQFile:
+    """Open a ``.nq`` file lazily (a context manager). ``verify`` checks each blob's CRC when
+    it is first read and ``LOW.crc`` when LOW is paged in; the header is always checked."""
+    return NQFile(path, verify=verify)

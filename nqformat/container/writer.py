@@ -1,0 +1,542 @@
+"""Streaming, deterministic, atomic writer of ``.nq`` files (spec ``spec/nq-v1.md``).
+
+Design: each data section (DATA, HIGH, LOW) is appended blob by blob to an anonymous spool file
+in the target's directory while its CRC is computed, so only one tensor's packed bytes are in
+memory at a time. ``close()`` then knows every length, writes preamble + INDEX + NAMES + META to
+a temporary file next to the target, copies the three spools in (in-kernel where the OS allows),
+fsyncs and renames it over the target. An exception or a kill leaves no file at the target path:
+the spools are unlinked files, and the only named temporary exists during ``close()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+
+from nqformat import bitpack
+from nqformat.container import spec
+from nqformat.container.spec import (
+    BlobRef,
+    Codec,
+    DType,
+    IncompatFlag,
+    Kind,
+    Preamble,
+    Section,
+    SectionEntry,
+    TensorRecord,
+)
+from nqformat.errors import (
+    DuplicateNameError,
+    InvalidNameError,
+    LimitError,
+    MetadataError,
+    NQError,
+    QuantizationError,
+)
+
+__all__ = ["ZSTD_LEVEL", "NQWriter", "canonical_json"]
+
+#: zstd level of compressed blobs; fixed so the same input gives the same bytes (§8).
+ZSTD_LEVEL = 10
+_COPY_CHUNK = 1 << 20
+
+
+def canonical_json(obj: Any) -> bytes:
+    """META bytes (§6): sorted keys, no whitespace, UTF-8, no NaN/Infinity."""
+    try:
+        text = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise MetadataError(f"metadata is not JSON-serializable: {exc}") from exc
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MetadataError(f"metadata is not valid UTF-8: {exc}") from exc
+
+
+def _json_depth(obj: Any) -> int:
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, Mapping):
+            depth = max(depth, d)
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            depth = max(depth, d)
+            stack.extend((v, d + 1) for v in item)
+    return depth
+
+
+class _Spool:
+    """One data section being written: an anonymous temp file plus its running CRC."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        # an unlinked file: nothing is left behind even on SIGKILL
+        self.file: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
+            dir=directory, prefix=".nq-spool-"
+        )
+        self.length = 0
+        self.crc = 0
+
+    def append(self, data: bytes | memoryview) -> tuple[int, int]:
+        """Write one blob at the next 64-aligned position (§7.1); return (relative offset, crc)."""
+        pad = spec.align(self.length, spec.BLOB_ALIGN) - self.length
+        if pad:
+            self._write(bytes(pad))
+        offset = self.length
+        self._write(data)
+        return offset, spec.crc32(data)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.file.write(data)
+        self.crc = spec.crc32(data, self.crc)
+        self.length += len(data)
+
+    def copy_into(self, out: IO[bytes]) -> None:
+        self.file.flush()
+        self.file.seek(0)
+        out.flush()
+        remaining = self.length
+        src, dst = self.file.fileno(), out.fileno()
+        if hasattr(os, "copy_file_range"):
+            try:
+                while remaining:
+                    done = os.copy_file_range(src, dst, min(remaining, 1 << 30))
+                    if done == 0:
+                        break
+                    remaining -= done
+            except OSError:
+                pass  # e.g. cross-device or unsupported: fall back to a plain copy
+            out.seek(0, os.SEEK_END)
+            self.file.seek(self.length - remaining)
+        while remaining:
+            chunk = self.file.read(min(remaining, _COPY_CHUNK))
+            if not chunk:
+                raise OSError("spool file shrank while copying")
+            out.write(chunk)
+            remaining -= len(chunk)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _encode_name(name: str) -> bytes:
+    if not isinstance(name, str):
+        raise InvalidNameError(f"tensor name must be str, got {type(name).__name__}")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidNameError(f"tensor name {name!r} is not valid UTF-8: {exc}") from exc
+    if not 1 <= len(raw) <= spec.MAX_NAME_LENGTH:
+        raise InvalidNameError(
+            f"tensor name must be 1..{spec.MAX_NAME_LENGTH} UTF-8 bytes, got {len(raw)}: "
+            f"{name[:40]!r}"
+        )
+    return raw
+
+
+def _as_le_bytes(array: np.ndarray, dtype: np.dtype) -> memoryview:
+    arr = np.ascontiguousarray(array, dtype=dtype)
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def _param(values: Any, channels: int, what: str, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape != (channels,):
+        raise QuantizationError(
+            f"{name}: {what} must have shape ({channels},), got {tuple(arr.shape)}"
+        )
+    arr = arr.astype("<f4")
+    if not np.all(np.isfinite(arr)):
+        raise QuantizationError(f"{name}: {what} has non-finite values")
+    return arr
+
+
+class NQWriter:
+    """Write one ``.nq`` file. Use as a context manager or call ``close()``/``abort()``.
+
+    Tensors are stored in the order they are added. ``n``/``h`` apply to every NESTED tensor.
+    ``compress=True`` stores a blob zstd-compressed only where that makes it smaller (§8).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n: int,
+        h: int,
+        metadata: Mapping[str, Any],
+        compress: bool = False,
+        _hook: Callable[[str], None] | None = None,
+    ) -> None:
+        if not (spec.MIN_N <= n <= spec.MAX_N and spec.MIN_H <= h <= n - 1):
+            raise QuantizationError(
+                f"need {spec.MIN_N} <= n <= {spec.MAX_N} and 1 <= h <= n - 1, got n={n}, h={h}"
+            )
+        if not isinstance(metadata, Mapping):
+            raise MetadataError(f"metadata must be a mapping, got {type(metadata).__name__}")
+        self.path = pathlib.Path(path)
+        self.n, self.h, self.l = n, h, n - h
+        self.compress = compress
+        self._metadata = dict(metadata)
+        # Test hook, to prove atomicity under SIGKILL: called with the tensor name before each
+        # blob is spooled, and with "<close>" once the temp file is complete, before the rename.
+        self._hook = _hook
+        self._records: list[TensorRecord] = []
+        self._names: list[bytes] = []
+        self._names_length = 0
+        self._seen: set[bytes] = set()
+        self._zstd: Any = None
+        self._any_compressed = False
+        self._closed = False
+        directory = self.path.parent if str(self.path.parent) else pathlib.Path(".")
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: directory does not exist")
+        self._dir = directory
+        self._spools = {s: _Spool(directory) for s in (Section.DATA, Section.HIGH, Section.LOW)}
+
+    # --- adding tensors -------------------------------------------------------------------------
+
+    def add_raw(self, name: str, array: np.ndarray, *, dtype: str | DType | None = None) -> None:
+        """Store ``array`` as it is (RAW, §7.4).
+
+        ``dtype`` is inferred from the array; pass ``dtype="BF16"`` with a uint16 array of
+        bfloat16 bit patterns (numpy has no bfloat16).
+        """
+        self._check_open()
+        arr = np.asarray(array)
+        if dtype is not None:
+            code = self._dtype(dtype)
+            if code is DType.BF16 and arr.dtype not in (np.uint16, np.int16):
+                raise NQError(f"{name}: BF16 needs a uint16 array of bit patterns, got {arr.dtype}")
+            if code is not DType.BF16 and np.dtype(code.np_dtype) != arr.dtype.newbyteorder("<"):
+                arr = arr.astype(code.np_dtype)
+        else:
+            try:
+                code = DType.from_numpy(arr.dtype)
+            except KeyError:
+                raise NQError(
+                    f"{name}: dtype {arr.dtype} has no .nq dtype code (§4.1); cast it first"
+                ) from None
+        shape = self._check_shape(name, arr.shape, nested=False)
+        raw_name = self._claim_name(name)
+        data = _as_le_bytes(arr, code.np_dtype)
+        data_ref = self._append(Section.DATA, name, data)
+        self._add_record(raw_name, Kind.RAW, code, shape, data_ref, BlobRef(), BlobRef())
+
+    def add_nested(
+        self,
+        name: str,
+        *,
+        w_high: np.ndarray,
+        w_low: np.ndarray,
+        scale_full: np.ndarray,
+        offset_full: np.ndarray,
+        scale_part: np.ndarray,
+        offset_part: np.ndarray,
+        dtype: str | DType = "F32",
+        w_int: np.ndarray | None = None,
+    ) -> None:
+        """Store a NESTED tensor: H, L codes and the per-channel parameters (§7.2, §7.3).
+
+        Checks H and L ranges and that ``q = H*2^l + L`` is an n-bit code; with ``w_int``
+        also that the recomposition equals it exactly. Raises QuantizationError otherwise.
+        """
+        self._check_open()
+        code = self._dtype(dtype)
+        if not code.is_float:
+            raise QuantizationError(f"{name}: a NESTED tensor needs a float dtype, got {code.name}")
+        high = np.asarray(w_high)
+        low = np.asarray(w_low)
+        if high.shape != low.shape:
+            raise QuantizationError(
+                f"{name}: w_high shape {high.shape} differs from w_low shape {low.shape}"
+            )
+        for what, arr in (("w_high", high), ("w_low", low)):
+            if arr.dtype.kind not in "iu":
+                raise QuantizationError(f"{name}: {what} must be integer, got {arr.dtype}")
+        shape = self._check_shape(name, high.shape, nested=True)
+        raw_name = self._claim_name(name)
+        try:
+            hmin, hmax = -(1 << (self.h - 1)), (1 << (self.h - 1)) - 1
+            lmin, lmax = -(1 << self.l), (1 << self.l) - 1
+            qmin, qmax = -(1 << (self.n - 1)), (1 << (self.n - 1)) - 1
+            _check_range(name, "w_high", high, hmin, hmax)
+            _check_range(name, "w_low", low, lmin, lmax)
+            q = high.astype(np.int32) * (1 << self.l) + low.astype(np.int32)
+            _check_range(name, "w_high*2^l + w_low", q, qmin, qmax)
+            if w_int is not None:
+                wi = np.asarray(w_int)
+                if wi.shape != high.shape or not np.array_equal(wi, q):
+                    bad = int(np.count_nonzero(wi != q)) if wi.shape == q.shape else -1
+                    raise QuantizationError(
+                        f"{name}: w_high*2^{self.l} + w_low != w_int "
+                        + (f"at {bad} elements" if bad >= 0 else f"(shape {wi.shape})")
+                    )
+            del q
+            channels = shape[0]
+            params = [
+                _param(v, channels, what, name)
+                for v, what in (
+                    (scale_full, "scale_full"),
+                    (offset_full, "offset_full"),
+                    (scale_part, "scale_part"),
+                    (offset_part, "offset_part"),
+                )
+            ]
+        except BaseException:
+            self._seen.discard(raw_name)
+            raise
+        data_ref = self._append(Section.DATA, name, memoryview(np.concatenate(params)).cast("B"))
+        high_ref = self._append(Section.HIGH, name, bitpack.pack(high, self.h).data)
+        low_ref = self._append(Section.LOW, name, bitpack.pack(low, self.l + 1).data)
+        self._add_record(raw_name, Kind.NESTED, code, shape, data_ref, high_ref, low_ref)
+
+    # --- finishing ------------------------------------------------------------------------------
+
+    def close(self) -> pathlib.Path:
+        """Write header and sections to a temp file, fsync it and rename it onto ``path``."""
+        self._check_open()
+        try:
+            return self._finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Discard everything written so far; nothing appears at ``path``."""
+        if self._closed:
+            return
+        self._closed = True
+        for spool in self._spools.values():
+            spool.close()
+
+    def __enter__(self) -> NQWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NQError(f"writer for {self.path} is already closed")
+
+    @staticmethod
+    def _dtype(dtype: str | DType) -> DType:
+        if isinstance(dtype, DType):
+            return dtype
+        try:
+            return DType[str(dtype).upper()]
+        except KeyError:
+            raise NQError(
+                f"unknown dtype {dtype!r}; expected one of {', '.join(d.name for d in DType)}"
+            ) from None
+
+    def _claim_name(self, name: str) -> bytes:
+        raw = _encode_name(name)
+        if raw in self._seen:
+            raise DuplicateNameError(f"tensor {name!r} was already added")
+        if len(self._records) >= spec.MAX_TENSOR_COUNT:
+            raise LimitError(f"more than {spec.MAX_TENSOR_COUNT} tensors (§10)")
+        self._seen.add(raw)
+        return raw
+
+    @staticmethod
+    def _check_shape(name: str, shape: tuple[int, ...], *, nested: bool) -> tuple[int, ...]:
+        if len(shape) > spec.MAX_DIMS or (nested and len(shape) == 0):
+            raise NQError(
+                f"{name}: {'NESTED needs 1..' if nested else 'need 0..'}{spec.MAX_DIMS} dims, "
+                f"got shape {shape}"
+            )
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        if numel > spec.MAX_NUMEL:
+            raise LimitError(f"{name}: {numel} elements exceed the limit 2^48 (§10)")
+        return tuple(int(d) for d in shape)
+
+    def _append(self, section: Section, name: str, data: bytes | memoryview) -> BlobRef:
+        if self._hook is not None:
+            self._hook(name)
+        codec = Codec.NONE
+        if self.compress and len(data):
+            packed = self._compressor().compress(data)
+            if len(packed) < len(data):
+                data, codec = packed, Codec.ZSTD
+                self._any_compressed = True
+        offset, crc = self._spools[section].append(data)
+        # offset is relative to the section for now; _finish rebases it.
+        return BlobRef(offset=offset, length=len(data), crc=crc, codec=codec)
+
+    def _compressor(self) -> Any:
+        if self._zstd is None:
+            import zstandard  # lazily: only compressed files need it
+
+            self._zstd = zstandard.ZstdCompressor(
+                level=ZSTD_LEVEL, write_content_size=True, write_checksum=False, threads=0
+            )
+        return self._zstd
+
+    def _add_record(
+        self,
+        raw_name: bytes,
+        kind: Kind,
+        dtype: DType,
+        shape: tuple[int, ...],
+        data: BlobRef,
+        high: BlobRef,
+        low: BlobRef,
+    ) -> None:
+        name_offset = self._names_length
+        self._names_length += len(raw_name)
+        dims = shape + (0,) * (spec.MAX_DIMS - len(shape))
+        self._records.append(
+            TensorRecord(name_offset, len(raw_name), kind, dtype, len(shape), dims, data, high, low)
+        )
+        self._names.append(raw_name)
+
+    def _layout(self, meta: bytes) -> tuple[Preamble, list[TensorRecord]]:
+        count = len(self._records)
+        names_len = sum(len(x) for x in self._names)
+        index_len = spec.RECORD_SIZE * count
+        header_end = spec.INDEX_OFFSET + index_len + names_len + len(meta)
+        if header_end > spec.MAX_HEADER_END:
+            raise LimitError(f"header of {header_end} bytes exceeds 256 MiB (§10)")
+        data_off = spec.align(header_end, spec.SECTION_ALIGN)
+        data = self._spools[Section.DATA]
+        high_off = spec.align(data_off + data.length, spec.SECTION_ALIGN)
+        high = self._spools[Section.HIGH]
+        part_end = high_off + high.length
+        low_off = spec.align(part_end, spec.SECTION_ALIGN)
+        low = self._spools[Section.LOW]
+        full_end = low_off + low.length
+
+        def rebase(ref: BlobRef, base: int, used: bool) -> BlobRef:
+            # RAW records keep all-zero HIGH/LOW references (§4)
+            return BlobRef(ref.offset + base, ref.length, ref.crc, ref.codec) if used else ref
+
+        records = [
+            TensorRecord(
+                r.name_offset,
+                r.name_length,
+                r.kind,
+                r.dtype,
+                r.ndim,
+                r.dims,
+                rebase(r.data, data_off, True),
+                rebase(r.high, high_off, r.kind == Kind.NESTED),
+                rebase(r.low, low_off, r.kind == Kind.NESTED),
+            )
+            for r in self._records
+        ]
+        index = b"".join(r.pack() for r in records)
+        names = b"".join(self._names)
+        sections = (
+            SectionEntry(spec.INDEX_OFFSET, index_len, spec.crc32(index)),
+            SectionEntry(spec.INDEX_OFFSET + index_len, names_len, spec.crc32(names)),
+            SectionEntry(spec.INDEX_OFFSET + index_len + names_len, len(meta), spec.crc32(meta)),
+            SectionEntry(data_off, data.length, data.crc),
+            SectionEntry(high_off, high.length, high.crc),
+            SectionEntry(low_off, low.length, low.crc),
+        )
+        preamble = Preamble(
+            tensor_count=count,
+            n=self.n,
+            h=self.h,
+            part_end=part_end,
+            full_end=full_end,
+            sections=sections,
+            incompat_flags=int(IncompatFlag.ZSTD) if self._any_compressed else 0,
+        )
+        return preamble, records
+
+    def _meta_bytes(self) -> bytes:
+        from nqformat import __version__
+
+        meta = dict(self._metadata)
+        fmt = dict(meta.get("format") or {})
+        fmt.update(
+            {
+                "spec": f"{spec.VERSION_MAJOR}.{spec.VERSION_MINOR}",
+                "writer": f"nqformat {__version__}",
+            }
+        )
+        meta["format"] = fmt
+        if _json_depth(meta) > spec.MAX_META_DEPTH:
+            raise MetadataError(f"metadata nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
+        raw = canonical_json(meta)
+        if len(raw) > spec.MAX_META_LENGTH:
+            raise MetadataError(f"metadata is {len(raw)} bytes; the limit is 16 MiB (§6)")
+        return raw
+
+    def _finish(self) -> pathlib.Path:
+        meta = self._meta_bytes()
+        preamble, records = self._layout(meta)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=self._dir, prefix=f".{self.path.name}.", suffix=".nq-tmp"
+        )
+        tmp = pathlib.Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(preamble.pack())
+                out.write(b"".join(r.pack() for r in records))
+                out.write(b"".join(self._names))
+                out.write(meta)
+                for which in (Section.DATA, Section.HIGH, Section.LOW):
+                    entry = preamble.section(which)
+                    gap = entry.offset - out.tell()
+                    if gap:
+                        out.write(bytes(gap))
+                    self._spools[which].copy_into(out)
+                if out.tell() != preamble.full_end:
+                    raise OSError(f"wrote {out.tell()} bytes, expected {preamble.full_end}")
+                out.flush()
+                os.fsync(out.fileno())
+                if self._hook is not None:
+                    self._hook("<close>")
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fsync_dir()
+        self.abort()  # releases the spools; the file is in place
+        return self.path
+
+    def _fsync_dir(self) -> None:
+        try:
+            dfd = os.open(self._dir, os.O_RDONLY)
+        except OSError:
+            return  # e.g. platforms that cannot open directories
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+
+
+def _check_range(name: str, what: str, arr: np.ndarray, lo: int, hi: int) -> None:
+    if arr.size == 0:
+        return
+    amin, amax = int(arr.min()), int(arr.max())
+    if amin < lo or amax > hi:
+        raise QuantizationError(f"{name}: {what} must lie in [{lo}, {hi}], got [{amin}, {amax}]")
