@@ -123,11 +123,12 @@ def _weights_line(data: dict[str, Any]) -> str:
 
 def _render(data: dict[str, Any], layers: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False)
     sizes = data["sizes"]
-    console.print(f"[bold]{data['file']}[/]  {_mib(data['file_size'])}")
+    console.print(f"[bold]{escape(data['file'])}[/]  {_mib(data['file_size'])}")
     overview = Table.grid(padding=(0, 2))
     overview.add_row("format", f".nq {data['version']}")
     overview.add_row(
@@ -135,13 +136,13 @@ def _render(data: dict[str, Any], layers: bool) -> None:
         f"n={data['n']} h={data['h']} l={data['l']}  "
         f"(full-bit INT{data['n']}, part-bit INT{data['h']}, LOW codes {data['l'] + 1} bits)",
     )
-    overview.add_row("rounding", str(data["rounding"] or "unknown"))
+    overview.add_row("rounding", escape(str(data["rounding"] or "unknown")))
     if data["part_params"] is not None:
-        overview.add_row("part params", str(data["part_params"]))
+        overview.add_row("part params", escape(str(data["part_params"])))
     if data["quantizer_version"] is not None:
-        overview.add_row("quantizer", str(data["quantizer_version"]))
-    overview.add_row("model", _model_line(data))
-    overview.add_row("weights", _weights_line(data))
+        overview.add_row("quantizer", escape(str(data["quantizer_version"])))
+    overview.add_row("model", escape(_model_line(data)))
+    overview.add_row("weights", escape(_weights_line(data)))
     overview.add_row(
         "tensors",
         f"{sizes['tensor_count']} ({sizes['nested_count']} nested, {sizes['raw_count']} raw); "
@@ -230,20 +231,38 @@ def _render(data: dict[str, Any], layers: bool) -> None:
     console.print(switch)
 
     if layers:
-        tab = Table(title="Tensors", title_justify="left")
-        for col in ("name", "kind", "shape", "dtype", "data", "high", "low"):
-            tab.add_column(col, justify="right" if col in ("data", "high", "low") else "left")
-        for t in data["tensors"]:
-            tab.add_row(
-                t["name"],
-                t["kind"] + (" (zstd)" if t["compressed"] else ""),
-                "x".join(str(d) for d in t["shape"]) or "scalar",
-                t["dtype"],
-                f"{t['data_bytes']:,}",
-                f"{t['high_bytes']:,}" if t["kind"] == "nested" else "",
-                f"{t['low_bytes']:,}" if t["kind"] == "nested" else "",
-            )
-        console.print(tab)
+        console.print("[italic]Tensors[/]")
+        console.file.flush()
+        # Plain columns: rich's table layout takes about a second for a few hundred rows.
+        click.echo(_layers_table(data["tensors"]))
+
+
+def _layers_table(tensors: list[dict[str, Any]]) -> str:
+    """Fixed-width text table of the tensors (name, kind, shape, dtype, bytes of each blob)."""
+    head = ("name", "kind", "shape", "dtype", "data", "high", "low")
+    rows = [
+        (
+            t["name"],
+            t["kind"] + (" (zstd)" if t["compressed"] else ""),
+            "x".join(str(d) for d in t["shape"]) or "scalar",
+            t["dtype"],
+            f"{t['data_bytes']:,}",
+            f"{t['high_bytes']:,}" if t["kind"] == "nested" else "",
+            f"{t['low_bytes']:,}" if t["kind"] == "nested" else "",
+        )
+        for t in tensors
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    right = {4, 5, 6}
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(head), rule, *(line(r) for r in rows)])
 
 
 @click.command("inspect")
