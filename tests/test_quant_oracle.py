@@ -95,13 +95,16 @@ def oracle_nest(
     weight: np.ndarray, n: int, h: int, use_k: bool = True, use_c: bool = True
 ) -> dict[str, np.ndarray]:
     """w_int, w_high, w_low, S, Z of research note §2.1 (SQuant rounding for the high part)."""
-    l = n - h
+    low_bits = n - h
     s, z, x = oracle_affine(weight, n)
-    q = np.clip(oracle_squant_round(x, -(2 ** (n - 1)), 2 ** (n - 1) - 1, use_k, use_c),
-                -(2 ** (n - 1)), 2 ** (n - 1) - 1)
-    xh = np.clip(q / F32(2**l), -(2 ** (h - 1)), 2 ** (h - 1) - 1).astype(F32)
+    q = np.clip(
+        oracle_squant_round(x, -(2 ** (n - 1)), 2 ** (n - 1) - 1, use_k, use_c),
+        -(2 ** (n - 1)),
+        2 ** (n - 1) - 1,
+    )
+    xh = np.clip(q / F32(2**low_bits), -(2 ** (h - 1)), 2 ** (h - 1) - 1).astype(F32)
     hi = oracle_squant_round(xh, -(2 ** (h - 1)), 2 ** (h - 1) - 1, use_k, use_c)
-    lo = np.clip(q - hi * F32(2**l), -(2**l), 2**l - 1)
+    lo = np.clip(q - hi * F32(2**low_bits), -(2**low_bits), 2**low_bits - 1)
     return {"w_int": q, "w_high": hi, "w_low": lo, "scale": s, "zero_point": z}
 
 
@@ -122,16 +125,21 @@ def test_oracle_matches_reference_vectors(case: str) -> None:
 
 def test_oracle_matches_note_squant_vector() -> None:
     x = np.array(
-        [[[0.4, 0.3, 0.45, 1.2], [2.4, -0.35, 0.1, 0.2]],
-         [[-1.3, -0.4, 0.6, 0.7], [3.5, 2.5, -0.5, 0.45]]],
+        [
+            [[0.4, 0.3, 0.45, 1.2], [2.4, -0.35, 0.1, 0.2]],
+            [[-1.3, -0.4, 0.6, 0.7], [3.5, 2.5, -0.5, 0.45]],
+        ],
         dtype=F32,
     ).reshape(2, 2, 2, 2)
     rtn = oracle_squant_round(x, -128, 127, use_k=False, use_c=False)
     k_only = oracle_squant_round(x, -128, 127, use_k=True, use_c=False)
     k_c = oracle_squant_round(x, -128, 127)
-    np.testing.assert_array_equal(rtn.reshape(2, 2, 4), [[[0, 0, 0, 1], [2, 0, 0, 0]],
-                                                         [[-1, 0, 1, 1], [4, 2, 0, 0]]])
-    np.testing.assert_array_equal(k_only.reshape(2, 2, 4), [[[0, 0, 1, 1], [2, 0, 0, 0]],
-                                                            [[-1, -1, 1, 1], [4, 2, 0, 0]]])
-    np.testing.assert_array_equal(k_c.reshape(2, 2, 4), [[[0, 0, 1, 1], [3, 0, 0, 0]],
-                                                         [[-1, -1, 1, 1], [4, 2, 0, 0]]])
+    np.testing.assert_array_equal(
+        rtn.reshape(2, 2, 4), [[[0, 0, 0, 1], [2, 0, 0, 0]], [[-1, 0, 1, 1], [4, 2, 0, 0]]]
+    )
+    np.testing.assert_array_equal(
+        k_only.reshape(2, 2, 4), [[[0, 0, 1, 1], [2, 0, 0, 0]], [[-1, -1, 1, 1], [4, 2, 0, 0]]]
+    )
+    np.testing.assert_array_equal(
+        k_c.reshape(2, 2, 4), [[[0, 0, 1, 1], [3, 0, 0, 0]], [[-1, -1, 1, 1], [4, 2, 0, 0]]]
+    )
