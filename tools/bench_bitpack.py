@@ -1,0 +1,147 @@
+"""Throughput of nqformat.bitpack pack/unpack against baselines measured in the same run.
+
+For each width 1..8 it prints pack and unpack rates in elements/s on random codes (uniform over
+the width's range: the worst case for the lookup-table paths), and compares them with
+
+* memcpy: ``np.copyto`` of the same packed bytes into a preallocated array (a floor no
+  decoder can beat: it reads the same input but writes k/8 as many bytes), and
+* naive: a plain numpy decoder (one uint64 window per group of 8, then shift, mask and sign
+  extend each of the 8 fields), the obvious vectorised implementation.
+
+Each figure is the median of ``--reps`` timed runs after one warm-up run. ``unpack`` is timed
+both into a preallocated ``out=`` array and with a fresh result array (page faults included).
+
+    python tools/bench_bitpack.py --count 33554432 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from nqformat.bitpack import pack, packed_size, unpack
+
+
+def _median_seconds(fn: Callable[[], object], reps: int) -> float:
+    fn()  # warm-up: tables, thread pool, page faults of preallocated buffers
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def naive_unpack(buf: np.ndarray, width: int, count: int) -> np.ndarray:
+    """Straightforward numpy decoder: uint64 window per group, 8 shift-and-mask passes."""
+    n_groups = -(-count // 8)
+    padded = np.zeros(n_groups * width + 8, dtype=np.uint8)
+    padded[: buf.size] = buf
+    windows = np.ndarray((n_groups,), dtype="<u8", buffer=padded, strides=(width,))
+    out = np.empty((n_groups, 8), dtype=np.int8)
+    mask = np.uint64((1 << width) - 1)
+    for j in range(8):
+        field = (windows >> np.uint64(j * width)) & mask
+        out[:, j] = field.astype(np.uint8).view(np.int8)
+    flat = out.reshape(-1)[:count]
+    shift = np.int8(8 - width)
+    return (flat << shift) >> shift
+
+
+def bench_width(width: int, count: int, reps: int, threads: int | None, naive: bool) -> dict:
+    rng = np.random.default_rng(width)
+    lo, hi = -(1 << (width - 1)), 1 << (width - 1)
+    codes = rng.integers(lo, hi, size=count, dtype=np.int8)
+    packed = pack(codes, width)
+    if not np.array_equal(unpack(packed, width, count), codes):
+        raise SystemExit(f"width {width}: unpack(pack(x)) != x")
+    out = np.empty(count, dtype=np.int8)
+    copy_dst = np.empty_like(packed)
+
+    t_copy = _median_seconds(lambda: np.copyto(copy_dst, packed), reps)
+    t_out = _median_seconds(lambda: unpack(packed, width, count, out=out, threads=threads), reps)
+    t_new = _median_seconds(lambda: unpack(packed, width, count, threads=threads), reps)
+    t_pack = _median_seconds(lambda: pack(codes, width, threads=threads), reps)
+    result = {
+        "packed_bytes": packed_size(count, width),
+        "memcpy_bytes_per_s": packed.size / t_copy,
+        "unpack_elements_per_s": count / t_out,
+        "unpack_alloc_elements_per_s": count / t_new,
+        "unpack_vs_memcpy": t_out / t_copy,
+        "pack_elements_per_s": count / t_pack,
+    }
+    if naive:
+        if not np.array_equal(naive_unpack(packed, width, count), codes):
+            raise SystemExit(f"width {width}: naive baseline is wrong")
+        t_naive = _median_seconds(lambda: naive_unpack(packed, width, count), reps)
+        result["naive_unpack_elements_per_s"] = count / t_naive
+        result["speedup_vs_naive"] = t_naive / t_out
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1 << 25, help="elements per width")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions (median)")
+    parser.add_argument("--widths", type=int, nargs="+", default=list(range(1, 9)))
+    parser.add_argument("--threads", type=int, default=None, help="default: automatic")
+    parser.add_argument("--no-naive", action="store_true", help="skip the slow naive baseline")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+
+    print(
+        f"bitpack: {args.count} elements, median of {args.reps}, threads={args.threads or 'auto'}"
+        f", {os.cpu_count()} CPUs, numpy {np.__version__}"
+    )
+    header = (
+        f"{'k':>2} {'unpack/s':>10} {'alloc/s':>10} {'pack/s':>10} {'naive/s':>10} "
+        f"{'x naive':>8} {'memcpy GB/s':>11} {'t/t_memcpy':>10}"
+    )
+    print(header)
+    figures: dict[str, dict] = {}
+    for width in args.widths:
+        r = bench_width(width, args.count, args.reps, args.threads, not args.no_naive)
+        figures[str(width)] = r
+        naive = r.get("naive_unpack_elements_per_s", float("nan"))
+        speedup = r.get("speedup_vs_naive", float("nan"))
+        print(
+            f"{width:>2} {r['unpack_elements_per_s']:>10.3g} "
+            f"{r['unpack_alloc_elements_per_s']:>10.3g} {r['pack_elements_per_s']:>10.3g} "
+            f"{naive:>10.3g} {speedup:>8.1f} {r['memcpy_bytes_per_s'] / 1e9:>11.2f} "
+            f"{r['unpack_vs_memcpy']:>10.2f}",
+            flush=True,
+        )
+    practical = [figures[str(w)] for w in args.widths if w >= 2]
+    summary = {
+        "count": args.count,
+        "reps": args.reps,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "widths": figures,
+        # The widths used in practice are h and l + 1 with n >= 2: report the slowest of 2..8.
+        "unpack_elements_per_s": min(r["unpack_elements_per_s"] for r in practical)
+        if practical
+        else None,
+        "unpack_vs_memcpy": max(r["unpack_vs_memcpy"] for r in practical) if practical else None,
+    }
+    print(
+        f"min unpack over widths 2..8: {summary['unpack_elements_per_s']:.3g} elements/s; "
+        f"worst unpack time / memcpy time of the packed bytes: {summary['unpack_vs_memcpy']:.2f}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
