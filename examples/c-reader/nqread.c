@@ -1,0 +1,1587 @@
+/*
+ * nqread: an independent, dependency-free C99 reader for the .nq v1 format.
+ *
+ * Written from spec/nq-v1.md alone (not from the Python implementation), so that it proves the
+ * spec is enough to read a file. Every "§" below cites that document. Where the spec left a
+ * choice open, the choice is marked "AMBIGUITY" and listed in docs/spec-ambiguities.md.
+ *
+ * Usage: see usage() or examples/c-reader/README.md.
+ */
+#define _POSIX_C_SOURCE 200809L
+#define _FILE_OFFSET_BITS 64
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+/* §7.2: the product and the sum are rounded separately; never contract them into an FMA.
+ * GCC does not know this pragma (it warns), so the Makefile passes -ffp-contract=off instead. */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Constants, each defined once with the section it comes from.
+ * ------------------------------------------------------------------------------------------- */
+
+static const unsigned char NQ_MAGIC[8] = {0x89, 'N', 'Q', 'F', 0x0D, 0x0A, 0x1A, 0x0A}; /* §3.1 */
+#define NQ_PREAMBLE_SIZE 256u          /* §3.1 */
+#define NQ_PREAMBLE_CRC_AT 252u        /* §3.1: preamble_crc covers bytes 0..251 */
+#define NQ_VERSION_MAJOR 1u            /* §3.1, §12 */
+#define NQ_N_MIN 2u                    /* §3.1: 2 <= n <= 8 */
+#define NQ_N_MAX 8u
+#define NQ_H_MIN 1u                    /* §3.1: 1 <= h <= n - 1 */
+#define NQ_SECTION_TABLE_AT 64u        /* §3.2 */
+#define NQ_SECTION_ENTRY_SIZE 24u      /* §3.2 */
+#define NQ_SECTION_COUNT 6             /* §3.2 */
+#define NQ_SECTION_ALIGN 4096u         /* §3.2 */
+#define NQ_FLAG_ZSTD UINT64_C(1)       /* §3.3 bit 0 */
+#define NQ_RECORD_SIZE 160u            /* §4 */
+#define NQ_MAX_NDIM 8u                 /* §4, §10 */
+#define NQ_BLOB_ALIGN 64u              /* §7.1 */
+#define NQ_CODEC_NONE 0u               /* §4 blob codec */
+#define NQ_CODEC_ZSTD 1u               /* §4, §8 */
+#define NQ_KIND_RAW 0u                 /* §4 */
+#define NQ_KIND_NESTED 1u              /* §4 */
+#define NQ_PARAM_ARRAYS 4u             /* §7.2: scale_full, offset_full, scale_part, offset_part */
+#define NQ_PARAM_BYTES 4u              /* §7.2: float32 */
+#define NQ_ZSTD_SLACK_DIV 128u         /* §8: stored length <= raw + raw/128 + 1024 */
+#define NQ_ZSTD_SLACK_ADD 1024u        /* §8 */
+#define NQ_MAX_TENSORS UINT64_C(1048576)                 /* §10 */
+#define NQ_MAX_HEADER_END (UINT64_C(256) << 20)          /* §10: 256 MiB */
+#define NQ_MAX_META (UINT64_C(16) << 20)                 /* §6, §10: 16 MiB */
+#define NQ_MAX_NAME 1024u                                /* §5, §10 */
+#define NQ_MAX_NUMEL (UINT64_C(1) << 48)                 /* §10 */
+#define NQ_MAX_OFFSET (UINT64_C(0x7FFFFFFFFFFFFFFF))     /* §10: 2^63 - 1 */
+#define NQ_MAX_JSON_DEPTH 64u                            /* §6 */
+
+/* Section table entries in their fixed order (§3.2). */
+enum { SEC_INDEX, SEC_NAMES, SEC_META, SEC_DATA, SEC_HIGH, SEC_LOW };
+static const char *const SECTION_NAMES[NQ_SECTION_COUNT] = {"INDEX", "NAMES", "META",
+                                                            "DATA",  "HIGH",  "LOW"};
+
+/* §4.1 dtype codes: name and element size; index = code. */
+#define NQ_DTYPE_F32 1u
+#define NQ_DTYPE_F16 2u
+#define NQ_DTYPE_BF16 3u
+#define NQ_DTYPE_F64 4u
+#define NQ_DTYPE_MAX 10u
+static const struct {
+    const char *name;
+    unsigned size;
+} DTYPES[NQ_DTYPE_MAX + 1] = {{NULL, 0},  {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"F64", 8}, {"I8", 1},
+                              {"U8", 1},  {"I16", 2}, {"I32", 4}, {"I64", 8},  {"BOOL", 1}};
+
+/* Exit codes (documented in README.md). */
+#define EXIT_OK_ 0
+#define EXIT_IO 1          /* cannot open/read the file or write stdout, out of memory */
+#define EXIT_USAGE 2       /* bad command line, unknown tensor name */
+#define EXIT_INVALID 3     /* any spec §11 error except part_only */
+#define EXIT_UNSUPPORTED 4 /* part_only, or a zstd blob this reader cannot decompress */
+
+/* Spec §11 error codes (plus three that are not about the file). */
+enum nq_code {
+    NQ_TRUNCATED,
+    NQ_BAD_MAGIC,
+    NQ_UNSUPPORTED_VERSION,
+    NQ_UNSUPPORTED_FEATURE,
+    NQ_CHECKSUM,
+    NQ_INVALID_HEADER,
+    NQ_LIMIT,
+    NQ_LAYOUT,
+    NQ_INVALID_NAME,
+    NQ_DUPLICATE_NAME,
+    NQ_METADATA,
+    NQ_PART_ONLY,
+    NQ_ZSTD_UNSUPPORTED, /* reported as unsupported_feature, exit 4 */
+    NQ_IO,
+    NQ_USAGE,
+    NQ_INTERNAL
+};
+static const char *const CODE_NAMES[] = {
+    "truncated", "bad_magic",      "unsupported_version", "unsupported_feature", "checksum",
+    "invalid_header", "limit",     "layout",              "invalid_name",        "duplicate_name",
+    "metadata",  "part_only",      "unsupported_feature", "io",                  "usage",
+    "internal"};
+
+/* ---------------------------------------------------------------------------------------------
+ * Errors: one global slot (single-threaded CLI); fail() fills it and returns -1.
+ * ------------------------------------------------------------------------------------------- */
+
+static struct {
+    enum nq_code code;
+    char msg[768];
+} g_err;
+
+static int fail(enum nq_code code, const char *fmt, ...)
+{
+    va_list ap;
+    g_err.code = code;
+    va_start(ap, fmt);
+    vsnprintf(g_err.msg, sizeof g_err.msg, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int exit_code_for(enum nq_code code)
+{
+    switch (code) {
+    case NQ_PART_ONLY:
+    case NQ_ZSTD_UNSUPPORTED:
+        return EXIT_UNSUPPORTED;
+    case NQ_IO:
+    case NQ_INTERNAL:
+        return EXIT_IO;
+    case NQ_USAGE:
+        return EXIT_USAGE;
+    default:
+        return EXIT_INVALID;
+    }
+}
+
+static int report_error(const char *path)
+{
+    int rc = exit_code_for(g_err.code);
+    const char *what = rc == EXIT_INVALID       ? "invalid file"
+                       : rc == EXIT_UNSUPPORTED ? "unsupported"
+                       : rc == EXIT_USAGE       ? "usage error"
+                                                : "error";
+    fprintf(stderr, "nqread: %s [%s]: %s: %s\n", what, CODE_NAMES[g_err.code],
+            path ? path : "-", g_err.msg);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Checked arithmetic (§2: never wrap).
+ * ------------------------------------------------------------------------------------------- */
+
+static int add_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (a > UINT64_MAX - b)
+        return 0;
+    *out = a + b;
+    return 1;
+}
+
+static int mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (a != 0 && b > UINT64_MAX / a)
+        return 0;
+    *out = a * b;
+    return 1;
+}
+
+/* align(x, a) of §2 for a power of two a. */
+static int align_u64(uint64_t x, uint64_t a, uint64_t *out)
+{
+    uint64_t t;
+    if (!add_u64(x, a - 1, &t))
+        return 0;
+    *out = t & ~(a - 1);
+    return 1;
+}
+
+/* ceil(count * bits / 8) of §4.2, checked. */
+static int packed_len(uint64_t count, unsigned bits, uint64_t *out)
+{
+    uint64_t t;
+    if (!mul_u64(count, bits, &t) || !add_u64(t, 7, &t))
+        return 0;
+    *out = t / 8;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Little-endian decoding (§2), independent of the host byte order.
+ * ------------------------------------------------------------------------------------------- */
+
+static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | (unsigned)p[1] << 8); }
+
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
+
+static float f32_from_le(const unsigned char *p)
+{
+    uint32_t u = le32(p);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static int all_zero(const unsigned char *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * CRC-32 (§2): ISO-HDLC/zlib, reflected polynomial 0xEDB88320, init and final XOR 0xFFFFFFFF.
+ * crc32_update works on the un-inverted register so a CRC can be computed in pieces.
+ * ------------------------------------------------------------------------------------------- */
+
+static uint32_t crc_table[256];
+
+static void crc32_init(void)
+{
+    uint32_t i, j, c;
+    for (i = 0; i < 256; i++) {
+        c = i;
+        for (j = 0; j < 8; j++)
+            c = (c & 1) ? (c >> 1) ^ UINT32_C(0xEDB88320) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_update(uint32_t reg, const unsigned char *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        reg = crc_table[(reg ^ p[i]) & 0xFF] ^ (reg >> 8);
+    return reg;
+}
+
+static uint32_t crc32_buf(const unsigned char *p, size_t n)
+{
+    return crc32_update(UINT32_C(0xFFFFFFFF), p, n) ^ UINT32_C(0xFFFFFFFF);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * UTF-8 validation (§5, §6): RFC 3629, no overlong forms, no surrogates, <= U+10FFFF.
+ * Returns 1 when valid.
+ * ------------------------------------------------------------------------------------------- */
+
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t need;
+        uint32_t cp, min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            need = 1, cp = c & 0x1F, min = 0x80;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2, cp = c & 0x0F, min = 0x800;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return 0; /* continuation byte, 0xC0/0xC1 (overlong) or 0xF5..0xFF */
+        }
+        if (n - i - 1 < need)
+            return 0;
+        {
+            size_t k;
+            for (k = 1; k <= need; k++) {
+                if ((s[i + k] & 0xC0) != 0x80)
+                    return 0;
+                cp = cp << 6 | (s[i + k] & 0x3F);
+            }
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * JSON validation for META (§6, §11 step 12): RFC 8259 grammar, top-level object, no duplicate
+ * keys in any object (compared after unescaping), nesting depth <= 64.
+ * ------------------------------------------------------------------------------------------- */
+
+struct keyref {
+    size_t off, len;
+};
+
+struct json {
+    const unsigned char *s;
+    size_t n, i;
+    unsigned depth;
+    struct keyref *keys; /* stack of keys of the objects being parsed */
+    size_t nkeys, capkeys;
+    unsigned char *arena; /* unescaped key bytes, same stack discipline */
+    size_t alen, acap;
+};
+
+static const unsigned char *g_sort_arena; /* qsort has no context argument in C99 */
+
+static int keyref_cmp(const void *a, const void *b)
+{
+    const struct keyref *x = a, *y = b;
+    size_t m = x->len < y->len ? x->len : y->len;
+    int c = memcmp(g_sort_arena + x->off, g_sort_arena + y->off, m);
+    if (c)
+        return c;
+    return (x->len > y->len) - (x->len < y->len);
+}
+
+static int j_err(struct json *j, const char *what)
+{
+    return fail(NQ_METADATA, "META is not a valid JSON object (§6): %s at byte %zu", what, j->i);
+}
+
+static void j_ws(struct json *j)
+{
+    while (j->i < j->n &&
+           (j->s[j->i] == ' ' || j->s[j->i] == '\t' || j->s[j->i] == '\n' || j->s[j->i] == '\r'))
+        j->i++;
+}
+
+static int j_put(struct json *j, const unsigned char *p, size_t n)
+{
+    if (j->acap - j->alen < n) {
+        size_t cap = j->acap ? j->acap : 256;
+        unsigned char *a;
+        while (cap - j->alen < n)
+            cap *= 2; /* total is bounded by the META length (<= 16 MiB) */
+        a = realloc(j->arena, cap);
+        if (!a)
+            return fail(NQ_IO, "out of memory");
+        j->arena = a, j->acap = cap;
+    }
+    memcpy(j->arena + j->alen, p, n);
+    j->alen += n;
+    return 0;
+}
+
+/* Encode a code point as UTF-8; lone surrogates (legal in JSON escapes) get the 3-byte form so
+ * that keys still compare as sequences of code points. */
+static int j_put_cp(struct json *j, uint32_t cp)
+{
+    unsigned char b[4];
+    size_t n;
+    if (cp < 0x80)
+        b[0] = (unsigned char)cp, n = 1;
+    else if (cp < 0x800)
+        b[0] = (unsigned char)(0xC0 | cp >> 6), b[1] = (unsigned char)(0x80 | (cp & 0x3F)), n = 2;
+    else if (cp < 0x10000)
+        b[0] = (unsigned char)(0xE0 | cp >> 12), b[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F)),
+        b[2] = (unsigned char)(0x80 | (cp & 0x3F)), n = 3;
+    else
+        b[0] = (unsigned char)(0xF0 | cp >> 18), b[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F)),
+        b[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F)), b[3] = (unsigned char)(0x80 | (cp & 0x3F)),
+        n = 4;
+    return j_put(j, b, n);
+}
+
+static int j_hex4(struct json *j, uint32_t *out)
+{
+    uint32_t v = 0;
+    int k;
+    if (j->n - j->i < 4)
+        return j_err(j, "truncated \\u escape");
+    for (k = 0; k < 4; k++) {
+        unsigned c = j->s[j->i++];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return j_err(j, "bad hex digit in \\u escape");
+    }
+    *out = v;
+    return 0;
+}
+
+/* Parses a string starting at '"'; when store is set, appends its unescaped bytes to the arena. */
+static int j_string(struct json *j, int store)
+{
+    j->i++; /* opening quote */
+    for (;;) {
+        unsigned c;
+        size_t start = j->i;
+        while (j->i < j->n && j->s[j->i] != '"' && j->s[j->i] != '\\' && j->s[j->i] >= 0x20)
+            j->i++;
+        if (store && j->i > start && j_put(j, j->s + start, j->i - start))
+            return -1;
+        if (j->i >= j->n)
+            return j_err(j, "unterminated string");
+        c = j->s[j->i];
+        if (c == '"') {
+            j->i++;
+            return 0;
+        }
+        if (c < 0x20)
+            return j_err(j, "unescaped control character in string");
+        /* backslash escape */
+        j->i++;
+        if (j->i >= j->n)
+            return j_err(j, "unterminated escape");
+        c = j->s[j->i++];
+        {
+            uint32_t cp;
+            switch (c) {
+            case '"': cp = '"'; break;
+            case '\\': cp = '\\'; break;
+            case '/': cp = '/'; break;
+            case 'b': cp = '\b'; break;
+            case 'f': cp = '\f'; break;
+            case 'n': cp = '\n'; break;
+            case 'r': cp = '\r'; break;
+            case 't': cp = '\t'; break;
+            case 'u':
+                if (j_hex4(j, &cp))
+                    return -1;
+                if (cp >= 0xD800 && cp <= 0xDBFF && j->n - j->i >= 6 && j->s[j->i] == '\\' &&
+                    j->s[j->i + 1] == 'u') {
+                    size_t save = j->i;
+                    uint32_t lo;
+                    j->i += 2;
+                    if (j_hex4(j, &lo))
+                        return -1;
+                    if (lo >= 0xDC00 && lo <= 0xDFFF)
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    else
+                        j->i = save; /* lone high surrogate; the next escape stands alone */
+                }
+                break;
+            default:
+                return j_err(j, "invalid escape");
+            }
+            if (store && j_put_cp(j, cp))
+                return -1;
+        }
+    }
+}
+
+static int j_digits(struct json *j)
+{
+    size_t start = j->i;
+    while (j->i < j->n && j->s[j->i] >= '0' && j->s[j->i] <= '9')
+        j->i++;
+    return j->i > start;
+}
+
+static int j_number(struct json *j)
+{
+    if (j->s[j->i] == '-')
+        j->i++;
+    if (j->i < j->n && j->s[j->i] == '0')
+        j->i++;
+    else if (!(j->i < j->n && j->s[j->i] >= '1' && j->s[j->i] <= '9') || !j_digits(j))
+        return j_err(j, "invalid number");
+    if (j->i < j->n && j->s[j->i] == '.') {
+        j->i++;
+        if (!j_digits(j))
+            return j_err(j, "invalid fraction");
+    }
+    if (j->i < j->n && (j->s[j->i] == 'e' || j->s[j->i] == 'E')) {
+        j->i++;
+        if (j->i < j->n && (j->s[j->i] == '+' || j->s[j->i] == '-'))
+            j->i++;
+        if (!j_digits(j))
+            return j_err(j, "invalid exponent");
+    }
+    return 0;
+}
+
+static int j_literal(struct json *j, const char *word)
+{
+    size_t len = strlen(word);
+    if (j->n - j->i < len || memcmp(j->s + j->i, word, len) != 0)
+        return j_err(j, "unexpected character");
+    j->i += len;
+    return 0;
+}
+
+static int j_value(struct json *j);
+
+static int j_object(struct json *j)
+{
+    size_t key0 = j->nkeys, arena0 = j->alen, k;
+    if (++j->depth > NQ_MAX_JSON_DEPTH)
+        return fail(NQ_METADATA, "META nests deeper than %u levels (§6)", NQ_MAX_JSON_DEPTH);
+    j->i++; /* '{' */
+    j_ws(j);
+    if (j->i < j->n && j->s[j->i] == '}') {
+        j->i++;
+        j->depth--;
+        return 0;
+    }
+    for (;;) {
+        struct keyref ref;
+        j_ws(j);
+        if (j->i >= j->n || j->s[j->i] != '"')
+            return j_err(j, "expected a string key");
+        ref.off = j->alen;
+        if (j_string(j, 1))
+            return -1;
+        ref.len = j->alen - ref.off;
+        if (j->nkeys == j->capkeys) {
+            size_t cap = j->capkeys ? 2 * j->capkeys : 64;
+            struct keyref *nk = realloc(j->keys, cap * sizeof *nk);
+            if (!nk)
+                return fail(NQ_IO, "out of memory");
+            j->keys = nk, j->capkeys = cap;
+        }
+        j->keys[j->nkeys++] = ref;
+        j_ws(j);
+        if (j->i >= j->n || j->s[j->i] != ':')
+            return j_err(j, "expected ':'");
+        j->i++;
+        if (j_value(j))
+            return -1;
+        j_ws(j);
+        if (j->i < j->n && j->s[j->i] == ',') {
+            j->i++;
+            continue;
+        }
+        if (j->i < j->n && j->s[j->i] == '}') {
+            j->i++;
+            break;
+        }
+        return j_err(j, "expected ',' or '}'");
+    }
+    g_sort_arena = j->arena;
+    qsort(j->keys + key0, j->nkeys - key0, sizeof *j->keys, keyref_cmp);
+    for (k = key0 + 1; k < j->nkeys; k++)
+        if (keyref_cmp(&j->keys[k - 1], &j->keys[k]) == 0)
+            return fail(NQ_METADATA, "META has a duplicate key \"%.*s\" (§6)",
+                        (int)(j->keys[k].len > 80 ? 80 : j->keys[k].len),
+                        (const char *)j->arena + j->keys[k].off);
+    j->nkeys = key0;
+    j->alen = arena0;
+    j->depth--;
+    return 0;
+}
+
+static int j_array(struct json *j)
+{
+    if (++j->depth > NQ_MAX_JSON_DEPTH)
+        return fail(NQ_METADATA, "META nests deeper than %u levels (§6)", NQ_MAX_JSON_DEPTH);
+    j->i++; /* '[' */
+    j_ws(j);
+    if (j->i < j->n && j->s[j->i] == ']') {
+        j->i++;
+        j->depth--;
+        return 0;
+    }
+    for (;;) {
+        if (j_value(j))
+            return -1;
+        j_ws(j);
+        if (j->i < j->n && j->s[j->i] == ',') {
+            j->i++;
+            continue;
+        }
+        if (j->i < j->n && j->s[j->i] == ']') {
+            j->i++;
+            break;
+        }
+        return j_err(j, "expected ',' or ']'");
+    }
+    j->depth--;
+    return 0;
+}
+
+static int j_value(struct json *j)
+{
+    j_ws(j);
+    if (j->i >= j->n)
+        return j_err(j, "unexpected end of text");
+    switch (j->s[j->i]) {
+    case '{': return j_object(j);
+    case '[': return j_array(j);
+    case '"': return j_string(j, 0);
+    case 't': return j_literal(j, "true");
+    case 'f': return j_literal(j, "false");
+    case 'n': return j_literal(j, "null");
+    default:
+        if (j->s[j->i] == '-' || (j->s[j->i] >= '0' && j->s[j->i] <= '9'))
+            return j_number(j);
+        return j_err(j, "unexpected character");
+    }
+}
+
+static int meta_validate(const unsigned char *s, size_t n)
+{
+    struct json j;
+    int rc;
+    if (!utf8_valid(s, n))
+        return fail(NQ_METADATA, "META is not valid UTF-8 (§6)");
+    memset(&j, 0, sizeof j);
+    j.s = s, j.n = n;
+    j_ws(&j);
+    if (j.i >= j.n || s[j.i] != '{') /* also rejects a byte order mark (RFC 8259 §8.1) */
+        rc = j_err(&j, "the top-level value is not an object");
+    else if ((rc = j_object(&j)) == 0) {
+        j_ws(&j);
+        if (j.i != j.n)
+            rc = j_err(&j, "trailing characters after the object");
+    }
+    free(j.keys);
+    free(j.arena);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * File layer: every read goes through read_at, which refuses to read at or past read_limit.
+ * Until the LOW section is asked for, read_limit is part_end (§9), so part-bit work provably
+ * reads only the prefix.
+ * ------------------------------------------------------------------------------------------- */
+
+struct blob {
+    uint64_t offset, length;
+    uint32_t crc;
+    unsigned codec;
+};
+
+struct section {
+    uint64_t offset, length;
+    uint32_t crc;
+};
+
+struct tensor {
+    uint64_t name_offset;
+    uint32_t name_length;
+    unsigned kind, dtype, ndim;
+    uint64_t dims[NQ_MAX_NDIM];
+    uint64_t numel;
+    struct blob data, high, low;
+};
+
+struct reader {
+    FILE *f;
+    uint64_t size;       /* real file size */
+    uint64_t read_limit; /* no byte at or past this offset is read */
+    uint64_t bytes_read, read_end;
+    unsigned version_major, version_minor;
+    uint32_t count;
+    uint64_t incompat, compat;
+    unsigned n, h, l;
+    uint64_t part_end, full_end, header_end;
+    struct section sec[NQ_SECTION_COUNT];
+    unsigned char *header; /* bytes [256, header_end): INDEX, NAMES, META */
+    const unsigned char *names;
+    struct tensor *tensors;
+    int part_only;
+};
+
+static int read_at(struct reader *r, uint64_t off, void *buf, size_t len)
+{
+    uint64_t end;
+    if (!add_u64(off, len, &end) || end > r->read_limit)
+        return fail(NQ_INTERNAL, "refusing to read [%" PRIu64 ", %" PRIu64 ") past %" PRIu64,
+                    off, off + (uint64_t)len, r->read_limit);
+    if (len == 0)
+        return 0;
+    if (off > (uint64_t)INT64_MAX || fseeko(r->f, (off_t)off, SEEK_SET) != 0)
+        return fail(NQ_IO, "cannot seek to %" PRIu64 ": %s", off, strerror(errno));
+    if (fread(buf, 1, len, r->f) != len)
+        return fail(NQ_IO, "short read at %" PRIu64 " (file changed or I/O error)", off);
+    r->bytes_read += len;
+    if (end > r->read_end)
+        r->read_end = end;
+    return 0;
+}
+
+#define CHUNK ((size_t)1 << 16)
+
+/* CRC-32 of the file range [off, off + len), streamed. */
+static int crc_range(struct reader *r, uint64_t off, uint64_t len, uint32_t *out)
+{
+    unsigned char *buf = malloc(CHUNK);
+    uint32_t reg = UINT32_C(0xFFFFFFFF);
+    if (!buf)
+        return fail(NQ_IO, "out of memory");
+    while (len) {
+        size_t n = len < CHUNK ? (size_t)len : CHUNK;
+        if (read_at(r, off, buf, n)) {
+            free(buf);
+            return -1;
+        }
+        reg = crc32_update(reg, buf, n);
+        off += n, len -= n;
+    }
+    free(buf);
+    *out = reg ^ UINT32_C(0xFFFFFFFF);
+    return 0;
+}
+
+/* Fails with `layout` unless every byte of [off, off + len) is zero. */
+static int zero_range(struct reader *r, uint64_t off, uint64_t len, const char *what)
+{
+    unsigned char *buf = malloc(CHUNK);
+    uint64_t at = off;
+    if (!buf)
+        return fail(NQ_IO, "out of memory");
+    while (len) {
+        size_t n = len < CHUNK ? (size_t)len : CHUNK, k;
+        if (read_at(r, at, buf, n)) {
+            free(buf);
+            return -1;
+        }
+        for (k = 0; k < n; k++)
+            if (buf[k]) {
+                unsigned bad = buf[k];
+                free(buf);
+                return fail(NQ_LAYOUT, "%s: padding byte at %" PRIu64 " is 0x%02x, not zero",
+                            what, at + k, bad);
+            }
+        at += n, len -= n;
+    }
+    free(buf);
+    return 0;
+}
+
+/* Lets reads reach the LOW section (full-bit mode); part_only on a part-bit-only file (§9). */
+static int enable_low(struct reader *r, const char *why)
+{
+    if (r->part_only)
+        return fail(NQ_PART_ONLY,
+                    "%s needs the LOW section, but this is a part-bit-only file (%" PRIu64
+                    " bytes, full_end %" PRIu64 ", §9)",
+                    why, r->size, r->full_end);
+    r->read_limit = r->full_end;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Opening: spec §11 steps 1-12, in order.
+ * ------------------------------------------------------------------------------------------- */
+
+static void parse_blob(const unsigned char *p, struct blob *b)
+{
+    b->offset = le64(p);
+    b->length = le64(p + 8);
+    b->crc = le32(p + 16);
+    b->codec = p[20];
+}
+
+/* Name set for the duplicate check: open addressing over record indices (+1; 0 = empty). */
+struct nameset {
+    uint32_t *slot;
+    uint64_t mask;
+};
+
+static uint64_t fnv1a(const unsigned char *p, size_t n)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    size_t i;
+    for (i = 0; i < n; i++)
+        h = (h ^ p[i]) * UINT64_C(0x100000001b3);
+    return h;
+}
+
+/* Returns the index of an earlier record with the same name, or -1 after inserting record i. */
+static long nameset_insert(struct nameset *s, const struct reader *r, uint32_t i)
+{
+    const struct tensor *t = &r->tensors[i];
+    const unsigned char *name = r->names + t->name_offset;
+    uint64_t k = fnv1a(name, t->name_length) & s->mask;
+    while (s->slot[k]) {
+        const struct tensor *o = &r->tensors[s->slot[k] - 1];
+        if (o->name_length == t->name_length &&
+            memcmp(r->names + o->name_offset, name, t->name_length) == 0)
+            return (long)(s->slot[k] - 1);
+        k = (k + 1) & s->mask;
+    }
+    s->slot[k] = i + 1;
+    return -1;
+}
+
+/* Placement cursor of one data section (§7.1). */
+struct cursor {
+    uint64_t next;  /* where the next blob must start */
+    int any;        /* a blob has been placed */
+    uint64_t end;   /* end of the last blob */
+};
+
+static int place_blob(const struct reader *r, int sec, struct cursor *c, const struct blob *b,
+                      uint64_t raw, uint32_t rec, const char *which)
+{
+    const struct section *s = &r->sec[sec];
+    uint64_t want = s->offset, end, sec_end = s->offset + s->length, bound;
+    if (c->any && !align_u64(c->end, NQ_BLOB_ALIGN, &want))
+        return fail(NQ_LAYOUT, "record %" PRIu32 ": %s blob offset overflows", rec, which);
+    if (b->offset != want)
+        return fail(NQ_LAYOUT,
+                    "record %" PRIu32 ": %s blob at %" PRIu64 ", expected %" PRIu64
+                    " in %s (§7.1)",
+                    rec, which, b->offset, want, SECTION_NAMES[sec]);
+    if (b->codec == NQ_CODEC_NONE) {
+        if (b->length != raw)
+            return fail(NQ_LAYOUT,
+                        "record %" PRIu32 ": %s blob is %" PRIu64 " bytes, expected %" PRIu64
+                        " (§4.2)",
+                        rec, which, b->length, raw);
+    } else { /* zstd, §8: 1 <= length <= raw + raw/128 + 1024 */
+        if (!add_u64(raw, raw / NQ_ZSTD_SLACK_DIV, &bound) ||
+            !add_u64(bound, NQ_ZSTD_SLACK_ADD, &bound))
+            bound = UINT64_MAX;
+        if (b->length < 1 || b->length > bound)
+            return fail(NQ_LAYOUT,
+                        "record %" PRIu32 ": compressed %s blob is %" PRIu64
+                        " bytes, allowed 1..%" PRIu64 " (§8)",
+                        rec, which, b->length, bound);
+    }
+    if (!add_u64(b->offset, b->length, &end) || end > sec_end)
+        return fail(NQ_LAYOUT, "record %" PRIu32 ": %s blob runs past the end of %s (§7.1)", rec,
+                    which, SECTION_NAMES[sec]);
+    c->any = 1;
+    c->end = end;
+    return 0;
+}
+
+/* §11 step 11 for one record. */
+static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, uint64_t *name_cur,
+                        struct nameset *ns, struct cursor cur[3], int *any_zstd)
+{
+    struct tensor *t = &r->tensors[i];
+    const struct blob *used[3];
+    unsigned nused, k;
+    uint64_t raw, end;
+    long dup;
+
+    t->name_offset = le64(rec);
+    t->name_length = le32(rec + 8);
+    t->kind = rec[12];
+    t->dtype = rec[13];
+    t->ndim = rec[14];
+    for (k = 0; k < NQ_MAX_NDIM; k++)
+        t->dims[k] = le64(rec + 16 + 8 * k);
+    parse_blob(rec + 80, &t->data);
+    parse_blob(rec + 104, &t->high);
+    parse_blob(rec + 128, &t->low);
+
+    /* invalid_header: reserved bytes, kind, dtype, ndim, unused dims, codec */
+    if (rec[15] != 0 || !all_zero(rec + 152, 8) || !all_zero(rec + 80 + 21, 3) ||
+        !all_zero(rec + 104 + 21, 3) || !all_zero(rec + 128 + 21, 3))
+        return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": reserved bytes are not zero (§4)", i);
+    if (t->kind != NQ_KIND_RAW && t->kind != NQ_KIND_NESTED)
+        return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": kind %u is neither 0 nor 1 (§4)", i,
+                    t->kind);
+    if (t->dtype < 1 || t->dtype > NQ_DTYPE_MAX)
+        return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": dtype %u is not a §4.1 code", i,
+                    t->dtype);
+    if (t->ndim > NQ_MAX_NDIM)
+        return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": ndim %u > %u (§4)", i, t->ndim,
+                    NQ_MAX_NDIM);
+    for (k = t->ndim; k < NQ_MAX_NDIM; k++)
+        if (t->dims[k] != 0)
+            return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": unused dims[%u] is not zero (§4)",
+                        i, k);
+    if (t->kind == NQ_KIND_NESTED) {
+        if (t->ndim < 1)
+            return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": NESTED tensor with ndim 0 (§4)",
+                        i);
+        if (t->dtype > NQ_DTYPE_F64)
+            return fail(NQ_INVALID_HEADER,
+                        "record %" PRIu32 ": NESTED tensor with dtype %s; must be F32, F16, BF16 "
+                        "or F64 (§4.1)",
+                        i, DTYPES[t->dtype].name);
+        used[0] = &t->data, used[1] = &t->high, used[2] = &t->low, nused = 3;
+    } else {
+        if (!all_zero(rec + 104, 48))
+            return fail(NQ_INVALID_HEADER,
+                        "record %" PRIu32 ": RAW tensor with non-zero high/low blob refs (§4)", i);
+        used[0] = &t->data, nused = 1;
+    }
+    for (k = 0; k < nused; k++)
+        if (used[k]->codec == NQ_CODEC_ZSTD && !(r->incompat & NQ_FLAG_ZSTD))
+            return fail(NQ_INVALID_HEADER,
+                        "record %" PRIu32 ": zstd blob but incompat_flags bit 0 is clear (§3.3)",
+                        i);
+    /* unsupported_feature: a codec this version does not define */
+    for (k = 0; k < nused; k++) {
+        if (used[k]->codec > NQ_CODEC_ZSTD)
+            return fail(NQ_UNSUPPORTED_FEATURE, "record %" PRIu32 ": unknown codec %u (§4)", i,
+                        used[k]->codec);
+        if (used[k]->codec == NQ_CODEC_ZSTD)
+            *any_zstd = 1;
+    }
+    /* limit: numel <= 2^48 (§10); any zero dimension makes it 0 */
+    t->numel = 1;
+    for (k = 0; k < t->ndim; k++)
+        if (t->dims[k] == 0)
+            t->numel = 0;
+    if (t->numel) {
+        for (k = 0; k < t->ndim; k++)
+            if (!mul_u64(t->numel, t->dims[k], &t->numel) || t->numel > NQ_MAX_NUMEL)
+                return fail(NQ_LIMIT, "record %" PRIu32 ": more than 2^48 elements (§10)", i);
+    }
+    /* layout: the name follows the previous one inside NAMES (§5) */
+    if (t->name_offset != *name_cur)
+        return fail(NQ_LAYOUT, "record %" PRIu32 ": name_offset %" PRIu64 ", expected %" PRIu64
+                    " (§5)", i, t->name_offset, *name_cur);
+    if (!add_u64(t->name_offset, t->name_length, &end) || end > r->sec[SEC_NAMES].length)
+        return fail(NQ_LAYOUT, "record %" PRIu32 ": name runs past the end of NAMES (§5)", i);
+    *name_cur = end;
+    /* invalid_name */
+    if (t->name_length < 1 || t->name_length > NQ_MAX_NAME)
+        return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name length %" PRIu32
+                    " is not 1..%u (§5)", i, t->name_length, NQ_MAX_NAME);
+    if (!utf8_valid(r->names + t->name_offset, t->name_length))
+        return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name is not valid UTF-8 (§5)", i);
+    /* duplicate_name */
+    dup = nameset_insert(ns, r, i);
+    if (dup >= 0)
+        return fail(NQ_DUPLICATE_NAME, "records %ld and %" PRIu32 " are both named \"%.*s\" (§5)",
+                    dup, i, (int)t->name_length, (const char *)r->names + t->name_offset);
+    /* layout: blob placement and lengths (§4.2, §7.1, §8) */
+    if (t->kind == NQ_KIND_RAW) {
+        raw = t->numel * DTYPES[t->dtype].size; /* <= 2^51, cannot wrap */
+        if (place_blob(r, SEC_DATA, &cur[0], &t->data, raw, i, "data"))
+            return -1;
+    } else {
+        if (!mul_u64(t->dims[0], NQ_PARAM_ARRAYS * NQ_PARAM_BYTES, &raw))
+            raw = UINT64_MAX; /* cannot match any stored length (§4.2) */
+        if (place_blob(r, SEC_DATA, &cur[0], &t->data, raw, i, "data"))
+            return -1;
+        packed_len(t->numel, r->h, &raw); /* numel <= 2^48: cannot wrap */
+        if (place_blob(r, SEC_HIGH, &cur[1], &t->high, raw, i, "high"))
+            return -1;
+        packed_len(t->numel, r->l + 1, &raw);
+        if (place_blob(r, SEC_LOW, &cur[2], &t->low, raw, i, "low"))
+            return -1;
+    }
+    return 0;
+}
+
+static int nq_open(struct reader *r, const char *path)
+{
+    unsigned char p[NQ_PREAMBLE_SIZE];
+    uint64_t v, t, want, header_len;
+    struct nameset ns = {NULL, 0};
+    struct cursor cur[3];
+    uint64_t name_cur = 0;
+    int any_zstd = 0, k;
+    uint32_t i;
+    off_t end;
+
+    memset(r, 0, sizeof *r);
+    r->f = fopen(path, "rb");
+    if (!r->f)
+        return fail(NQ_IO, "cannot open: %s", strerror(errno));
+    if (fseeko(r->f, 0, SEEK_END) != 0 || (end = ftello(r->f)) < 0)
+        return fail(NQ_IO, "cannot find the file size: %s", strerror(errno));
+    r->size = (uint64_t)end;
+    r->read_limit = r->size;
+
+    /* 1 */
+    if (r->size < NQ_PREAMBLE_SIZE)
+        return fail(NQ_TRUNCATED, "file is %" PRIu64 " bytes, shorter than the 256-byte preamble",
+                    r->size);
+    if (read_at(r, 0, p, sizeof p))
+        return -1;
+    /* 2 */
+    if (memcmp(p, NQ_MAGIC, sizeof NQ_MAGIC) != 0)
+        return fail(NQ_BAD_MAGIC, "the first 8 bytes are not the .nq magic (§3.1)");
+    /* 3 */
+    r->version_major = le16(p + 8);
+    r->version_minor = le16(p + 10);
+    if (r->version_major != NQ_VERSION_MAJOR)
+        return fail(NQ_UNSUPPORTED_VERSION, "version %u.%u; this reader implements major %u",
+                    r->version_major, r->version_minor, NQ_VERSION_MAJOR);
+    /* 4 */
+    if (crc32_buf(p, NQ_PREAMBLE_CRC_AT) != le32(p + NQ_PREAMBLE_CRC_AT))
+        return fail(NQ_CHECKSUM, "preamble_crc is 0x%08" PRIx32 ", computed 0x%08" PRIx32,
+                    le32(p + NQ_PREAMBLE_CRC_AT), crc32_buf(p, NQ_PREAMBLE_CRC_AT));
+    /* 5 */
+    r->count = le32(p + 12);
+    r->incompat = le64(p + 16);
+    r->compat = le64(p + 24);
+    if (r->incompat & ~NQ_FLAG_ZSTD)
+        return fail(NQ_UNSUPPORTED_FEATURE, "unknown incompat_flags bits 0x%" PRIx64 " (§3.3)",
+                    r->incompat & ~NQ_FLAG_ZSTD);
+    /* 6 */
+    r->n = p[32];
+    r->h = p[33];
+    if (r->n < NQ_N_MIN || r->n > NQ_N_MAX)
+        return fail(NQ_INVALID_HEADER, "n = %u is not in 2..8 (§3.1)", r->n);
+    if (r->h < NQ_H_MIN || r->h > r->n - 1)
+        return fail(NQ_INVALID_HEADER, "h = %u is not in 1..n-1 = 1..%u (§3.1)", r->h, r->n - 1);
+    r->l = r->n - r->h;
+    r->part_end = le64(p + 40);
+    r->full_end = le64(p + 48);
+    for (k = 0; k < NQ_SECTION_COUNT; k++) {
+        const unsigned char *e = p + NQ_SECTION_TABLE_AT + NQ_SECTION_ENTRY_SIZE * k;
+        r->sec[k].offset = le64(e);
+        r->sec[k].length = le64(e + 8);
+        r->sec[k].crc = le32(e + 16);
+    }
+    /* 7: header_end here is the canonical 256 + 160*count + NAMES.length + META.length
+     * (AMBIGUITY: the spec does not say which header_end step 7 uses). */
+    if (r->count > NQ_MAX_TENSORS)
+        return fail(NQ_LIMIT, "tensor_count %" PRIu32 " > 1048576 (§10)", r->count);
+    if (r->sec[SEC_META].length > NQ_MAX_META)
+        return fail(NQ_LIMIT, "META is %" PRIu64 " bytes, more than 16 MiB (§10)",
+                    r->sec[SEC_META].length);
+    v = NQ_PREAMBLE_SIZE + (uint64_t)NQ_RECORD_SIZE * r->count;
+    if (!add_u64(v, r->sec[SEC_NAMES].length, &v) || !add_u64(v, r->sec[SEC_META].length, &v) ||
+        v > NQ_MAX_HEADER_END)
+        return fail(NQ_LIMIT, "header (preamble + INDEX + NAMES + META) is over 256 MiB (§10)");
+    for (k = 0; k < NQ_SECTION_COUNT; k++)
+        if (r->sec[k].offset > NQ_MAX_OFFSET || r->sec[k].length > NQ_MAX_OFFSET)
+            return fail(NQ_LIMIT, "%s offset or length is over 2^63-1 (§10)", SECTION_NAMES[k]);
+    if (r->part_end > NQ_MAX_OFFSET || r->full_end > NQ_MAX_OFFSET)
+        return fail(NQ_LIMIT, "part_end or full_end is over 2^63-1 (§10)");
+    /* 8: canonical layout (§3.2). All terms are <= 2^63-1 here and each comparison bounds the
+     * next sum, but the arithmetic is checked anyway. */
+    want = NQ_PREAMBLE_SIZE;
+    for (k = 0; k < NQ_SECTION_COUNT; k++) {
+        if (k == SEC_INDEX && r->sec[k].length != (uint64_t)NQ_RECORD_SIZE * r->count)
+            return fail(NQ_LAYOUT, "INDEX.length is %" PRIu64 ", expected 160 * %" PRIu32
+                        " (§3.2)", r->sec[k].length, r->count);
+        if (k >= SEC_DATA && !align_u64(want, NQ_SECTION_ALIGN, &want))
+            return fail(NQ_LAYOUT, "%s offset overflows (§3.2)", SECTION_NAMES[k]);
+        if (r->sec[k].offset != want)
+            return fail(NQ_LAYOUT, "%s.offset is %" PRIu64 ", expected %" PRIu64 " (§3.2)",
+                        SECTION_NAMES[k], r->sec[k].offset, want);
+        if (!add_u64(want, r->sec[k].length, &want))
+            return fail(NQ_LAYOUT, "%s end overflows (§3.2)", SECTION_NAMES[k]);
+        if (k == SEC_META)
+            r->header_end = want;
+        if (k == SEC_HIGH && r->part_end != want)
+            return fail(NQ_LAYOUT, "part_end is %" PRIu64 ", expected %" PRIu64 " (§3.2)",
+                        r->part_end, want);
+        if (k == SEC_LOW && r->full_end != want)
+            return fail(NQ_LAYOUT, "full_end is %" PRIu64 ", expected %" PRIu64 " (§3.2)",
+                        r->full_end, want);
+    }
+    /* 9 */
+    if (r->size < r->header_end || r->size < r->part_end)
+        return fail(NQ_TRUNCATED, "file is %" PRIu64 " bytes; the part-bit prefix needs %" PRIu64
+                    " (§9)", r->size, r->part_end);
+    if (r->size > r->full_end)
+        return fail(NQ_LAYOUT, "file is %" PRIu64 " bytes, more than full_end %" PRIu64 " (§9)",
+                    r->size, r->full_end);
+    r->part_only = r->size < r->full_end;
+    r->read_limit = r->part_end; /* §9: nothing at or past part_end until LOW is asked for */
+    /* 10: header_len <= 256 MiB and <= size (steps 7 and 9), so this allocation is bounded */
+    header_len = r->header_end - NQ_PREAMBLE_SIZE;
+    r->header = malloc(header_len ? (size_t)header_len : 1);
+    if (!r->header)
+        return fail(NQ_IO, "out of memory");
+    if (read_at(r, NQ_PREAMBLE_SIZE, r->header, (size_t)header_len))
+        return -1;
+    for (k = SEC_INDEX; k <= SEC_META; k++) {
+        uint32_t c = crc32_buf(r->header + (r->sec[k].offset - NQ_PREAMBLE_SIZE),
+                               (size_t)r->sec[k].length);
+        if (c != r->sec[k].crc)
+            return fail(NQ_CHECKSUM, "%s crc is 0x%08" PRIx32 ", computed 0x%08" PRIx32,
+                        SECTION_NAMES[k], r->sec[k].crc, c);
+    }
+    r->names = r->header + (r->sec[SEC_NAMES].offset - NQ_PREAMBLE_SIZE);
+    /* 11 */
+    r->tensors = calloc(r->count ? r->count : 1, sizeof *r->tensors);
+    for (t = 1; t < 2 * (uint64_t)r->count; t <<= 1)
+        ;
+    ns.mask = t - 1;
+    ns.slot = calloc((size_t)t, sizeof *ns.slot);
+    if (!r->tensors || !ns.slot) {
+        free(ns.slot);
+        return fail(NQ_IO, "out of memory");
+    }
+    memset(cur, 0, sizeof cur);
+    for (i = 0; i < r->count; i++) {
+        if (check_record(r, i, r->header + (uint64_t)NQ_RECORD_SIZE * i, &name_cur, &ns, cur,
+                         &any_zstd)) {
+            free(ns.slot);
+            return -1;
+        }
+    }
+    free(ns.slot);
+    if (name_cur != r->sec[SEC_NAMES].length)
+        return fail(NQ_LAYOUT, "names use %" PRIu64 " bytes but NAMES.length is %" PRIu64 " (§5)",
+                    name_cur, r->sec[SEC_NAMES].length);
+    for (k = 0; k < 3; k++) {
+        const struct section *s = &r->sec[SEC_DATA + k];
+        uint64_t used = cur[k].any ? cur[k].end - s->offset : 0;
+        if (s->length != used)
+            return fail(NQ_LAYOUT, "%s.length is %" PRIu64 " but its blobs end at +%" PRIu64
+                        " (§7.1)", SECTION_NAMES[SEC_DATA + k], s->length, used);
+    }
+    if ((r->incompat & NQ_FLAG_ZSTD) && !any_zstd)
+        return fail(NQ_INVALID_HEADER,
+                    "incompat_flags bit 0 (ZSTD) is set but no blob is compressed (§3.3)");
+    /* 12 */
+    return meta_validate(r->header + (r->sec[SEC_META].offset - NQ_PREAMBLE_SIZE),
+                         (size_t)r->sec[SEC_META].length);
+}
+
+static void nq_close(struct reader *r)
+{
+    if (r->f)
+        fclose(r->f);
+    free(r->header);
+    free(r->tensors);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Blob access (§11 step 13: CRCs are checked when a blob is read).
+ * ------------------------------------------------------------------------------------------- */
+
+static int check_section_crc(struct reader *r, int sec)
+{
+    uint32_t c;
+    if (crc_range(r, r->sec[sec].offset, r->sec[sec].length, &c))
+        return -1;
+    if (c != r->sec[sec].crc)
+        return fail(NQ_CHECKSUM, "%s crc is 0x%08" PRIx32 ", computed 0x%08" PRIx32,
+                    SECTION_NAMES[sec], r->sec[sec].crc, c);
+    return 0;
+}
+
+static int check_blob_crc(struct reader *r, const struct blob *b, const char *name,
+                          const char *which)
+{
+    uint32_t c;
+    if (crc_range(r, b->offset, b->length, &c))
+        return -1;
+    if (c != b->crc)
+        return fail(NQ_CHECKSUM, "tensor \"%s\": %s blob crc is 0x%08" PRIx32 ", computed 0x%08"
+                    PRIx32, name, which, b->crc, c);
+    return 0;
+}
+
+static int require_uncompressed(const struct blob *b, const char *name, const char *which)
+{
+    if (b->codec == NQ_CODEC_ZSTD)
+        return fail(NQ_ZSTD_UNSUPPORTED,
+                    "tensor \"%s\": the %s blob is zstandard-compressed (§8), which this "
+                    "dependency-free reader does not decompress",
+                    name, which);
+    return 0;
+}
+
+/* Dense LSB-first bitstream of k-bit two's complement codes (§7.3), read in chunks. */
+struct bitreader {
+    struct reader *r;
+    uint64_t pos, left; /* file range not yet buffered */
+    unsigned char *buf;
+    size_t blen, bpos;
+    uint32_t acc;
+    unsigned nbits, k;
+};
+
+static int br_init(struct bitreader *b, struct reader *r, const struct blob *blob, unsigned k)
+{
+    memset(b, 0, sizeof *b);
+    b->r = r, b->pos = blob->offset, b->left = blob->length, b->k = k;
+    b->buf = malloc(CHUNK);
+    return b->buf ? 0 : fail(NQ_IO, "out of memory");
+}
+
+static int br_get(struct bitreader *b, int32_t *code)
+{
+    uint32_t u;
+    while (b->nbits < b->k) {
+        if (b->bpos == b->blen) {
+            size_t n = b->left < CHUNK ? (size_t)b->left : CHUNK;
+            if (n == 0) /* blob lengths were checked against numel (§4.2) */
+                return fail(NQ_INTERNAL, "bitstream ended early");
+            if (read_at(b->r, b->pos, b->buf, n))
+                return -1;
+            b->pos += n, b->left -= n, b->blen = n, b->bpos = 0;
+        }
+        b->acc |= (uint32_t)b->buf[b->bpos++] << b->nbits;
+        b->nbits += 8;
+    }
+    u = b->acc & ((UINT32_C(1) << b->k) - 1);
+    b->acc >>= b->k;
+    b->nbits -= b->k;
+    *code = u >= (UINT32_C(1) << (b->k - 1)) ? (int32_t)u - (int32_t)(1 << b->k) : (int32_t)u;
+    return 0;
+}
+
+/* After the last code: the rest of the last byte must be zero bits (§7.3). */
+static int br_tail_zero(const struct bitreader *b)
+{
+    return b->acc == 0 && b->left == 0 && b->bpos == b->blen;
+}
+
+/* Buffered little-endian output to stdout. */
+struct out {
+    unsigned char buf[1 << 16];
+    size_t len;
+};
+
+static int out_flush(struct out *o)
+{
+    if (o->len && fwrite(o->buf, 1, o->len, stdout) != o->len)
+        return fail(NQ_IO, "cannot write to stdout: %s", strerror(errno));
+    o->len = 0;
+    return 0;
+}
+
+static int out_u32(struct out *o, uint32_t v)
+{
+    if (sizeof o->buf - o->len < 4 && out_flush(o))
+        return -1;
+    o->buf[o->len++] = (unsigned char)v;
+    o->buf[o->len++] = (unsigned char)(v >> 8);
+    o->buf[o->len++] = (unsigned char)(v >> 16);
+    o->buf[o->len++] = (unsigned char)(v >> 24);
+    return 0;
+}
+
+static int out_f32(struct out *o, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return out_u32(o, u);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Commands
+ * ------------------------------------------------------------------------------------------- */
+
+static void print_name(FILE *fp, const unsigned char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (s[i] == '\\')
+            fputs("\\\\", fp);
+        else if (s[i] < 0x20 || s[i] == 0x7F)
+            fprintf(fp, "\\x%02x", s[i]);
+        else
+            fputc(s[i], fp);
+    }
+}
+
+static int cmd_info(struct reader *r)
+{
+    uint32_t i;
+    unsigned k;
+    printf("version %u.%u\nn %u\nh %u\nl %u\n", r->version_major, r->version_minor, r->n, r->h,
+           r->l);
+    printf("incompat_flags 0x%" PRIx64 "\ncompat_flags 0x%" PRIx64 "\n", r->incompat, r->compat);
+    printf("size %" PRIu64 "\npart_end %" PRIu64 "\nfull_end %" PRIu64 "\npart_only %d\n",
+           r->size, r->part_end, r->full_end, r->part_only);
+    printf("tensor_count %" PRIu32 "\n", r->count);
+    for (k = 0; k < NQ_SECTION_COUNT; k++)
+        printf("section %s offset=%" PRIu64 " length=%" PRIu64 " crc=0x%08" PRIx32 "\n",
+               SECTION_NAMES[k], r->sec[k].offset, r->sec[k].length, r->sec[k].crc);
+    for (i = 0; i < r->count; i++) {
+        const struct tensor *t = &r->tensors[i];
+        printf("tensor %s %s [", t->kind == NQ_KIND_NESTED ? "NESTED" : "RAW",
+               DTYPES[t->dtype].name);
+        for (k = 0; k < t->ndim; k++)
+            printf("%s%" PRIu64, k ? "," : "", t->dims[k]);
+        printf("] ");
+        print_name(stdout, r->names + t->name_offset, t->name_length);
+        putchar('\n');
+    }
+    return 0;
+}
+
+static const struct tensor *find_tensor(const struct reader *r, const char *name)
+{
+    size_t len = strlen(name);
+    uint32_t i;
+    for (i = 0; i < r->count; i++) {
+        const struct tensor *t = &r->tensors[i];
+        if (t->name_length == len && memcmp(r->names + t->name_offset, name, len) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+enum what { WHAT_VALUES, WHAT_CODES, WHAT_LOW };
+
+static int dump_raw(struct reader *r, const struct tensor *t, const char *name)
+{
+    unsigned char *buf;
+    uint64_t off = t->data.offset, left = t->data.length;
+    if (check_section_crc(r, SEC_DATA) || check_blob_crc(r, &t->data, name, "data") ||
+        require_uncompressed(&t->data, name, "data"))
+        return -1;
+    buf = malloc(CHUNK);
+    if (!buf)
+        return fail(NQ_IO, "out of memory");
+    while (left) {
+        size_t n = left < CHUNK ? (size_t)left : CHUNK;
+        if (read_at(r, off, buf, n)) {
+            free(buf);
+            return -1;
+        }
+        if (fwrite(buf, 1, n, stdout) != n) {
+            free(buf);
+            return fail(NQ_IO, "cannot write to stdout: %s", strerror(errno));
+        }
+        off += n, left -= n;
+    }
+    free(buf);
+    return 0;
+}
+
+/* Writes a NESTED tensor: float32 values (§7.2) or int32 codes (§7.3), channel by channel. */
+static int dump_nested(struct reader *r, const struct tensor *t, const char *name, int full,
+                       enum what what)
+{
+    struct bitreader hb, lb;
+    struct out *o = NULL;
+    unsigned char *params = NULL;
+    uint64_t C = t->dims[0], per, c, e;
+    int need_high = what != WHAT_LOW, need_low = full || what == WHAT_LOW, rc = -1;
+    int need_params = what == WHAT_VALUES;
+
+    memset(&hb, 0, sizeof hb);
+    memset(&lb, 0, sizeof lb);
+    if (need_low && enable_low(r, "full-bit mode"))
+        return -1;
+    /* step 13: every CRC covering what is read, then the blobs themselves */
+    if ((need_params && check_section_crc(r, SEC_DATA)) ||
+        (need_high && check_section_crc(r, SEC_HIGH)) ||
+        (need_low && check_section_crc(r, SEC_LOW)))
+        return -1;
+    if ((need_params && check_blob_crc(r, &t->data, name, "data")) ||
+        (need_high && check_blob_crc(r, &t->high, name, "high")) ||
+        (need_low && check_blob_crc(r, &t->low, name, "low")))
+        return -1;
+    if ((need_params && require_uncompressed(&t->data, name, "data")) ||
+        (need_high && require_uncompressed(&t->high, name, "high")) ||
+        (need_low && require_uncompressed(&t->low, name, "low")))
+        return -1;
+    if (need_params) {
+        /* 16*C bytes: checked equal to the blob length, which lies inside the real file */
+        params = malloc(t->data.length ? (size_t)t->data.length : 1);
+        if (!params)
+            return fail(NQ_IO, "out of memory");
+        if (read_at(r, t->data.offset, params, (size_t)t->data.length))
+            goto done;
+    }
+    if ((need_high && br_init(&hb, r, &t->high, r->h)) ||
+        (need_low && br_init(&lb, r, &t->low, r->l + 1)))
+        goto done;
+    o = malloc(sizeof *o);
+    if (!o) {
+        fail(NQ_IO, "out of memory");
+        goto done;
+    }
+    o->len = 0;
+    per = t->numel ? t->numel / C : 0;
+    for (c = 0; t->numel && c < C; c++) {
+        /* §7.2 array order: scale_full, offset_full, scale_part, offset_part */
+        float scale = 0, offset = 0;
+        if (need_params) {
+            uint64_t base = full ? 0 : 2 * C;
+            scale = f32_from_le(params + 4 * (base + c));
+            offset = f32_from_le(params + 4 * (base + C + c));
+        }
+        for (e = 0; e < per; e++) {
+            int32_t H = 0, L = 0, code;
+            if ((need_high && br_get(&hb, &H)) || (need_low && br_get(&lb, &L)))
+                goto done;
+            if (what == WHAT_LOW)
+                code = L;
+            else if (full)
+                code = H * (int32_t)(1 << r->l) + L; /* q = H * 2^l + L, exact */
+            else
+                code = H;
+            if (what == WHAT_VALUES) {
+                /* w = fl32(fl32(float32(code) * scale) + offset): two separate roundings */
+                float prod = (float)code * scale;
+                float w = prod + offset;
+                if (out_f32(o, w))
+                    goto done;
+            } else if (out_u32(o, (uint32_t)code)) {
+                goto done;
+            }
+        }
+    }
+    rc = out_flush(o);
+done:
+    free(o);
+    free(params);
+    free(hb.buf);
+    free(lb.buf);
+    return rc;
+}
+
+/* Everything the spec lets a reader check: all CRCs, padding, packing tail bits, code ranges. */
+static int cmd_check(struct reader *r, int *zstd_skipped)
+{
+    uint32_t i;
+    int k;
+    uint64_t pend[3], pend_start;
+    int32_t qmin = -(int32_t)(1 << (r->n - 1)), qmax = (int32_t)(1 << (r->n - 1)) - 1;
+    if (!r->part_only && enable_low(r, "check"))
+        return -1;
+    for (k = SEC_DATA; k <= SEC_LOW; k++)
+        if ((k != SEC_LOW || !r->part_only) && check_section_crc(r, k))
+            return -1;
+    /* §3.2: padding between sections */
+    if (zero_range(r, r->header_end, r->sec[SEC_DATA].offset - r->header_end, "before DATA") ||
+        zero_range(r, r->sec[SEC_DATA].offset + r->sec[SEC_DATA].length,
+                   r->sec[SEC_HIGH].offset -
+                       (r->sec[SEC_DATA].offset + r->sec[SEC_DATA].length),
+                   "before HIGH"))
+        return -1;
+    if (!r->part_only &&
+        zero_range(r, r->part_end, r->sec[SEC_LOW].offset - r->part_end, "before LOW"))
+        return -1;
+    /* §7.1: padding between blobs */
+    for (k = 0; k < 3; k++)
+        pend[k] = r->sec[SEC_DATA + k].offset;
+    for (i = 0; i < r->count; i++) {
+        const struct tensor *t = &r->tensors[i];
+        const struct blob *bl[3] = {&t->data, &t->high, &t->low};
+        char name[NQ_MAX_NAME + 1];
+        memcpy(name, r->names + t->name_offset, t->name_length);
+        name[t->name_length] = 0;
+        for (k = 0; k < (t->kind == NQ_KIND_NESTED ? 3 : 1); k++) {
+            static const char *const which[3] = {"data", "high", "low"};
+            if (k == 2 && r->part_only)
+                continue;
+            pend_start = pend[k];
+            if (zero_range(r, pend_start, bl[k]->offset - pend_start, "between blobs") ||
+                check_blob_crc(r, bl[k], name, which[k]))
+                return -1;
+            pend[k] = bl[k]->offset + bl[k]->length;
+            if (bl[k]->codec == NQ_CODEC_ZSTD)
+                *zstd_skipped += 1;
+        }
+        if (t->kind == NQ_KIND_NESTED && t->high.codec == NQ_CODEC_NONE &&
+            (r->part_only || t->low.codec == NQ_CODEC_NONE)) {
+            struct bitreader hb, lb;
+            uint64_t e;
+            int bad = 0;
+            memset(&lb, 0, sizeof lb);
+            if (br_init(&hb, r, &t->high, r->h) ||
+                (!r->part_only && br_init(&lb, r, &t->low, r->l + 1))) {
+                free(hb.buf);
+                return -1;
+            }
+            for (e = 0; e < t->numel && !bad; e++) {
+                int32_t H, L, q;
+                if (br_get(&hb, &H) || (!r->part_only && br_get(&lb, &L))) {
+                    bad = -1;
+                    break;
+                }
+                if (!r->part_only) {
+                    q = H * (int32_t)(1 << r->l) + L;
+                    if (q < qmin || q > qmax)
+                        bad = fail(NQ_INVALID_HEADER,
+                                   "tensor \"%s\": element %" PRIu64 " recomposes to q = %" PRId32
+                                   ", outside [%" PRId32 ", %" PRId32 "] (§7.3)",
+                                   name, e, q, qmin, qmax);
+                }
+            }
+            if (!bad && !br_tail_zero(&hb))
+                bad = fail(NQ_LAYOUT, "tensor \"%s\": high blob padding bits are not zero (§7.3)",
+                           name);
+            if (!bad && !r->part_only && !br_tail_zero(&lb))
+                bad = fail(NQ_LAYOUT, "tensor \"%s\": low blob padding bits are not zero (§7.3)",
+                           name);
+            free(hb.buf);
+            free(lb.buf);
+            if (bad)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static int usage(const char *msg)
+{
+    if (msg)
+        fprintf(stderr, "nqread: usage error: %s\n", msg);
+    fprintf(stderr,
+            "usage: nqread info FILE\n"
+            "       nqread dump FILE NAME [--mode part|full] [--codes [--low]] [--stats]\n"
+            "       nqread check FILE\n"
+            "exit: 0 ok, 1 I/O error, 2 usage, 3 invalid file, 4 part_only or unsupported zstd\n");
+    return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    struct reader r;
+    const char *cmd, *path;
+    int rc;
+
+    crc32_init();
+    if (argc < 3)
+        return usage(argc < 2 ? NULL : "missing FILE");
+    cmd = argv[1];
+    path = argv[2];
+    if (strcmp(cmd, "info") == 0 || strcmp(cmd, "check") == 0) {
+        int zstd_skipped = 0;
+        if (argc != 3)
+            return usage("too many arguments");
+        rc = nq_open(&r, path);
+        if (rc == 0)
+            rc = cmd[0] == 'i' ? cmd_info(&r) : cmd_check(&r, &zstd_skipped);
+        if (rc == 0 && zstd_skipped)
+            rc = fail(NQ_ZSTD_UNSUPPORTED,
+                      "%d zstd-compressed blobs: CRCs checked, contents not decoded", zstd_skipped);
+        if (rc == 0 && cmd[0] == 'c')
+            printf("ok%s\n", r.part_only ? " (part-bit-only file: LOW not checked)" : "");
+        if (rc == 0 && fflush(stdout) != 0)
+            rc = fail(NQ_IO, "cannot write to stdout");
+        nq_close(&r);
+        return rc ? report_error(path) : EXIT_OK_;
+    }
+    if (strcmp(cmd, "dump") == 0) {
+        const char *name, *mode = "part";
+        enum what what = WHAT_VALUES;
+        int low = 0, stats = 0, mode_given = 0, a;
+        const struct tensor *t;
+        if (argc < 4)
+            return usage("missing NAME");
+        name = argv[3];
+        for (a = 4; a < argc; a++) {
+            if (strcmp(argv[a], "--mode") == 0 && a + 1 < argc)
+                mode = argv[++a], mode_given = 1;
+            else if (strcmp(argv[a], "--codes") == 0)
+                what = WHAT_CODES;
+            else if (strcmp(argv[a], "--low") == 0)
+                low = 1;
+            else if (strcmp(argv[a], "--stats") == 0)
+                stats = 1;
+            else
+                return usage("unknown option");
+        }
+        if (strcmp(mode, "part") != 0 && strcmp(mode, "full") != 0)
+            return usage("--mode must be part or full");
+        if (low) {
+            if (what != WHAT_CODES)
+                return usage("--low needs --codes");
+            if (mode_given && strcmp(mode, "full") != 0)
+                return usage("--low reads the LOW section: it needs --mode full (or no --mode)");
+            what = WHAT_LOW, mode = "full";
+        }
+        rc = nq_open(&r, path);
+        if (rc == 0) {
+            t = find_tensor(&r, name);
+            if (!t)
+                rc = fail(NQ_USAGE, "no tensor named \"%s\" (see nqread info)", name);
+            else if (t->kind == NQ_KIND_RAW && what != WHAT_VALUES)
+                rc = fail(NQ_USAGE, "\"%s\" is a RAW tensor: it has no codes", name);
+            else if (t->kind == NQ_KIND_RAW)
+                rc = dump_raw(&r, t, name);
+            else
+                rc = dump_nested(&r, t, name, mode[0] == 'f', what);
+        }
+        if (rc == 0 && fflush(stdout) != 0)
+            rc = fail(NQ_IO, "cannot write to stdout");
+        if (stats)
+            fprintf(stderr, "nqread: stats bytes_read=%" PRIu64 " read_end=%" PRIu64
+                    " part_end=%" PRIu64 " size=%" PRIu64 "\n",
+                    r.bytes_read, r.read_end, r.part_end, r.size);
+        nq_close(&r);
+        return rc ? report_error(path) : EXIT_OK_;
+    }
+    return usage("unknown command");
+}

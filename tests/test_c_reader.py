@@ -1,0 +1,397 @@
+"""The C reader in examples/c-reader agrees with the spec vectors and the Python reader.
+
+The C program is built twice from source into a temporary directory: once as shipped (-O2) and
+once under AddressSanitizer + UBSan. Every behaviour test runs against both builds; a sanitizer
+report in stderr fails the test even when the exit code looks right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nqformat
+from nqformat import NQWriter
+from nqformat.errors import NQFormatError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+C_READER_DIR = ROOT / "examples" / "c-reader"
+VECTORS_DIR = ROOT / "spec" / "vectors"
+
+#: exit codes documented in examples/c-reader/README.md
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+EXIT_UNSUPPORTED = 4
+
+BUILDS = ("release", "asan")
+BINARY_NAMES = {"release": "nqread", "asan": "nqread-asan"}
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehavior")
+ERROR_CODE_RE = re.compile(r"\[([a-z_]+)\]")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One run of nqread."""
+
+    rc: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def code(self) -> str | None:
+        """The spec §11 code named in the error message, if any."""
+        m = ERROR_CODE_RE.search(self.stderr)
+        return m.group(1) if m else None
+
+
+Runner = Callable[..., Result]
+
+
+@pytest.fixture(scope="session")
+def c_reader_bins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """Both builds, made with the documented `make` targets (plain `cc` if make is absent)."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: `cc` is not on PATH, so examples/c-reader cannot be built")
+    out = tmp_path_factory.mktemp("c-reader")
+    make = shutil.which("make")
+    for target in ("all", "asan"):
+        if make:
+            cmd = [make, "-s", "-C", str(C_READER_DIR), f"OUT={out}", target]
+        else:  # the Makefile's own flags, for a machine with a compiler but no make
+            flags = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off"]
+            extra = (
+                ["-O2"]
+                if target == "all"
+                else ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+            )
+            name = BINARY_NAMES["release" if target == "all" else "asan"]
+            cmd = ["cc", *flags, *extra, "-o", str(out / name), str(C_READER_DIR / "nqread.c")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"build failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+    return {build: out / name for build, name in BINARY_NAMES.items()}
+
+
+def _runner(binary: pathlib.Path) -> Runner:
+    def run(*args: str | os.PathLike[str]) -> Result:
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0")
+        proc = subprocess.run(
+            [str(binary), *map(str, args)], capture_output=True, env=env, check=False, timeout=120
+        )
+        stderr = proc.stderr.decode("utf-8", "replace")
+        found = [m for m in SANITIZER_MARKERS if m in stderr]
+        assert not found, f"sanitizer report from {binary.name} {args}:\n{stderr}"
+        return Result(proc.returncode, proc.stdout, stderr)
+
+    return run
+
+
+@pytest.fixture(params=BUILDS)
+def nqread(request: pytest.FixtureRequest, c_reader_bins: dict[str, pathlib.Path]) -> Runner:
+    """Runs one build of nqread; fails on any sanitizer report."""
+    return _runner(c_reader_bins[request.param])
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparing the C reader with the Python reader
+# ------------------------------------------------------------------------------------------------
+
+
+def python_error_code(path: pathlib.Path) -> str | None:
+    """First §11 code the Python reader raises while opening and reading everything, or None."""
+    try:
+        with nqformat.open(path) as f:
+            for name in f.names():
+                for mode in ("part", "full"):
+                    f.read(name, mode)
+    except NQFormatError as exc:
+        return exc.code
+    return None
+
+
+def assert_dumps_match_python(nqread: Runner, path: pathlib.Path) -> int:
+    """Every tensor: C values (both modes) and codes equal the Python reader's bit for bit."""
+    checked = 0
+    with nqformat.open(path) as f:
+        for info in f.tensors():
+            name = info.name
+            for mode in ("part", "full"):
+                res = nqread("dump", path, name, "--mode", mode)
+                assert res.rc == EXIT_OK, res.stderr
+                expected = np.ascontiguousarray(f.read(name, mode))
+                assert res.stdout == expected.astype(expected.dtype.newbyteorder("<")).tobytes(), (
+                    f"{name} {mode}"
+                )
+                checked += 1
+            if info.kind.name != "NESTED":
+                continue
+            for args, part in (
+                (("--mode", "part"), "high"),
+                (("--mode", "full"), "full"),
+                (("--low",), "low"),
+            ):
+                res = nqread("dump", path, name, "--codes", *args)
+                assert res.rc == EXIT_OK, res.stderr
+                got = np.frombuffer(res.stdout, "<i4")
+                np.testing.assert_array_equal(got, f.codes(name, part).ravel().astype(np.int32))
+    return checked
+
+
+# ------------------------------------------------------------------------------------------------
+# Files written by the Python writer
+# ------------------------------------------------------------------------------------------------
+
+
+def _nested(rng: np.random.Generator, shape: tuple[int, ...], n: int, h: int) -> dict:
+    """Random H, L whose recomposition q = H*2^l + L stays inside the n-bit range."""
+    l = n - h  # noqa: E741
+    q = rng.integers(-(1 << (n - 1)), 1 << (n - 1), size=shape)
+    high = np.clip(np.floor_divide(q + (1 << l) // 2, 1 << l), -(1 << (h - 1)), (1 << (h - 1)) - 1)
+    low = q - high * (1 << l)
+    c = shape[0]
+    params = rng.standard_normal((4, c)).astype(np.float32)
+    return {
+        "w_high": high.astype(np.int8),
+        "w_low": low.astype(np.int8),
+        "scale_full": np.abs(params[0]) / 64,
+        "offset_full": params[1],
+        "scale_part": np.abs(params[2]) / 8,
+        "offset_part": params[3],
+    }
+
+
+def write_model(path: pathlib.Path, n: int, h: int, seed: int, *, compress: bool = False) -> None:
+    """A small model with NESTED and RAW tensors of several dtypes and awkward shapes."""
+    rng = np.random.default_rng(seed)
+    with NQWriter(path, n=n, h=h, metadata={"source": "test_c_reader"}, compress=compress) as w:
+        w.add_nested("conv.weight", **_nested(rng, (6, 3, 3, 3), n, h))
+        w.add_raw("conv.bias", rng.standard_normal(6).astype(np.float32))
+        w.add_nested("fc.weight", **_nested(rng, (10, 37), n, h))
+        w.add_nested("empty.weight", **_nested(rng, (4, 0), n, h))
+        w.add_raw("bn.num_batches_tracked", np.array(7, dtype=np.int64))
+        w.add_raw("half", rng.standard_normal((3, 5)).astype(np.float16))
+        w.add_raw("zeros", np.zeros((4096,), np.float32))  # compressible
+        w.add_raw("mask", np.array([True, False, True]))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("model") / "model.nq"
+    write_model(path, 8, 6, seed=0)
+    return path
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # nqread is stateless
+)
+@given(data=st.data())
+def test_dumps_of_python_written_files_equal_python_reader(nqread: Runner, data) -> None:
+    n = data.draw(st.integers(2, 8), label="n")
+    h = data.draw(st.integers(1, n - 1), label="h")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "m.nq"
+        write_model(path, n, h, seed)
+        assert assert_dumps_match_python(nqread, path) == 16
+
+
+def test_info_lists_sections_and_tensors_like_python_reader(
+    nqread: Runner, model_file: pathlib.Path
+) -> None:
+    res = nqread("info", model_file)
+    assert res.rc == EXIT_OK, res.stderr
+    lines = res.stdout.decode().splitlines()
+    fields = dict(line.split(" ", 1) for line in lines if not line.startswith(("section ", "tensor ")))
+    with nqformat.open(model_file) as f:
+        assert (int(fields["n"]), int(fields["h"]), int(fields["l"])) == (f.n, f.h, f.l)
+        assert int(fields["part_end"]) == f.part_end and int(fields["full_end"]) == f.full_end
+        assert int(fields["tensor_count"]) == len(f.names())
+        sections = [line.split()[1:] for line in lines if line.startswith("section ")]
+        assert sections == [
+            [s.name, f"offset={s.offset}", f"length={s.length}", f"crc=0x{s.crc:08x}"]
+            for s in f.sections()
+        ]
+        tensors = [line.split(" ", 4)[1:] for line in lines if line.startswith("tensor ")]
+        assert tensors == [
+            [t.kind.name, t.dtype.name, "[" + ",".join(map(str, t.shape)) + "]", t.name]
+            for t in f.tensors()
+        ]
+
+
+def test_check_accepts_a_valid_file(nqread: Runner, model_file: pathlib.Path) -> None:
+    res = nqread("check", model_file)
+    assert (res.rc, res.stdout) == (EXIT_OK, b"ok\n"), res.stderr
+
+
+def test_part_mode_never_reads_at_or_past_part_end(nqread: Runner, model_file: pathlib.Path) -> None:
+    with nqformat.open(model_file) as f:
+        part_end = f.part_end
+    res = nqread("dump", model_file, "fc.weight", "--mode", "part", "--stats")
+    assert res.rc == EXIT_OK, res.stderr
+    read_end = int(re.search(r"read_end=(\d+)", res.stderr).group(1))
+    assert 0 < read_end <= part_end
+    res = nqread("dump", model_file, "fc.weight", "--mode", "full", "--stats")
+    assert int(re.search(r"read_end=(\d+)", res.stderr).group(1)) > part_end
+
+
+@pytest.fixture(scope="module")
+def part_only_file(model_file: pathlib.Path, tmp_path_factory: pytest.TempPathFactory):
+    """The canonical part-bit-only file: the first part_end bytes (spec §9)."""
+    with nqformat.open(model_file) as f:
+        part_end = f.part_end
+    path = tmp_path_factory.mktemp("part") / "part.nq"
+    path.write_bytes(model_file.read_bytes()[:part_end])
+    return path
+
+
+def test_part_only_file_serves_part_mode_like_the_full_file(
+    nqread: Runner, model_file: pathlib.Path, part_only_file: pathlib.Path
+) -> None:
+    for name in ("conv.weight", "fc.weight", "conv.bias"):
+        full = nqread("dump", model_file, name, "--mode", "part")
+        part = nqread("dump", part_only_file, name, "--mode", "part")
+        assert (part.rc, part.stdout) == (EXIT_OK, full.stdout), part.stderr
+    info = nqread("info", part_only_file)
+    assert b"part_only 1\n" in info.stdout
+
+
+@pytest.mark.parametrize("args", [("--mode", "full"), ("--codes", "--low")])
+def test_full_bit_data_of_part_only_file_is_a_part_only_error(
+    nqread: Runner, part_only_file: pathlib.Path, args: tuple[str, ...]
+) -> None:
+    res = nqread("dump", part_only_file, "fc.weight", *args)
+    assert (res.rc, res.code, res.stdout) == (EXIT_UNSUPPORTED, "part_only", b"")
+    with nqformat.open(part_only_file) as f, pytest.raises(NQFormatError) as exc:
+        f.read("fc.weight", "full")
+    assert exc.value.code == "part_only"
+
+
+def test_zstd_blob_is_reported_unsupported_but_the_header_is_read(
+    nqread: Runner, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "z.nq"
+    write_model(path, 8, 6, seed=1, compress=True)
+    with nqformat.open(path) as f:
+        compressed = [t.name for t in f.tensors() if t.data.codec != 0]
+    assert "zeros" in compressed
+    assert nqread("info", path).rc == EXIT_OK
+    res = nqread("dump", path, "zeros", "--mode", "part")
+    assert (res.rc, res.code, res.stdout) == (EXIT_UNSUPPORTED, "unsupported_feature", b"")
+    assert "zstandard" in res.stderr
+    assert nqread("check", path).rc == EXIT_UNSUPPORTED
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("dump", "{f}", "no.such.tensor"), "no tensor named"),
+        (("dump", "{f}", "conv.weight", "--mode", "half"), "--mode must be"),
+        (("dump", "{f}", "conv.bias", "--codes"), "RAW tensor"),
+        (("dump", "{f}", "conv.weight", "--low"), "--low needs --codes"),
+        (("frobnicate", "{f}"), "unknown command"),
+        (("info",), "missing FILE"),
+    ],
+)
+def test_bad_command_lines_exit_with_usage_code(
+    nqread: Runner, model_file: pathlib.Path, args: tuple[str, ...], message: str
+) -> None:
+    res = nqread(*(a.format(f=model_file) for a in args))
+    assert res.rc == EXIT_USAGE and message in res.stderr and res.stdout == b""
+
+
+# ------------------------------------------------------------------------------------------------
+# Corrupted files: the C reader reports the same §11 code as the Python reader
+# ------------------------------------------------------------------------------------------------
+
+
+def _flip(offset: Callable[[nqformat.NQFile], int]) -> Callable[[bytes, nqformat.NQFile], bytes]:
+    def mutate(data: bytes, f: nqformat.NQFile) -> bytes:
+        b = bytearray(data)
+        b[offset(f)] ^= 0x01
+        return bytes(b)
+
+    return mutate
+
+
+MUTATIONS: dict[str, Callable[[bytes, nqformat.NQFile], bytes]] = {
+    "shorter_than_preamble": lambda d, f: d[:255],
+    "magic_byte": _flip(lambda f: 3),
+    "version_major": _flip(lambda f: 8),
+    "preamble_reserved_byte": _flip(lambda f: 210),
+    "cut_inside_high": lambda d, f: d[: f.part_end - 1],
+    "byte_appended": lambda d, f: d + b"\0",
+    "index_byte": _flip(lambda f: 256 + 20),
+    "names_byte": _flip(lambda f: f.sections()[1].offset),
+    "meta_byte": _flip(lambda f: f.sections()[2].offset + 1),
+    "data_blob_byte": _flip(lambda f: f.info("fc.weight").data.offset),
+    "high_blob_byte": _flip(lambda f: f.info("fc.weight").high.offset + 3),
+    "low_blob_byte": _flip(lambda f: f.info("conv.weight").low.offset),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_corrupted_file_gives_the_python_readers_error_code(
+    nqread: Runner, model_file: pathlib.Path, tmp_path: pathlib.Path, mutation: str
+) -> None:
+    with nqformat.open(model_file) as f:
+        data = MUTATIONS[mutation](model_file.read_bytes(), f)
+    path = tmp_path / "bad.nq"
+    path.write_bytes(data)
+    expected = python_error_code(path)
+    assert expected is not None
+    res = nqread("check", path)
+    assert (res.rc, res.code) == (EXIT_INVALID, expected), res.stderr
+    assert res.stderr.startswith(f"nqread: invalid file [{expected}]: ")
+
+
+# ------------------------------------------------------------------------------------------------
+# Conformance vectors (spec/vectors/manifest.json)
+# ------------------------------------------------------------------------------------------------
+
+
+def _manifest() -> dict:
+    path = VECTORS_DIR / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _vector_ids(kind: str) -> Iterator[str]:
+    for entry in _manifest().get(kind, []):
+        yield entry["file"]
+
+
+# ------------------------------------------------------------------------------------------------
+# A real network layout
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_random_init_resnet18_dumps_equal_python_reader(
+    c_reader_bins: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "resnet18.nq"
+    nqtool = shutil.which("nqtool") or str(pathlib.Path(sys.executable).parent / "nqtool")
+    cmd = [nqtool, "convert", "resnet18", "--n", "8", "--h", "6", "--random-init", "-o", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    nqread = _runner(c_reader_bins["release"])
+    with nqformat.open(path) as f:
+        count = len(f.names())
+        nested = sum(t.kind.name == "NESTED" for t in f.tensors())
+    assert nested >= 21  # every Conv2d and the Linear of resnet18
+    assert nqread("check", path).rc == EXIT_OK
+    assert assert_dumps_match_python(nqread, path) == 2 * count
