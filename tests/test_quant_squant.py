@@ -125,3 +125,12 @@ def test_channel_error_sum_is_at_most_half_after_squant(seed: int, shape: tuple)
     assert channel_sum.max() <= 0.5 + 1e-4
     assert np.abs(q - rtn).max() <= 1  # each element moves to a neighbour at most
     assert np.abs(q - x).max() < 1
+
+
+def test_zero_sum_kernel_marks_last_of_down_order_as_up_candidate() -> None:
+    # research note §6: Σ == 0 goes "down" with k = 0 and counts as over, so the *last* element
+    # of the down order becomes an undo candidate in the up list. Kernel 0 (errors +0.3, -0.3)
+    # thereby offers its second element (priority 0.3) to the C stage, which beats the 0.2 of
+    # kernels 1 and 2; without the rule the C stage would flip element 2 instead.
+    x = np.array([[-0.3, 0.3, 0.2, 0.2, 0.2, 0.2]], dtype=F32)
+    np.testing.assert_array_equal(squant_round(x, 2, -128, 127), [[0, 1, 0, 0, 0, 0]])

@@ -135,7 +135,8 @@ def _as_float32(weight: Any) -> np.ndarray:
         )
     if arr.size == 0:
         raise QuantizationError(f"weight is empty, shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=F32)
+    with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        arr = np.ascontiguousarray(arr, dtype=F32)
     if not np.isfinite(arr).all():
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise QuantizationError(f"weight has {bad} non-finite value(s) (NaN/inf, or overflow)")
