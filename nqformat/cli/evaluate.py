@@ -41,9 +41,10 @@ LIMIT_SEED = 0
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Evaluation transform: resize shorter side to floor(size / crop_pct), centre-crop, normalise.
+    """Evaluation transform: resize the shorter side, centre-crop, normalise.
 
-    This is timm's eval transform for ``crop_mode="center"`` and pytorchcv's standard one.
+    ``resize`` defaults to floor(input_size / crop_pct), timm's rule for ``crop_mode="center"``;
+    META may record it explicitly (pytorchcv rounds up instead).
     """
 
     input_size: int = DEFAULT_INPUT_SIZE
@@ -51,11 +52,12 @@ class Preprocess:
     interpolation: str = DEFAULT_INTERPOLATION
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize: int = 0  # 0: derive from input_size and crop_pct
     source: str = "default (ImageNet standard: resize 256 bilinear, crop 224)"
 
-    @property
-    def resize(self) -> int:
-        return math.floor(self.input_size / self.crop_pct)
+    def __post_init__(self) -> None:
+        if self.resize == 0:
+            object.__setattr__(self, "resize", math.floor(self.input_size / self.crop_pct))
 
     def transform(self) -> Any:
         from torchvision import transforms
@@ -86,19 +88,13 @@ class Preprocess:
 def _find_data_config(meta: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str]:
     model = meta.get("model")
     model = model if isinstance(model, dict) else {}
-    candidates = [
-        ("model.data_config", model.get("data_config")),
-        ("model.preprocess", model.get("preprocess")),
-        ("preprocess", meta.get("preprocess")),
-    ]
-    for where, value in candidates:
-        if isinstance(value, dict):
-            return value, where
-    return None, ""
+    config = model.get("data_config")
+    return (config, "model.data_config") if isinstance(config, dict) else (None, "")
 
 
 def preprocess_from_meta(meta: Mapping[str, Any]) -> Preprocess:
-    """The transform META records (timm data-config keys), else the ImageNet standard one."""
+    """The transform META ``model.data_config`` records (timm's data-config keys plus
+    ``resize``, written by ``nqformat.zoo``), else the standard ImageNet one."""
     config, where = _find_data_config(meta)
     if config is None:
         return Preprocess()
@@ -125,6 +121,7 @@ def preprocess_from_meta(meta: Mapping[str, Any]) -> Preprocess:
     return Preprocess(
         input_size=int(size),
         crop_pct=float(config.get("crop_pct", DEFAULT_CROP_PCT)),
+        resize=int(config.get("resize", 0)),
         interpolation=interpolation,
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
@@ -334,28 +331,31 @@ def eval_cmd(
         dataset = Subset(dataset, indices)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
     num_images = len(dataset)
-    err = click.get_text_stream("stderr")
     if not as_json:
         click.echo(f"data: {num_images} images in {len(_classes(dataset))} folders of {data}")
         click.echo(f"preprocessing: {preprocess.describe()}")
         if mapping is None:
             click.echo("class index: folders in sorted order -> 0..k-1 (no --class-index given)")
-    if meta.get("model", {}).get("random_init") is True:
+    model_meta = meta.get("model")
+    if isinstance(model_meta, dict) and model_meta.get("random_init") is True:
         click.echo(
-            "WARNING: the file holds randomly initialised weights; accuracy is meaningless",
-            file=err,
+            "WARNING: the file holds randomly initialised weights; its accuracy is meaningless",
+            err=True,
         )
 
     results: list[EvalResult] = []
     switch_info: dict[str, Any] | None = None
     first = "full" if mode == "full" else "part"
     model = nqtorch.load(file, mode=first)
-    model.eval()
-    results.append(_run(model, loader, first, num_images))
-    if mode == "both":
-        report = nqtorch.switch(model, "full")
-        switch_info = _switch_dict(report)
-        results.append(_run(model, loader, "full", num_images))
+    try:
+        model.eval()
+        results.append(_run(model, loader, first, num_images))
+        if mode == "both":
+            report = nqtorch.switch(model, "full")
+            switch_info = {**asdict(report), "bytes_paged": report.bytes_paged}
+            results.append(_run(model, loader, "full", num_images))
+    finally:
+        nqtorch.close(model)
 
     if as_json:
         out = {
@@ -374,16 +374,12 @@ def eval_cmd(
             f"top-5 {100 * r.top5_acc:6.2f}% ({r.top5}/{r.images})  {r.seconds:.1f} s"
         )
     if switch_info is not None:
-        click.echo(f"switch part -> full: {switch_info}")
+        click.echo(
+            f"switch part -> full: paged in {switch_info['bytes_paged_in']:,} bytes of LOW, "
+            f"rewrote {switch_info['tensors']} weights in {switch_info['seconds']:.2f} s"
+        )
 
 
 def _classes(dataset: Any) -> list[str]:
     base = getattr(dataset, "dataset", dataset)
     return list(base.classes)
-
-
-def _switch_dict(report: Any) -> dict[str, Any]:
-    try:
-        return asdict(report)
-    except TypeError:
-        return {"report": repr(report)}

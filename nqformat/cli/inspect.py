@@ -85,7 +85,7 @@ def _mib(nbytes: int) -> str:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return f"{100 * x:.1f}%" if abs(x) >= 0.001 else f"{100 * x:.3f}%"
 
 
 def _smaller(reduction: float) -> str:
@@ -121,139 +121,10 @@ def _weights_line(data: dict[str, Any]) -> str:
     return "unknown (META has no model.random_init)"
 
 
-def _render(data: dict[str, Any], layers: bool) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    sizes = data["sizes"]
-    console.print(f"[bold]{escape(data['file'])}[/]  {_mib(data['file_size'])}")
-    overview = Table.grid(padding=(0, 2))
-    overview.add_row("format", f".nq {data['version']}")
-    overview.add_row(
-        "bits",
-        f"n={data['n']} h={data['h']} l={data['l']}  "
-        f"(full-bit INT{data['n']}, part-bit INT{data['h']}, LOW codes {data['l'] + 1} bits)",
-    )
-    overview.add_row("rounding", escape(str(data["rounding"] or "unknown")))
-    if data["part_params"] is not None:
-        overview.add_row("part params", escape(str(data["part_params"])))
-    if data["quantizer_version"] is not None:
-        overview.add_row("quantizer", escape(str(data["quantizer_version"])))
-    overview.add_row("model", escape(_model_line(data)))
-    overview.add_row("weights", escape(_weights_line(data)))
-    overview.add_row(
-        "tensors",
-        f"{sizes['tensor_count']} ({sizes['nested_count']} nested, {sizes['raw_count']} raw); "
-        f"{sizes['nested_elements']:,} nested weights in {sizes['nested_channels']:,} channels",
-    )
-    console.print(overview)
-    if data["random_init"] is True:
-        console.print(
-            "[bold red]WARNING: this file holds RANDOMLY INITIALISED weights, not a trained "
-            "model. Its accuracy is meaningless.[/]"
-        )
-    if data["part_only"]:
-        console.print(
-            "[bold yellow]LOW is absent: this is a part-bit-only file "
-            f"({data['file_size']:,} of {sizes['full_bytes']:,} bytes). It serves the part-bit "
-            "model only; append the missing bytes of the full file to restore the full-bit one.[/]"
-        )
-
-    sect = Table(title="Sections", title_justify="left")
-    for col in ("section", "offset", "length", "end", "crc32", ""):
-        sect.add_column(col, justify="left" if col in ("section", "") else "right")
-    for s in data["sections"]:
-        sect.add_row(
-            s["name"],
-            f"{s['offset']:,}",
-            f"{s['length']:,}",
-            f"{s['end']:,}",
-            s["crc"],
-            "" if s["present"] else "[yellow]absent[/]",
-        )
-    console.print(sect)
-
-    size = Table(title="Sizes", title_justify="left")
-    size.add_column("what")
-    size.add_column("bytes", justify="right")
-    size.add_column("MiB", justify="right")
-    size.add_column("note")
-
-    def row(label: str, nbytes: int, note: str = "") -> None:
-        size.add_row(label, f"{nbytes:,}", f"{nbytes / 2**20:.2f}", note)
-
-    n, h = data["n"], data["h"]
-    row("part-bit model (prefix)", sizes["part_bytes"], "header + DATA + HIGH")
-    row("full-bit model (file)", sizes["full_bytes"], "+ LOW")
-    row("  header", sizes["header_bytes"], "preamble + INDEX + NAMES + META")
-    row("  raw tensors", sizes["raw_bytes"])
-    row("  per-channel params", sizes["params_bytes"], "full + part scale/offset")
-    row("  HIGH section", sizes["high_section"], f"{h} bits per nested weight")
-    row("  LOW section", sizes["low_section"], f"{data['l'] + 1} bits per nested weight")
-    row(
-        "ideal full",
-        sizes["ideal_full"],
-        f"h+l+1 bits/weight; file is {_over(sizes['overhead_vs_ideal'])}",
-    )
-    row(
-        "ideal part",
-        sizes["ideal_part"],
-        f"h bits/weight; prefix is {_over(sizes['part_overhead_vs_ideal'])}",
-    )
-    row("FP32", sizes["fp32"], f"file is {_smaller(sizes['reduction_vs_fp32'])}")
-    row(f"diverse INT{n} model", sizes["diverse_full_model"], "separate, densely packed")
-    row(f"diverse INT{h} model", sizes["diverse_part_model"], "separate, densely packed")
-    row(
-        f"diverse INT{n}+INT{h}",
-        sizes["diverse_total"],
-        f"file is {_smaller(sizes['reduction_vs_diverse'])} "
-        f"(ideal from bit widths: {_pct(sizes['ideal_reduction_vs_diverse'])})",
-    )
-    console.print(size)
-
-    sw = data["switching"]
-    switch = Table(title="Switching (bytes paged, paper Table 11)", title_justify="left")
-    for col in ("switch", "model", "page-in", "page-out", "total", "saved"):
-        switch.add_column(col, justify="left" if col in ("switch", "model") else "right")
-    for direction, label in (("upgrade", "part -> full"), ("downgrade", "full -> part")):
-        for who, what in (("nested", "nested (this file)"), ("diverse", f"INT{n}+INT{h}")):
-            cost = sw[direction][who]
-            switch.add_row(
-                label if who == "nested" else "",
-                what,
-                f"{cost['page_in']:,}",
-                f"{cost['page_out']:,}",
-                f"{cost['page_in'] + cost['page_out']:,}",
-                _pct(sw[direction]["reduction"]) if who == "nested" else "",
-            )
-    console.print(switch)
-
-    if layers:
-        console.print("[italic]Tensors[/]")
-        console.file.flush()
-        # Plain columns: rich's table layout takes about a second for a few hundred rows.
-        click.echo(_layers_table(data["tensors"]))
-
-
-def _layers_table(tensors: list[dict[str, Any]]) -> str:
-    """Fixed-width text table of the tensors (name, kind, shape, dtype, bytes of each blob)."""
-    head = ("name", "kind", "shape", "dtype", "data", "high", "low")
-    rows = [
-        (
-            t["name"],
-            t["kind"] + (" (zstd)" if t["compressed"] else ""),
-            "x".join(str(d) for d in t["shape"]) or "scalar",
-            t["dtype"],
-            f"{t['data_bytes']:,}",
-            f"{t['high_bytes']:,}" if t["kind"] == "nested" else "",
-            f"{t['low_bytes']:,}" if t["kind"] == "nested" else "",
-        )
-        for t in tensors
-    ]
+def _table(title: str, head: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int]) -> str:
+    """Fixed-width text table. Plain text on purpose: rich's layout engine costs ~1 s for a few
+    hundred rows and its import a noticeable part of inspect's time budget."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
-    right = {4, 5, 6}
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(
@@ -261,8 +132,167 @@ def _layers_table(tensors: list[dict[str, Any]]) -> str:
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), rule, *(line(r) for r in rows)])
+    rule = "  ".join("-" * w for w in widths).rstrip()
+    return "\n".join([click.style(title, bold=True), line(head), rule, *(line(r) for r in rows)])
+
+
+def _render(data: dict[str, Any], layers: bool) -> str:
+    sizes = data["sizes"]
+    n, h, low_bits = data["n"], data["h"], data["l"] + 1
+    out: list[str] = [click.style(f"{data['file']}  {_mib(data['file_size'])}", bold=True)]
+    overview = [
+        ("format", f".nq {data['version']}"),
+        (
+            "bits",
+            f"n={n} h={h} l={data['l']}  (full-bit INT{n}, part-bit INT{h}, "
+            f"LOW codes {low_bits} bits)",
+        ),
+        ("rounding", str(data["rounding"] or "unknown")),
+    ]
+    if data["part_params"] is not None:
+        overview.append(("part params", str(data["part_params"])))
+    if data["quantizer_version"] is not None:
+        overview.append(("quantizer", str(data["quantizer_version"])))
+    overview += [
+        ("model", _model_line(data)),
+        ("weights", _weights_line(data)),
+        (
+            "tensors",
+            f"{sizes['tensor_count']} ({sizes['nested_count']} nested, {sizes['raw_count']} "
+            f"raw); {sizes['nested_elements']:,} nested weights in "
+            f"{sizes['nested_channels']:,} channels",
+        ),
+    ]
+    width = max(len(k) for k, _ in overview)
+    out += [f"{k.ljust(width)}  {v}" for k, v in overview]
+    if data["random_init"] is True:
+        out.append(
+            click.style(
+                "WARNING: this file holds RANDOMLY INITIALISED weights, not a trained model. "
+                "Its accuracy is meaningless.",
+                fg="red",
+                bold=True,
+            )
+        )
+    if data["part_only"]:
+        out.append(
+            click.style(
+                f"LOW is absent: this is a part-bit-only file ({data['file_size']:,} of "
+                f"{sizes['full_bytes']:,} bytes). It serves the part-bit model only; append the "
+                "missing bytes of the full file to restore the full-bit one.",
+                fg="yellow",
+                bold=True,
+            )
+        )
+
+    out.append("")
+    out.append(
+        _table(
+            "Sections",
+            ("section", "offset", "length", "end", "crc32", ""),
+            [
+                (
+                    s["name"],
+                    f"{s['offset']:,}",
+                    f"{s['length']:,}",
+                    f"{s['end']:,}",
+                    s["crc"],
+                    "" if s["present"] else "absent",
+                )
+                for s in data["sections"]
+            ],
+            {1, 2, 3},
+        )
+    )
+
+    def size_row(label: str, nbytes: int, note: str = "") -> tuple[str, ...]:
+        return (label, f"{nbytes:,}", f"{nbytes / 2**20:.2f}", note)
+
+    out.append("")
+    out.append(
+        _table(
+            "Sizes",
+            ("what", "bytes", "MiB", "note"),
+            [
+                size_row("part-bit model (prefix)", sizes["part_bytes"], "header + DATA + HIGH"),
+                size_row("full-bit model (file)", sizes["full_bytes"], "+ LOW"),
+                size_row("  header", sizes["header_bytes"], "preamble + INDEX + NAMES + META"),
+                size_row("  raw tensors", sizes["raw_bytes"]),
+                size_row("  per-channel params", sizes["params_bytes"], "full + part scale/offset"),
+                size_row("  HIGH section", sizes["high_section"], f"{h} bits per nested weight"),
+                size_row(
+                    "  LOW section", sizes["low_section"], f"{low_bits} bits per nested weight"
+                ),
+                size_row(
+                    "ideal full",
+                    sizes["ideal_full"],
+                    f"h+l+1 bits/weight; file is {_over(sizes['overhead_vs_ideal'])}",
+                ),
+                size_row(
+                    "ideal part",
+                    sizes["ideal_part"],
+                    f"h bits/weight; prefix is {_over(sizes['part_overhead_vs_ideal'])}",
+                ),
+                size_row("FP32", sizes["fp32"], f"file is {_smaller(sizes['reduction_vs_fp32'])}"),
+                size_row(f"diverse INT{n} model", sizes["diverse_full_model"], "separate, dense"),
+                size_row(f"diverse INT{h} model", sizes["diverse_part_model"], "separate, dense"),
+                size_row(
+                    f"diverse INT{n}+INT{h}",
+                    sizes["diverse_total"],
+                    f"file is {_smaller(sizes['reduction_vs_diverse'])} (ideal from bit widths: "
+                    f"{_pct(sizes['ideal_reduction_vs_diverse'])})",
+                ),
+            ],
+            {1, 2},
+        )
+    )
+
+    sw = data["switching"]
+    rows = []
+    for direction, label in (("upgrade", "part -> full"), ("downgrade", "full -> part")):
+        for who, what in (("nested", "nested (this file)"), ("diverse", f"INT{n}+INT{h}")):
+            cost = sw[direction][who]
+            rows.append(
+                (
+                    label if who == "nested" else "",
+                    what,
+                    f"{cost['page_in']:,}",
+                    f"{cost['page_out']:,}",
+                    f"{cost['page_in'] + cost['page_out']:,}",
+                    _pct(sw[direction]["reduction"]) if who == "nested" else "",
+                )
+            )
+    out.append("")
+    out.append(
+        _table(
+            "Switching (bytes paged; paper Table 11)",
+            ("switch", "model", "page-in", "page-out", "total", "saved"),
+            rows,
+            {2, 3, 4, 5},
+        )
+    )
+    if layers:
+        out.append("")
+        out.append(
+            _table(
+                "Tensors",
+                ("name", "kind", "shape", "dtype", "data", "high", "low"),
+                [
+                    (
+                        t["name"],
+                        t["kind"] + (" (zstd)" if t["compressed"] else ""),
+                        "x".join(str(d) for d in t["shape"]) or "scalar",
+                        t["dtype"],
+                        f"{t['data_bytes']:,}",
+                        f"{t['high_bytes']:,}" if t["kind"] == "nested" else "",
+                        f"{t['low_bytes']:,}" if t["kind"] == "nested" else "",
+                    )
+                    for t in data["tensors"]
+                ],
+                {4, 5, 6},
+            )
+        )
+    return "\n".join(out)
 
 
 @click.command("inspect")
@@ -280,4 +310,4 @@ def inspect_cmd(file: pathlib.Path, layers: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
-        _render(data, layers)
+        click.echo(_render(data, layers))
