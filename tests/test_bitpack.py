@@ -298,3 +298,20 @@ def test_non_integer_codes_and_bad_buffers_raise_nqerror() -> None:
         unpack(np.zeros(4, dtype=np.float32), 4, 2)
     with pytest.raises(NQError, match="count"):
         unpack(b"\x00", 4, -1)
+
+
+def _unpack_in_child(packed: np.ndarray, width: int, count: int) -> bytes:
+    return unpack(packed, width, count, threads=2).tobytes()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+@pytest.mark.timeout(60)
+def test_threaded_unpack_works_in_a_forked_child_after_parent_used_threads() -> None:
+    import multiprocessing
+
+    codes = random_codes(np.random.default_rng(5), 5, MULTI_CHUNK)
+    packed = pack(codes, 5)
+    assert np.array_equal(unpack(packed, 5, MULTI_CHUNK, threads=2), codes)  # pool now exists
+    with multiprocessing.get_context("fork").Pool(1) as workers:
+        data = workers.apply(_unpack_in_child, (packed, 5, MULTI_CHUNK))
+    assert np.array_equal(np.frombuffer(data, dtype=np.int8), codes)
