@@ -1,0 +1,871 @@
+#!/usr/bin/env python
+"""Write the conformance vectors of spec/vectors/ (schema: spec/vectors/README.md).
+
+Vectors are written ONCE: this script never overwrites an existing file (the numcodecs fixture
+pattern). It writes only the files that are missing and then checks that every existing vector
+file it would have written has exactly the bytes it would have written; a difference means the
+format (or the writer) changed, which needs a version decision (spec §12), so it stops with an
+error instead of "fixing" the vector. The test suite only reads the stored files.
+
+    python tools/make_vectors.py            # write missing vectors, check existing ones
+    python tools/make_vectors.py --out DIR  # elsewhere (e.g. to inspect a proposal)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pathlib
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nqformat import NQWriter
+from nqformat.container import spec
+from nqformat.container.spec import IncompatFlag, Section
+from nqformat.container.testing import (
+    fix_crcs,
+    preamble_of,
+    record_of,
+    replace_blob,
+    replace_meta,
+    replace_preamble,
+    replace_record,
+    replace_section,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class NestedIn:
+    high: np.ndarray
+    low: np.ndarray
+    params: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # sf, of, sp, op
+    dtype: str = "F32"
+
+
+@dataclass
+class ValidVector:
+    name: str
+    description: str
+    n: int
+    h: int
+    tensors: list[tuple[str, Any]]  # (name, NestedIn | np.ndarray | ("BF16", uint16 array))
+    compress: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    part_only_of: str | None = None  # this vector is the part_end prefix of another
+
+
+# --- the oracle: spec §7.2, element by element, independent of the reader ------------------
+
+
+def dequantize(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    out = np.empty(codes.shape, np.float32)
+    for idx in np.ndindex(codes.shape):
+        c = idx[0]
+        out[idx] = np.float32(np.float32(np.float32(int(codes[idx])) * scale[c]) + offset[c])
+    return out
+
+
+def nested(
+    rng: np.random.Generator, shape: tuple[int, ...], n: int, h: int, zeros: bool = False
+) -> NestedIn:
+    l = n - h  # noqa: E741
+    q = np.zeros(shape, np.int64) if zeros else rng.integers(-(1 << (n - 1)), 1 << (n - 1), shape)
+    high = np.clip(np.round(q / (1 << l)), -(1 << (h - 1)), (1 << (h - 1)) - 1).astype(np.int8)
+    low = (q - high.astype(np.int64) * (1 << l)).astype(np.int8)
+    c = shape[0]
+    sf = (rng.uniform(1e-3, 1e-1, c)).astype(np.float32)
+    of = rng.uniform(-0.5, 0.5, c).astype(np.float32)
+    sp = (sf * (1 << l) * rng.uniform(0.9, 1.1, c)).astype(np.float32)
+    op = rng.uniform(-0.5, 0.5, c).astype(np.float32)
+    return NestedIn(high, low, (sf, of, sp, op))
+
+
+def _nested_parts(t: NestedIn) -> tuple[Any, Any, Any]:
+    return t.high, t.low, t.params
+
+
+def valid_vectors() -> list[ValidVector]:
+    rng = np.random.default_rng(20261101)
+    vecs = [
+        ValidVector(
+            "example_n4h2",
+            "the worked example of spec §13: n=4, h=2, one NESTED [2,3] and one RAW float32[2]",
+            4,
+            2,
+            [
+                (
+                    "w",
+                    NestedIn(
+                        np.array([[1, -2, 0], [-1, 1, -2]], np.int8),
+                        np.array([[-3, 2, 1], [0, -4, 3]], np.int8),
+                        (
+                            np.array([0.5, 0.25], np.float32),
+                            np.array([0.0, -1.0], np.float32),
+                            np.array([2.0, 1.0], np.float32),
+                            np.array([0.125, -1.0], np.float32),
+                        ),
+                    ),
+                ),
+                ("b", np.array([0.5, -1.25], np.float32)),
+            ],
+        ),
+        ValidVector(
+            "n8h6_model",
+            "a small model: NESTED conv [4,3,3,3] and linear [3,5] (odd count), RAW bias, "
+            "RAW 0-d int64",
+            8,
+            6,
+            [
+                ("conv.weight", nested(rng, (4, 3, 3, 3), 8, 6)),
+                ("fc.weight", nested(rng, (3, 5), 8, 6)),
+                ("fc.bias", rng.standard_normal(3).astype(np.float32)),
+                ("bn.num_batches_tracked", np.array(7, np.int64)),
+            ],
+            metadata={
+                "model": {
+                    "arch": "tiny",
+                    "zoo": "synthetic",
+                    "random_init": True,
+                    "num_classes": 3,
+                    "preprocessing": {
+                        "input_size": [3, 8, 8],
+                        "mean": [0.5, 0.5, 0.5],
+                        "std": [0.25, 0.25, 0.25],
+                    },
+                },
+                "quant": {"method": "nestquant", "rounding": "rtn", "n": 8, "h": 6},
+            },
+        ),
+    ]
+    for n, h in ((8, 4), (4, 2), (2, 1), (8, 7), (8, 1), (5, 3)):
+        vecs.append(
+            ValidVector(
+                f"n{n}h{h}",
+                f"n={n}, h={h}: code widths {h} and {n - h + 1}; odd element counts",
+                n,
+                h,
+                [
+                    ("a", nested(rng, (3, 7), n, h)),
+                    ("b", nested(rng, (5,), n, h)),
+                    ("c", nested(rng, (1, 1, 1, 13), n, h)),
+                ],
+            )
+        )
+    bf16 = (np.array([1.0, -2.5, 65504.0], np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    vecs += [
+        ValidVector(
+            "raw_dtypes",
+            "a RAW tensor of every dtype (§4.1); BF16 expected as uint16 bit patterns",
+            8,
+            4,
+            [
+                ("f32", np.array([[1.5, -0.0], [np.inf, 3.25]], np.float32)),
+                ("f16", np.array([1.0, -65504.0, 0.00006103515625], np.float16)),
+                ("bf16", ("BF16", bf16)),
+                ("f64", np.array([np.pi, -1e300], np.float64)),
+                ("i8", np.array([-128, -1, 0, 127], np.int8)),
+                ("u8", np.array([0, 1, 254, 255], np.uint8)),
+                ("i16", np.array([[-32768], [32767]], np.int16)),
+                ("i32", np.array([-(2**31), 2**31 - 1, 5], np.int32)),
+                ("i64", np.array([-(2**63), 2**63 - 1], np.int64)),
+                ("bool", np.array([[True, False, True]])),
+                ("nested", nested(rng, (2, 2), 8, 4)),
+                ("nested_f16", NestedIn(*_nested_parts(nested(rng, (2, 3), 8, 4)), dtype="F16")),
+            ],
+        ),
+        ValidVector(
+            "zero_d_and_empty",
+            "0-d RAW, empty RAW, NESTED with 0 channels and NESTED with channels but 0 elements",
+            6,
+            3,
+            [
+                ("scalar", np.array(2.5, np.float32)),
+                ("empty", np.zeros((0, 3), np.float32)),
+                ("nested_no_channels", nested(rng, (0, 4), 6, 3)),
+                ("nested_no_elements", nested(rng, (2, 0), 6, 3)),
+                ("after", nested(rng, (2, 3), 6, 3)),
+            ],
+        ),
+        ValidVector(
+            "compressed",
+            "zstd (§8): compressible blobs stored with codec 1, incompressible ones with codec 0",
+            8,
+            6,
+            [
+                ("zero_codes", nested(rng, (64, 64), 8, 6, zeros=True)),
+                ("random_codes", nested(rng, (4, 5), 8, 6)),
+                ("zeros", np.zeros(4096, np.float32)),
+                ("noise", rng.integers(0, 256, 300, dtype=np.uint8)),
+            ],
+            compress=True,
+        ),
+        ValidVector(
+            "no_tensors",
+            "tensor_count 0: only META; every data section is empty",
+            8,
+            6,
+            [],
+            metadata={"note": "empty"},
+        ),
+        ValidVector(
+            "part_only_n8h6_model",
+            "the first part_end bytes of n8h6_model: a part-bit-only file (§9)",
+            8,
+            6,
+            [],
+            part_only_of="n8h6_model",
+        ),
+        ValidVector(
+            "future_minor_version",
+            "n8h6_model with version_minor 7, an unknown compat_flags bit, an unknown META key "
+            "and nonzero preamble reserved bytes: a 1.x reader MUST read it (§12)",
+            8,
+            6,
+            [],
+            part_only_of=None,
+        ),
+    ]
+    return vecs
+
+
+def _write(vec: ValidVector, path: pathlib.Path) -> None:
+    with NQWriter(path, n=vec.n, h=vec.h, metadata=vec.metadata, compress=vec.compress) as w:
+        for name, t in vec.tensors:
+            if isinstance(t, NestedIn):
+                sf, of, sp, op = t.params
+                w.add_nested(
+                    name,
+                    w_high=t.high,
+                    w_low=t.low,
+                    scale_full=sf,
+                    offset_full=of,
+                    scale_part=sp,
+                    offset_part=op,
+                    dtype=t.dtype,
+                )
+            elif isinstance(t, tuple):
+                w.add_raw(name, t[1], dtype=t[0])
+            else:
+                w.add_raw(name, t)
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _expected(vec: ValidVector, part_only: bool) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    """Per tensor: its manifest entry and the .npy files (suffix -> bytes)."""
+    out = []
+    for name, t in vec.tensors:
+        files: dict[str, bytes] = {}
+        if isinstance(t, NestedIn):
+            l = vec.n - vec.h  # noqa: E741
+            full = t.high.astype(np.int16) * (1 << l) + t.low
+            sf, of, sp, op = t.params
+            files["high"] = _npy(t.high.astype(np.int8))
+            files["part_f32"] = _npy(dequantize(t.high, sp, op))
+            if not part_only:
+                files["low"] = _npy(t.low.astype(np.int8))
+                files["full"] = _npy(full.astype(np.int16))
+                files["full_f32"] = _npy(dequantize(full, sf, of))
+            entry = {"name": name, "kind": "NESTED", "dtype": t.dtype, "shape": list(t.high.shape)}
+        else:
+            dtype, arr = t if isinstance(t, tuple) else (None, t)
+            files["raw"] = _npy(np.asarray(arr).astype(np.asarray(arr).dtype.newbyteorder("<")))
+            code = dtype or spec.DType.from_numpy(arr.dtype).name
+            entry = {"name": name, "kind": "RAW", "dtype": code, "shape": list(arr.shape)}
+        out.append((entry, files))
+    return out
+
+
+# --- invalid vectors --------------------------------------------------------------------------
+
+
+@dataclass
+class InvalidVector:
+    name: str
+    error: str
+    description: str
+    make: Callable[[dict[str, bytes]], bytes]
+    when: str = "open"  # "open" | "read" | "verify"
+    tensor: str | None = None
+    mode: str | None = None
+
+
+def _flip(raw: bytes, offset: int, mask: int = 0x01) -> bytes:
+    buf = bytearray(raw)
+    buf[offset] ^= mask
+    return bytes(buf)
+
+
+def _set(raw: bytes, offset: int, data: bytes) -> bytes:
+    return raw[:offset] + data + raw[offset + len(data) :]
+
+
+def _names_off(raw: bytes) -> int:
+    return preamble_of(raw).section(Section.NAMES).offset
+
+
+def _dims(*dims: int) -> tuple[int, ...]:
+    return dims + (0,) * (spec.MAX_DIMS - len(dims))
+
+
+def invalid_vectors() -> list[InvalidVector]:
+    E = "example_n4h2"  # the base of most invalid vectors: record 0 "w", 1 "b"
+    M = "n8h6_model"
+    C = "compressed"
+
+    def pre(b: dict[str, bytes]) -> Any:
+        return preamble_of(b[E])
+
+    v = InvalidVector
+    return [
+        # §11 steps 1-6: the preamble
+        v("truncated_preamble", "truncated", "only the first 100 bytes", lambda b: b[E][:100]),
+        v("empty_file", "truncated", "a file of 0 bytes", lambda b: b""),
+        v(
+            "bad_magic",
+            "bad_magic",
+            "first magic byte without its high bit",
+            lambda b: _flip(b[E], 0, 0x80),
+        ),
+        v(
+            "bad_magic_text_mode",
+            "bad_magic",
+            "CR LF in the magic turned into LF (text mode)",
+            lambda b: b[E].replace(b"\r\n", b"\n", 1),
+        ),
+        v(
+            "unsupported_version",
+            "unsupported_version",
+            "version_major 2, valid CRC",
+            lambda b: replace_preamble(b[E], version_major=2),
+        ),
+        v(
+            "version_zero",
+            "unsupported_version",
+            "version_major 0, valid CRC",
+            lambda b: replace_preamble(b[E], version_major=0),
+        ),
+        v(
+            "preamble_checksum",
+            "checksum",
+            "one reserved preamble byte set, CRC not updated",
+            lambda b: _flip(b[E], 210),
+        ),
+        v(
+            "unknown_incompat_flag",
+            "unsupported_feature",
+            "incompat_flags bit 7, valid CRC",
+            lambda b: replace_preamble(b[E], incompat_flags=1 << 7),
+        ),
+        v("h_equals_n", "invalid_header", "n=4, h=4", lambda b: replace_preamble(b[E], h=4)),
+        v("n_too_large", "invalid_header", "n=9, h=2", lambda b: replace_preamble(b[E], n=9)),
+        v("h_zero", "invalid_header", "n=4, h=0", lambda b: replace_preamble(b[E], h=0)),
+        # step 7: limits
+        v(
+            "tensor_count_over_limit",
+            "limit",
+            "tensor_count 2^20 + 1",
+            lambda b: replace_preamble(b[E], tensor_count=(1 << 20) + 1),
+        ),
+        v(
+            "huge_declared_meta",
+            "limit",
+            "META.length 2^32 (over 16 MiB)",
+            lambda b: replace_section(b[E], Section.META, length=1 << 32),
+        ),
+        v(
+            "huge_declared_header",
+            "limit",
+            "NAMES.length 2^30: header_end over 256 MiB",
+            lambda b: replace_section(b[E], Section.NAMES, length=1 << 30),
+        ),
+        v(
+            "length_over_2_63",
+            "limit",
+            "DATA.length 2^63",
+            lambda b: replace_section(b[E], Section.DATA, length=1 << 63),
+        ),
+        v(
+            "offset_over_2_63",
+            "limit",
+            "LOW.offset 2^64 - 1",
+            lambda b: replace_section(b[E], Section.LOW, offset=(1 << 64) - 1),
+        ),
+        # step 8: canonical layout
+        v(
+            "non_canonical_section_offset",
+            "layout",
+            "DATA.offset one page later than canonical",
+            lambda b: replace_section(
+                b[E], Section.DATA, offset=pre(b).section(Section.DATA).offset + 4096
+            ),
+        ),
+        v(
+            "overlapping_sections",
+            "layout",
+            "HIGH.offset = DATA.offset: HIGH overlaps DATA",
+            lambda b: replace_section(
+                b[E], Section.HIGH, offset=pre(b).section(Section.DATA).offset
+            ),
+        ),
+        v(
+            "index_length_mismatch",
+            "layout",
+            "INDEX.length 321 for two records (320)",
+            lambda b: replace_section(b[E], Section.INDEX, length=321),
+        ),
+        v(
+            "part_end_mismatch",
+            "layout",
+            "part_end one more than HIGH's end",
+            lambda b: replace_preamble(b[E], part_end=pre(b).part_end + 1),
+        ),
+        v(
+            "full_end_mismatch",
+            "layout",
+            "full_end one less than LOW's end",
+            lambda b: replace_preamble(b[E], full_end=pre(b).full_end - 1),
+        ),
+        # step 9: real size
+        v("truncated_header", "truncated", "cut inside INDEX", lambda b: b[E][:300]),
+        v(
+            "truncated_before_part_end",
+            "truncated",
+            "cut one byte before part_end",
+            lambda b: b[E][: pre(b).part_end - 1],
+        ),
+        v("trailing_bytes", "layout", "one zero byte after full_end", lambda b: b[E] + b"\0"),
+        # step 10: header CRCs
+        v(
+            "index_checksum",
+            "checksum",
+            "one dims byte of record 0 changed, CRC not updated",
+            lambda b: _flip(b[E], spec.INDEX_OFFSET + 16),
+        ),
+        v(
+            "names_checksum",
+            "checksum",
+            "a name byte changed, CRC not updated",
+            lambda b: _flip(b[E], _names_off(b[E])),
+        ),
+        v(
+            "meta_checksum",
+            "checksum",
+            "a META byte changed, CRC not updated",
+            lambda b: _flip(b[E], pre(b).section(Section.META).offset + 2),
+        ),
+        # step 11: records
+        v(
+            "reserved_record_byte",
+            "invalid_header",
+            "record 0 byte 15 is 1",
+            lambda b: replace_record(b[E], 0, reserved=b"\x01" + bytes(8)),
+        ),
+        v(
+            "reserved_blob_byte",
+            "invalid_header",
+            "record 1 data blob reserved byte is 1",
+            lambda b: replace_blob(b[E], 1, "data", reserved=b"\x00\x01\x00"),
+        ),
+        v(
+            "bad_kind",
+            "invalid_header",
+            "record 1 kind 2",
+            lambda b: replace_record(b[E], 1, kind=2),
+        ),
+        v(
+            "bad_dtype",
+            "invalid_header",
+            "record 1 dtype 11",
+            lambda b: replace_record(b[E], 1, dtype=11),
+        ),
+        v(
+            "dtype_zero",
+            "invalid_header",
+            "record 1 dtype 0",
+            lambda b: replace_record(b[E], 1, dtype=0),
+        ),
+        v(
+            "nested_int_dtype",
+            "invalid_header",
+            "NESTED record 0 with dtype I8",
+            lambda b: replace_record(b[E], 0, dtype=spec.DType.I8),
+        ),
+        v(
+            "ndim_over_8",
+            "invalid_header",
+            "record 1 ndim 9",
+            lambda b: replace_record(b[E], 1, ndim=9),
+        ),
+        v(
+            "nested_ndim_zero",
+            "invalid_header",
+            "NESTED record 0 with ndim 0",
+            lambda b: replace_record(b[E], 0, ndim=0, dims=_dims()),
+        ),
+        v(
+            "dims_past_ndim",
+            "invalid_header",
+            "record 1 has dims[1] = 1 with ndim 1",
+            lambda b: replace_record(b[E], 1, dims=_dims(2, 1)),
+        ),
+        v(
+            "raw_with_high_blob",
+            "invalid_header",
+            "RAW record 1 with a nonzero high reference",
+            lambda b: replace_blob(b[E], 1, "high", offset=8192),
+        ),
+        v(
+            "bad_codec",
+            "unsupported_feature",
+            "record 1 data codec 7",
+            lambda b: replace_blob(b[E], 1, "data", codec=7),
+        ),
+        v(
+            "zstd_without_flag",
+            "invalid_header",
+            "record 1 data codec 1, ZSTD flag clear",
+            lambda b: replace_blob(b[E], 1, "data", codec=1),
+        ),
+        v(
+            "zstd_flag_without_blob",
+            "invalid_header",
+            "ZSTD flag set, no compressed blob",
+            lambda b: replace_preamble(b[E], incompat_flags=int(IncompatFlag.ZSTD)),
+        ),
+        v(
+            "shape_product_overflow",
+            "limit",
+            "record 1 dims [2^32, 2^32]: 2^64 elements",
+            lambda b: replace_record(b[E], 1, ndim=2, dims=_dims(1 << 32, 1 << 32)),
+        ),
+        v(
+            "dim_over_2_48_with_zero",
+            "limit",
+            "record 1 dims [2^63, 0]: a dim over 2^48",
+            lambda b: replace_record(b[E], 1, ndim=2, dims=_dims(1 << 63, 0)),
+        ),
+        v(
+            "numel_over_2_48",
+            "limit",
+            "record 1 dims [2^24, 2^24 + 1]",
+            lambda b: replace_record(b[E], 1, ndim=2, dims=_dims(1 << 24, (1 << 24) + 1)),
+        ),
+        v(
+            "empty_name",
+            "invalid_name",
+            "record 0 name_length 0",
+            lambda b: replace_record(b[E], 0, name_length=0),
+        ),
+        v(
+            "name_too_long",
+            "invalid_name",
+            "record 0 name_length 1025",
+            lambda b: replace_record(b[E], 0, name_length=1025),
+        ),
+        v(
+            "name_past_names",
+            "layout",
+            "record 1 name runs past the end of NAMES",
+            lambda b: replace_record(b[E], 1, name_length=2),
+        ),
+        v(
+            "name_offset_wrong",
+            "layout",
+            "record 1 name_offset 0 (names must be consecutive)",
+            lambda b: replace_record(b[E], 1, name_offset=0),
+        ),
+        v(
+            "invalid_utf8_name",
+            "invalid_name",
+            "name of record 0 is the byte 0xFF",
+            lambda b: fix_crcs(_set(b[E], _names_off(b[E]), b"\xff")),
+        ),
+        v(
+            "overlong_utf8_name",
+            "invalid_name",
+            "name of record 0 is C0 AF (overlong '/')",
+            lambda b: fix_crcs(_set(b[M], _names_off(b[M]), b"\xc0\xaf")),
+        ),
+        v(
+            "surrogate_utf8_name",
+            "invalid_name",
+            "name of record 0 starts with ED A0 80 (U+D800)",
+            lambda b: fix_crcs(_set(b[M], _names_off(b[M]), b"\xed\xa0\x80")),
+        ),
+        v(
+            "duplicate_name",
+            "duplicate_name",
+            "both records are named 'w'",
+            lambda b: fix_crcs(_set(b[E], _names_off(b[E]), b"ww")),
+        ),
+        v(
+            "offset_past_the_end",
+            "layout",
+            "record 1 data blob at offset 2^40",
+            lambda b: replace_blob(b[E], 1, "data", offset=1 << 40),
+        ),
+        v(
+            "non_canonical_blob_placement",
+            "layout",
+            "record 1 data blob 64 bytes later than canonical (still inside DATA)",
+            lambda b: replace_blob(b[E], 1, "data", offset=record_of(b[E], 1).data.offset + 64),
+        ),
+        v(
+            "blob_length_mismatch",
+            "layout",
+            "record 1 data blob length 7 instead of 8",
+            lambda b: replace_blob(b[E], 1, "data", length=7),
+        ),
+        v(
+            "section_length_mismatch",
+            "layout",
+            "DATA.length 64 more than its last blob's end",
+            lambda b: replace_section(
+                b[E], Section.DATA, length=pre(b).section(Section.DATA).length + 64
+            ),
+        ),
+        v(
+            "nested_high_length_mismatch",
+            "layout",
+            "record 0 high blob length 1 instead of 2",
+            lambda b: replace_blob(b[E], 0, "high", length=1),
+        ),
+        # step 12: META
+        v(
+            "bad_meta_json",
+            "metadata",
+            "META is not JSON: an unterminated object",
+            lambda b: replace_meta(b[E], b'{"a":'),
+        ),
+        v(
+            "meta_not_object",
+            "metadata",
+            "META is a JSON array",
+            lambda b: replace_meta(b[E], b"[1,2]"),
+        ),
+        v(
+            "meta_duplicate_key",
+            "metadata",
+            "META has the key 'a' twice",
+            lambda b: replace_meta(b[E], b'{"a":1,"a":2}'),
+        ),
+        v(
+            "meta_too_deep",
+            "metadata",
+            "META nests 65 levels",
+            lambda b: replace_meta(b[M], b'{"a":' + b"[" * 64 + b"]" * 64 + b"}"),
+        ),
+        v(
+            "meta_invalid_utf8",
+            "metadata",
+            "META has the byte 0xFF in a string",
+            lambda b: replace_meta(b[E], b'{"a":"\xff"}'),
+        ),
+        v(
+            "meta_nan",
+            "metadata",
+            "META uses NaN, which JSON does not have",
+            lambda b: replace_meta(b[E], b'{"a":NaN}'),
+        ),
+        # step 13: lazily, when data is read
+        v(
+            "blob_checksum",
+            "checksum",
+            "a byte of w's HIGH blob changed; read part fails",
+            lambda b: _flip(b[E], record_of(b[E], 0).high.offset),
+            "read",
+            "w",
+            "part",
+        ),
+        v(
+            "raw_blob_checksum",
+            "checksum",
+            "a byte of b's DATA blob changed",
+            lambda b: _flip(b[E], record_of(b[E], 1).data.offset),
+            "read",
+            "b",
+            "part",
+        ),
+        v(
+            "low_checksum",
+            "checksum",
+            "a byte of LOW changed (blob CRC fixed, LOW.crc not): paging in LOW fails",
+            lambda b: _low_flip(b[E]),
+            "read",
+            "w",
+            "full",
+        ),
+        v(
+            "zstd_not_a_frame",
+            "layout",
+            "compressed blob's frame magic damaged (CRCs fixed)",
+            lambda b: _zstd_damage(b[C], 0, "high", 0),
+            "read",
+            "zero_codes",
+            "part",
+        ),
+        v(
+            "zstd_wrong_content_size",
+            "layout",
+            "compressed blob's frame declares another content size (CRCs fixed)",
+            lambda b: _zstd_damage(b[C], 2, "data", 5),
+            "read",
+            "zeros",
+            "part",
+        ),
+        # full verification only (nqtool verify)
+        v(
+            "nonzero_padding",
+            "layout",
+            "a nonzero byte in the padding before DATA; opens, verify() reports it",
+            lambda b: _flip(b[E], pre(b).section(Section.META).end),
+            "verify",
+        ),
+    ]
+
+
+def _low_flip(raw: bytes) -> bytes:
+    rec = record_of(raw, 0)
+    out = _flip(raw, rec.low.offset)
+    new_crc = spec.crc32(out[rec.low.offset : rec.low.end])
+    return replace_blob(out, 0, "low", crc=new_crc)
+
+
+def _zstd_damage(raw: bytes, index: int, which: str, pos: int) -> bytes:
+    """Change byte ``pos`` of a compressed blob, then fix every CRC."""
+    ref = getattr(record_of(raw, index), which)
+    if ref.codec != spec.Codec.ZSTD:
+        raise RuntimeError(f"record {index} {which} blob is not compressed")
+    out = _flip(raw, ref.offset + pos, 0x10)
+    out = replace_blob(out, index, which, crc=spec.crc32(out[ref.offset : ref.end]))
+    return fix_crcs(out, data=True)
+
+
+# --- driver -------------------------------------------------------------------------------------
+
+
+def build(tmp: pathlib.Path) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Every vector file (relative path -> bytes) and the manifest."""
+    files: dict[str, bytes] = {}
+    valid_bytes: dict[str, bytes] = {}
+    manifest: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "format_version": "1.0",
+        "valid": [],
+        "invalid": [],
+    }
+    vecs = valid_vectors()
+    by_name = {v.name: v for v in vecs}
+    for vec in vecs:
+        part_only = vec.part_only_of is not None
+        if vec.name == "future_minor_version":
+            base = by_name["n8h6_model"]
+            raw = valid_bytes[base.name]
+            meta = preamble_of(raw).section(Section.META)
+            old = json.loads(raw[meta.offset : meta.end])
+            old["x-future-key"] = {"ignored": True}
+            raw = _rewrite_meta_any_length(base, old, tmp)
+            p = preamble_of(raw)
+            reserved = bytearray(p.reserved)
+            reserved[20] = 0x5A  # a preamble reserved byte a later minor version might use
+            raw = replace_preamble(
+                raw, version_minor=7, compat_flags=1 << 3, reserved=bytes(reserved)
+            )
+            tensors_of = base
+        elif part_only:
+            base = by_name[vec.part_only_of]
+            raw = valid_bytes[base.name][: preamble_of(valid_bytes[base.name]).part_end]
+            tensors_of = base
+        else:
+            path = tmp / f"{vec.name}.nq"
+            _write(vec, path)
+            raw = path.read_bytes()
+            tensors_of = vec
+        valid_bytes[vec.name] = raw
+        rel = f"valid/{vec.name}.nq"
+        files[rel] = raw
+        entry: dict[str, Any] = {
+            "file": rel,
+            "description": vec.description,
+            "n": tensors_of.n,
+            "h": tensors_of.h,
+            "part_only": part_only,
+            "compressed": bool(preamble_of(raw).incompat_flags & IncompatFlag.ZSTD),
+            "tensors": [],
+        }
+        for i, (tentry, npys) in enumerate(_expected(tensors_of, part_only)):
+            tentry["expected"] = {}
+            for suffix, data in npys.items():
+                npy_rel = f"valid/{vec.name}/{i}.{suffix}.npy"
+                files[npy_rel] = data
+                tentry["expected"][suffix] = npy_rel
+            entry["tensors"].append(tentry)
+        manifest["valid"].append(entry)
+    for inv in invalid_vectors():
+        rel = f"invalid/{inv.name}.nq"
+        files[rel] = inv.make(valid_bytes)
+        item: dict[str, Any] = {
+            "file": rel,
+            "error": inv.error,
+            "when": inv.when,
+            "description": inv.description,
+        }
+        if inv.when == "read":
+            item["tensor"], item["mode"] = inv.tensor, inv.mode
+        manifest["invalid"].append(item)
+    files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    return files, manifest
+
+
+def _rewrite_meta_any_length(vec: ValidVector, meta: dict[str, Any], tmp: pathlib.Path) -> bytes:
+    """Re-write ``vec`` with different metadata (the writer adds its own "format" key)."""
+    meta = {k: v for k, v in meta.items() if k != "format"}
+    again = ValidVector(vec.name, vec.description, vec.n, vec.h, vec.tensors, vec.compress, meta)
+    path = tmp / f"{vec.name}.meta.nq"
+    _write(again, path)
+    return path.read_bytes()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "spec" / "vectors")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, _ = build(pathlib.Path(tmp))
+    written, same, differ = 0, 0, []
+    for rel, data in sorted(files.items()):
+        path = args.out / rel
+        if path.exists():
+            if path.read_bytes() == data:
+                same += 1
+            else:
+                differ.append(rel)
+            continue  # never overwrite a vector
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        written += 1
+    print(
+        f"{written} files written, {same} unchanged, {len(differ)} differ from what this "
+        "writer produces now"
+    )
+    for rel in differ:
+        print(f"  DIFFERS (left untouched): {rel}", file=sys.stderr)
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
