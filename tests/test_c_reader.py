@@ -12,9 +12,11 @@ import os
 import pathlib
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -216,7 +218,9 @@ def test_info_lists_sections_and_tensors_like_python_reader(
     res = nqread("info", model_file)
     assert res.rc == EXIT_OK, res.stderr
     lines = res.stdout.decode().splitlines()
-    fields = dict(line.split(" ", 1) for line in lines if not line.startswith(("section ", "tensor ")))
+    fields = dict(
+        line.split(" ", 1) for line in lines if not line.startswith(("section ", "tensor "))
+    )
     with nqformat.open(model_file) as f:
         assert (int(fields["n"]), int(fields["h"]), int(fields["l"])) == (f.n, f.h, f.l)
         assert int(fields["part_end"]) == f.part_end and int(fields["full_end"]) == f.full_end
@@ -238,7 +242,9 @@ def test_check_accepts_a_valid_file(nqread: Runner, model_file: pathlib.Path) ->
     assert (res.rc, res.stdout) == (EXIT_OK, b"ok\n"), res.stderr
 
 
-def test_part_mode_never_reads_at_or_past_part_end(nqread: Runner, model_file: pathlib.Path) -> None:
+def test_part_mode_never_reads_at_or_past_part_end(
+    nqread: Runner, model_file: pathlib.Path
+) -> None:
     with nqformat.open(model_file) as f:
         part_end = f.part_end
     res = nqread("dump", model_file, "fc.weight", "--mode", "part", "--stats")
@@ -342,6 +348,91 @@ MUTATIONS: dict[str, Callable[[bytes, nqformat.NQFile], bytes]] = {
     "high_blob_byte": _flip(lambda f: f.info("fc.weight").high.offset + 3),
     "low_blob_byte": _flip(lambda f: f.info("conv.weight").low.offset),
 }
+
+
+PREAMBLE_CRC_AT = 252  # spec §3.1
+SECTION_TABLE_AT = 64  # spec §3.2
+RECORD_SIZE = 160  # spec §4
+INDEX_AT = 256
+
+
+def _refresh_crcs(b: bytearray) -> None:
+    """Recomputes the INDEX/NAMES/META CRCs and the preamble CRC (spec §3.1, §3.2)."""
+    for k in range(3):
+        entry = SECTION_TABLE_AT + 24 * k
+        offset, length = struct.unpack_from("<QQ", b, entry)
+        struct.pack_into("<I", b, entry + 16, zlib.crc32(b[offset : offset + length]))
+    struct.pack_into("<I", b, PREAMBLE_CRC_AT, zlib.crc32(b[:PREAMBLE_CRC_AT]))
+
+
+def _forge(fmt: str, at: Callable[[nqformat.NQFile], int], value: Callable[[int], int]):
+    """Sets one header field, then fixes every header CRC so a deeper check must catch it."""
+
+    def mutate(data: bytes, f: nqformat.NQFile) -> bytes:
+        b = bytearray(data)
+        offset = at(f)
+        (old,) = struct.unpack_from(fmt, b, offset)
+        struct.pack_into(fmt, b, offset, value(old))
+        _refresh_crcs(b)
+        return bytes(b)
+
+    return mutate
+
+
+def _record(name: str, field: int) -> Callable[[nqformat.NQFile], int]:
+    return lambda f: INDEX_AT + RECORD_SIZE * f.names().index(name) + field
+
+
+def _rename(data: bytes, f: nqformat.NQFile) -> bytes:
+    """Gives fc.weight the name conv.bias (same length): a duplicate name."""
+    b = bytearray(data)
+    names = f.sections()[1].offset
+    start = names + sum(len(n.encode()) for n in f.names()[: f.names().index("fc.weight")])
+    b[start : start + len("conv.bias")] = b"conv.bias"
+    _refresh_crcs(b)
+    return bytes(b)
+
+
+FORGED: dict[str, Callable[[bytes, nqformat.NQFile], bytes]] = {
+    "n_over_8": _forge("<B", lambda f: 32, lambda v: 9),
+    "h_equal_to_n": _forge("<B", lambda f: 33, lambda v: 8),
+    "unknown_incompat_bit": _forge("<Q", lambda f: 16, lambda v: v | 4),
+    "tensor_count_over_limit": _forge("<I", lambda f: 12, lambda v: 2**20 + 1),
+    "meta_length_over_limit": _forge("<Q", lambda f: SECTION_TABLE_AT + 48 + 8, lambda v: 17 << 20),
+    "data_offset_not_canonical": _forge("<Q", lambda f: SECTION_TABLE_AT + 72, lambda v: v + 4096),
+    "kind_2": _forge("<B", _record("conv.weight", 12), lambda v: 2),
+    "dtype_11": _forge("<B", _record("conv.bias", 13), lambda v: 11),
+    "ndim_9": _forge("<B", _record("fc.weight", 14), lambda v: 9),
+    "unknown_codec": _forge("<B", _record("conv.bias", 80 + 20), lambda v: 9),
+    "numel_over_2_48": _forge("<Q", _record("conv.weight", 16), lambda v: 2**47),
+    "name_offset_moved": _forge("<Q", _record("conv.bias", 0), lambda v: v + 1),
+    "name_not_utf8": _forge("<B", lambda f: f.sections()[1].offset, lambda v: 0xFF),
+    "duplicate_name": _rename,
+    "blob_offset_moved": _forge("<Q", _record("conv.bias", 80), lambda v: v + 64),
+    "blob_length_short": _forge("<Q", _record("conv.bias", 88), lambda v: v - 4),
+    "unused_dim_not_zero": _forge("<Q", _record("conv.bias", 16 + 8 * 3), lambda v: 5),
+    "zstd_flag_without_zstd_blob": _forge("<Q", lambda f: 16, lambda v: v | 1),
+    "empty_name": _forge("<I", _record("conv.weight", 8), lambda v: 0),
+    "name_offset_huge": _forge("<Q", _record("conv.bias", 0), lambda v: 2**64 - 1),
+    "blob_offset_over_2_63": _forge("<Q", _record("conv.bias", 80), lambda v: 2**63),
+    "blob_length_huge": _forge("<Q", _record("conv.bias", 88), lambda v: 2**64 - 1),
+    "meta_not_an_object": _forge("<B", lambda f: f.sections()[2].offset, lambda v: ord("[")),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(FORGED))
+def test_forged_header_gives_the_python_readers_error_code(
+    nqread: Runner, model_file: pathlib.Path, tmp_path: pathlib.Path, mutation: str
+) -> None:
+    with nqformat.open(model_file) as f:
+        data = FORGED[mutation](model_file.read_bytes(), f)
+    path = tmp_path / "forged.nq"
+    path.write_bytes(data)
+    expected = python_error_code(path)
+    assert expected not in (None, "checksum")  # the forgery must get past the CRCs
+    for command in ("info", "check"):
+        res = nqread(command, path)
+        assert (res.rc, res.code) == (EXIT_INVALID, expected), res.stderr
 
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
