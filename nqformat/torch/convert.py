@@ -1,0 +1,253 @@
+"""nn.Module -> .nq file: NestQuant every Conv2d/Linear weight, store everything else raw.
+
+The converter streams: it quantizes one layer, hands the codes to :class:`~nqformat.NQWriter`
+(which spools them to disk) and drops them before the next layer, so the model is never held
+twice. Tensors are written in ``state_dict()`` order, so the same model and options give the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+import nqformat
+from nqformat.errors import NQError, QuantizationError
+from nqformat.quant import PartParams, Rounding, nest_quantize
+from nqformat.torch._tensors import FLOAT_DTYPES, nq_dtype, to_numpy
+
+__all__ = [
+    "AUTO_H",
+    "H_RULE_LARGE_BYTES",
+    "H_RULE_SMALL_BYTES",
+    "ConvertReport",
+    "ProgressCallback",
+    "auto_h",
+    "convert_model",
+    "quantized_layers",
+]
+
+#: ``h`` value that asks for the paper's rule of thumb (:func:`auto_h`).
+AUTO_H = "auto"
+_MIB = 1 << 20
+#: Eq. 12 of the NestQuant paper: cut-offs on the FP32 model size D_fp32 at 30 MB and 300 MB.
+#: The paper's MB is 2^20 bytes (its ResNet-18, 11.69 M parameters, is "44.7 MB").
+H_RULE_SMALL_BYTES = 30 * _MIB
+H_RULE_LARGE_BYTES = 300 * _MIB
+QUANTIZED_TYPES = (nn.Conv2d, nn.Linear)
+
+#: called after each tensor is written: (tensor name, tensors done, tensors in total)
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def auto_h(n: int, fp32_bytes: int) -> int:
+    """The paper's rule of thumb for the nested bit width (Eq. 12, §4.2.2).
+
+    ``h = n/2 + 1`` below 30 MB of FP32 weights (lightweight CNNs), ``n/2`` from 30 MB to
+    300 MB (standard CNNs, small ViTs), ``n/2 - 1`` from 300 MB (large ViTs); ``n/2`` is rounded
+    down for odd ``n`` and the result is clamped to the valid ``1 <= h <= n - 1``.
+    """
+    half = n // 2
+    if fp32_bytes < H_RULE_SMALL_BYTES:
+        h = half + 1
+    elif fp32_bytes < H_RULE_LARGE_BYTES:
+        h = half
+    else:
+        h = half - 1
+    return max(1, min(n - 1, h))
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    """What a conversion wrote, and how long it took."""
+
+    path: pathlib.Path
+    n: int
+    h: int
+    seconds: float
+    file_size: int
+    part_end: int  # bytes of the part-bit prefix
+    full_end: int  # bytes of the full file
+    nested_tensors: int
+    raw_tensors: int
+    nested_elements: int
+    raw_elements: int
+    kept_float: tuple[str, ...]  # Conv2d/Linear modules left raw by keep_float
+    fp32_bytes: int  # the model at 4 bytes per element (paper's D_fp32)
+
+    @property
+    def elements(self) -> int:
+        return self.nested_elements + self.raw_elements
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Full file bits per stored element (all tensors, header and padding included)."""
+        return 8 * self.full_end / self.elements if self.elements else 0.0
+
+    @property
+    def part_bits_per_weight(self) -> float:
+        """Part-bit prefix bits per stored element."""
+        return 8 * self.part_end / self.elements if self.elements else 0.0
+
+
+def quantized_layers(
+    module: nn.Module, keep_float: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
+    """Names of the Conv2d/Linear modules to quantize, and of those ``keep_float`` keeps raw.
+
+    Every ``isinstance(m, (nn.Conv2d, nn.Linear))`` in ``named_modules()`` counts, including
+    layers inside ModuleList/ModuleDict (the reference implementation only walks plain child
+    attributes and silently leaves those in float). A module reachable under two names is listed
+    under both, since ``state_dict()`` holds its weight under both.
+    """
+    patterns = tuple(keep_float)
+    chosen: list[str] = []
+    kept: list[str] = []
+    for name, mod in module.named_modules(remove_duplicate=False):
+        if not isinstance(mod, QUANTIZED_TYPES) or not name:
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            kept.append(name)
+        else:
+            chosen.append(name)
+    return chosen, kept
+
+
+def _check_options(n: int, h: int, rounding: str, part_params: str) -> None:
+    """Fail before anything is written (the quantizer would only fail at the first layer)."""
+    for enum, value, what in (
+        (Rounding, rounding, "rounding"),
+        (PartParams, part_params, "part_params"),
+    ):
+        if value not in {m.value for m in enum}:
+            choices = ", ".join(m.value for m in enum)
+            raise QuantizationError(f"{what} must be one of {choices}, got {value!r}")
+    if isinstance(n, bool) or isinstance(h, bool) or not isinstance(n, int):
+        raise QuantizationError(f"n and h must be integers, got n={n!r}, h={h!r}")
+
+
+def _quant_meta(
+    n: int, h: int, rounding: str, part_params: str, h_rule: str, keep_float: tuple[str, ...]
+) -> dict[str, Any]:
+    from nqformat import quant
+
+    meta: dict[str, Any] = {
+        "method": "nestquant",
+        "n": n,
+        "h": h,
+        "l": n - h,
+        "rounding": rounding,
+        "part_params": part_params,
+        "h_rule": h_rule,
+        "keep_float": list(keep_float),
+        "layers": "every nn.Conv2d and nn.Linear weight (named_modules), minus keep_float",
+    }
+    version = getattr(quant, "QUANTIZER_VERSION", None)
+    if version is not None:
+        meta["quantizer_version"] = version
+    return meta
+
+
+def convert_model(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    n: int,
+    h: int | str,
+    rounding: str = "squant",
+    part_params: str = "refit",
+    keep_float: Iterable[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+    compress: bool = False,
+    progress: ProgressCallback | None = None,
+) -> ConvertReport:
+    """Write ``module`` as a NestQuant ``.nq`` file at ``path`` (atomically).
+
+    The ``.weight`` of every Conv2d/Linear module (see :func:`quantized_layers`) not matched by
+    a ``keep_float`` fnmatch pattern is quantized with :func:`nqformat.quant.nest_quantize` and
+    stored NESTED; every other ``state_dict()`` entry (biases, norm weights, BatchNorm running
+    statistics and ``num_batches_tracked``, position embeddings, class tokens, and the weights
+    kept float) is stored RAW with its dtype. ``h="auto"`` applies :func:`auto_h`.
+    ``metadata`` is merged into META (give ``{"model": ...}`` from :func:`nqformat.zoo.build`
+    so the runtime can rebuild the architecture); the converter adds ``"quant"``.
+    ``progress(name, done, total)`` is called after each tensor.
+    """
+    start = time.perf_counter()
+    kept_patterns = tuple(keep_float)
+    sd = module.state_dict()
+    fp32 = 4 * sum(t.numel() for t in sd.values() if t.is_floating_point())
+    h_rule = "explicit"
+    if h == AUTO_H:
+        h = auto_h(n, fp32)
+        h_rule = f"auto: paper Eq. 12 on D_fp32 = {fp32 / _MIB:.1f} MiB"
+    if not isinstance(h, int):
+        raise QuantizationError(f"h must be an integer or {AUTO_H!r}, got {h!r}")
+    _check_options(n, h, rounding, part_params)
+    layers, kept = quantized_layers(module, kept_patterns)
+    nested_keys = {f"{name}.weight" for name in layers}
+    odd = sorted(nested_keys - sd.keys())
+    if odd:
+        raise NQError(
+            f"{odd[0]}: a Conv2d/Linear weight that is not a plain state_dict entry (parametrized "
+            "or lazy?); exclude its module with keep_float"
+        )
+
+    meta = dict(metadata or {})
+    meta["quant"] = {
+        **dict(meta.get("quant") or {}),
+        **_quant_meta(n, h, rounding, part_params, h_rule, kept_patterns),
+    }
+    total = len(sd)
+    nested_elements = raw_elements = nested_count = 0
+    with nqformat.NQWriter(path, n=n, h=h, metadata=meta, compress=compress) as writer:
+        for done, (key, tensor) in enumerate(sd.items(), start=1):
+            if key in nested_keys:
+                if tensor.dtype not in FLOAT_DTYPES:
+                    raise NQError(f"{key}: cannot quantize a {tensor.dtype} weight")
+                weight = to_numpy(tensor.float())
+                result = nest_quantize(weight, n, h, rounding=rounding, part_params=part_params)
+                writer.add_nested(
+                    key,
+                    w_high=result.w_high,
+                    w_low=result.w_low,
+                    scale_full=result.scale_full,
+                    offset_full=result.offset_full,
+                    scale_part=result.scale_part,
+                    offset_part=result.offset_part,
+                    dtype=nq_dtype(tensor, key),
+                    w_int=result.w_int,
+                )
+                del result, weight  # stream: one layer's codes in memory at a time
+                nested_elements += tensor.numel()
+                nested_count += 1
+            else:
+                dtype = nq_dtype(tensor, key)
+                writer.add_raw(key, to_numpy(tensor), dtype=dtype if dtype == "BF16" else None)
+                raw_elements += tensor.numel()
+            if progress is not None:
+                progress(key, done, total)
+        out = writer.close()
+    with nqformat.open(out, verify=False) as f:
+        part_end, full_end, size = f.part_end, f.full_end, f.file_size
+    return ConvertReport(
+        path=pathlib.Path(out),
+        n=n,
+        h=h,
+        seconds=time.perf_counter() - start,
+        file_size=size,
+        part_end=part_end,
+        full_end=full_end,
+        nested_tensors=nested_count,
+        raw_tensors=total - nested_count,
+        nested_elements=nested_elements,
+        raw_elements=raw_elements,
+        kept_float=tuple(kept),
+        fp32_bytes=fp32,
+    )

@@ -1,0 +1,236 @@
+"""The switchable runtime: load a ``.nq`` file as an nn.Module and switch it between the
+part-bit and the full-bit model in place.
+
+The module keeps its file open through a small :class:`NQRuntime` handle (attribute
+``_nq_runtime``), so :func:`switch` can page the LOW section in (recomposing ``q = H*2^l + L``)
+and out again. Part mode reads nothing at or past ``part_end`` (spec §9): a part-bit-only file
+(the prefix) loads as well as the full file, and completes to full mode once its LOW bytes have
+been appended. :func:`close` releases the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+import nqformat
+from nqformat.container.reader import NQFile
+from nqformat.container.spec import Kind
+from nqformat.errors import NQError
+from nqformat.torch._tensors import to_torch
+
+__all__ = [
+    "HANDLE_ATTR",
+    "MODES",
+    "NQRuntime",
+    "SwitchReport",
+    "close",
+    "load",
+    "runtime",
+    "switch",
+]
+
+Mode = Literal["part", "full"]
+MODES: tuple[Mode, ...] = ("part", "full")
+#: attribute of a loaded module that holds its :class:`NQRuntime`
+HANDLE_ATTR = "_nq_runtime"
+
+
+@dataclass(frozen=True)
+class SwitchReport:
+    """What one :func:`switch` did."""
+
+    from_mode: str
+    to_mode: str
+    bytes_paged_in: int  # LOW bytes mapped in (upgrade)
+    bytes_paged_out: int  # LOW bytes released (downgrade)
+    tensors: int  # weights rewritten
+    seconds: float
+
+    @property
+    def bytes_paged(self) -> int:
+        """Bytes moved either way."""
+        return self.bytes_paged_in + self.bytes_paged_out
+
+
+class NQRuntime:
+    """The open file behind a loaded module, and which model it currently holds."""
+
+    def __init__(self, file: NQFile, mode: Mode, *, verify: bool = True) -> None:
+        self.file = file
+        self.mode: Mode = mode
+        self.verify = verify
+        self.nested = tuple(t.name for t in file.tensors() if t.kind is Kind.NESTED)
+
+    @property
+    def path(self) -> pathlib.Path:
+        return self.file.path
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        # A copied module is a plain module: two modules must not share one paging state.
+        return None
+
+    def __repr__(self) -> str:
+        return f"<NQRuntime {str(self.path)!r} mode={self.mode}>"
+
+
+def _check_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def _targets(module: nn.Module, f: NQFile) -> dict[str, torch.Tensor]:
+    """The module's state tensors (aliases, written in place), checked against the file."""
+    own = module.state_dict()
+    names = f.names()
+    missing = [k for k in own if k not in f]
+    unexpected = [k for k in names if k not in own]
+    wrong = [
+        f"{k} {f.info(k).shape} vs {tuple(own[k].shape)}"
+        for k in names
+        if k in own and tuple(f.info(k).shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    for label, items in (
+        ("missing from the file", missing),
+        ("not in the module", unexpected),
+        ("shape (file vs module)", wrong),
+    ):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise NQError(f"{f.path} does not fit the module: " + "; ".join(problems))
+    return own
+
+
+@torch.no_grad()
+def _fill(target: torch.Tensor, f: NQFile, name: str, mode: Mode) -> None:
+    info = f.info(name)
+    stored = info.dtype.name if info.kind is Kind.RAW else "F32"
+    target.copy_(to_torch(f.read(name, mode), stored).reshape(target.shape))
+
+
+def _build(meta: Mapping[str, Any], path: pathlib.Path) -> nn.Module:
+    model = meta.get("model")
+    if not isinstance(model, Mapping):
+        raise NQError(
+            f"{path}: META has no 'model' object to rebuild the architecture from; build the "
+            "module yourself and pass it with module="
+        )
+    from nqformat import zoo
+
+    return zoo.instantiate(model)
+
+
+def load(
+    path: str | os.PathLike[str],
+    mode: str = "part",
+    *,
+    module: nn.Module | None = None,
+    verify: bool = True,
+) -> nn.Module:
+    """Load a ``.nq`` file as an nn.Module holding the part-bit or the full-bit model.
+
+    Without ``module`` the architecture is rebuilt from META ``model`` (zoo, arch, kwargs;
+    nothing is downloaded) and returned in eval mode; with ``module`` the weights are loaded
+    into it in place. Every state-dict entry must match a tensor of the file by name and shape.
+    Part mode reads no byte of LOW. The file stays open until :func:`close`.
+    """
+    wanted = _check_mode(mode)
+    f = nqformat.open(path, verify=verify)
+    try:
+        target = module if module is not None else _build(f.metadata, f.path)
+        close(target)  # a module loaded before lets go of its old file
+        own = _targets(target, f)
+        if wanted == "full":
+            f.page_in_low()
+        for name in f.names():
+            _fill(own[name], f, name, wanted)
+    except BaseException:
+        f.close()
+        raise
+    handle = NQRuntime(f, wanted, verify=verify)
+    setattr(target, HANDLE_ATTR, handle)
+    weakref.finalize(target, handle.close)  # the file goes when the module does
+    return target
+
+
+def runtime(module: nn.Module) -> NQRuntime:
+    """The :class:`NQRuntime` of a module returned by :func:`load`."""
+    handle = module.__dict__.get(HANDLE_ATTR)
+    if not isinstance(handle, NQRuntime):
+        raise NQError("this module was not loaded by nqformat.torch.load (or was closed)")
+    return handle
+
+
+def _reopen_if_completed(handle: NQRuntime) -> None:
+    """A part-bit-only file may have been completed since it was opened (LOW appended,
+    spec §9): reopen it, provided it is still the same file (same preamble)."""
+    old = handle.file
+    if not old.part_only:
+        return
+    new = nqformat.open(old.path, verify=handle.verify)
+    if new.part_only:
+        new.close()
+        old.page_in_low()  # raises PartOnlyError with the reader's message
+        return
+    if new.sections() != old.sections() or new.names() != old.names():
+        new.close()
+        raise NQError(f"{old.path} changed on disk since it was loaded; load it again")
+    old.close()
+    handle.file = new
+
+
+def switch(module: nn.Module, mode: str) -> SwitchReport:
+    """Switch a loaded module between the part-bit and full-bit model, in place.
+
+    Upgrading pages LOW in (CRC-checked) and rewrites each nested weight from ``H*2^l + L``;
+    downgrading rewrites them from ``H`` alone and releases LOW. The weights afterwards equal,
+    bit for bit, those of a fresh :func:`load` in that mode.
+    """
+    wanted = _check_mode(mode)
+    handle = runtime(module)
+    start = time.perf_counter()
+    if wanted == handle.mode:
+        return SwitchReport(handle.mode, wanted, 0, 0, 0, time.perf_counter() - start)
+    paged_in = paged_out = 0
+    if wanted == "full":
+        _reopen_if_completed(handle)
+        paged_in = handle.file.page_in_low()
+    own = module.state_dict()
+    try:
+        for name in handle.nested:
+            _fill(own[name], handle.file, name, wanted)
+    except BaseException:
+        # leave a consistent model: every nested weight back in the mode we came from
+        for name in handle.nested:
+            _fill(own[name], handle.file, name, handle.mode)
+        if handle.mode == "part":
+            handle.file.release_low()
+        raise
+    if wanted == "part":
+        paged_out = handle.file.release_low()
+    previous, handle.mode = handle.mode, wanted
+    return SwitchReport(
+        previous, wanted, paged_in, paged_out, len(handle.nested), time.perf_counter() - start
+    )
+
+
+def close(module: nn.Module) -> None:
+    """Close the file behind a loaded module; its weights stay, switching is no longer possible."""
+    handle = module.__dict__.pop(HANDLE_ATTR, None)
+    if handle is not None:
+        handle.close()
