@@ -908,16 +908,26 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
         if (used[k]->codec == NQ_CODEC_ZSTD)
             *any_zstd = 1;
     }
-    /* limit: numel <= 2^48 (§10); any zero dimension makes it 0 */
+    /* limit: numel <= 2^48 (§10), and so every dimension, even when another one is 0 (the
+     * conformance vector dim_over_2_48_with_zero; AMBIGUITY: §10 names only numel) */
     t->numel = 1;
-    for (k = 0; k < t->ndim; k++)
+    for (k = 0; k < t->ndim; k++) {
+        if (t->dims[k] > NQ_MAX_NUMEL)
+            return fail(NQ_LIMIT, "record %" PRIu32 ": dims[%u] = %" PRIu64 " is over 2^48 (§10)",
+                        i, k, t->dims[k]);
         if (t->dims[k] == 0)
             t->numel = 0;
+    }
     if (t->numel) {
         for (k = 0; k < t->ndim; k++)
             if (!mul_u64(t->numel, t->dims[k], &t->numel) || t->numel > NQ_MAX_NUMEL)
                 return fail(NQ_LIMIT, "record %" PRIu32 ": more than 2^48 elements (§10)", i);
     }
+    /* invalid_name: the §10 length limit comes before the name is located (the conformance
+     * vector name_too_long; AMBIGUITY: step 11 lists name placement first) */
+    if (t->name_length < 1 || t->name_length > NQ_MAX_NAME)
+        return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name length %" PRIu32
+                    " is not 1..%u (§5)", i, t->name_length, NQ_MAX_NAME);
     /* layout: the name follows the previous one inside NAMES (§5) */
     if (t->name_offset != *name_cur)
         return fail(NQ_LAYOUT, "record %" PRIu32 ": name_offset %" PRIu64 ", expected %" PRIu64
@@ -926,9 +936,6 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
         return fail(NQ_LAYOUT, "record %" PRIu32 ": name runs past the end of NAMES (§5)", i);
     *name_cur = end;
     /* invalid_name */
-    if (t->name_length < 1 || t->name_length > NQ_MAX_NAME)
-        return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name length %" PRIu32
-                    " is not 1..%u (§5)", i, t->name_length, NQ_MAX_NAME);
     if (!utf8_valid(r->names + t->name_offset, t->name_length))
         return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name is not valid UTF-8 (§5)", i);
     /* duplicate_name */
