@@ -1,0 +1,220 @@
+"""`nqtool bench` (tools/bench_resources.py): the harness, its baselines and its JSON object.
+
+No timing is asserted here (times belong to the benchmark's own output, as ratios); these tests
+check that the baselines really are the same model in another container, that eviction and the
+target logic behave, and that the quick run produces every key with sane values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from nqformat.cli import main
+from nqformat.torch import close, convert_model, load
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location(
+        "bench_resources_under_test", ROOT / "tools" / "bench_resources.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+br = _tool()
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 5, 1),
+        nn.Flatten(),
+        nn.Linear(5 * 6 * 6, 7),
+    ).eval()
+
+
+@pytest.mark.parametrize(("n", "h"), [(8, 6), (6, 4), (8, 3)])
+def test_baseline_safetensors_models_equal_the_nq_runtime_bit_for_bit(
+    tmp_path: pathlib.Path, n: int, h: int
+) -> None:
+    nq = tmp_path / "tiny.nq"
+    convert_model(_tiny(), nq, n=n, h=h)
+    intn, inth = br.write_baselines(nq, tmp_path)
+    for mode, path, width in (("full", intn, n), ("part", inth, h)):
+        from_nq = load(nq, mode, module=_tiny())
+        from_base = br.load_baseline(_tiny(), path, width)
+        assert br.states_equal(from_nq, from_base), mode
+        # and the baseline really replaced the float weights
+        assert not br.states_equal(from_base, _tiny())
+        close(from_nq)
+
+
+def test_baseline_files_hold_packed_codes_of_the_stated_width(tmp_path: pathlib.Path) -> None:
+    from safetensors.numpy import load_file
+
+    nq = tmp_path / "tiny.nq"
+    convert_model(_tiny(), nq, n=6, h=4)
+    intn, inth = br.write_baselines(nq, tmp_path)
+    codes6 = load_file(str(intn))["0.weight.__codes"]
+    codes4 = load_file(str(inth))["0.weight.__codes"]
+    elements = 8 * 3 * 3 * 3
+    assert codes6.nbytes == math.ceil(elements * 6 / 8)
+    assert codes4.nbytes == math.ceil(elements * 4 / 8)
+
+
+def test_states_equal_notices_one_changed_element() -> None:
+    a, b = _tiny(), _tiny()
+    assert br.states_equal(a, b)
+    with torch.no_grad():
+        b[0].weight[0, 0, 0, 0] += 1.0
+    assert not br.states_equal(a, b)
+
+
+def test_evict_leaves_no_page_of_the_file_cached(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(bytes(range(256)) * 4096)
+    path.read_bytes()
+    method = br.page_cache_method()["method"]
+    if method is None:
+        pytest.skip("this machine cannot evict a file from the page cache")
+    br.evict(path, method)
+    assert br.resident_fraction(path) <= br.MAX_RESIDENT_AFTER_EVICT
+    path.read_bytes()
+    assert br.resident_fraction(path) > 0.5
+
+
+def test_resident_fraction_of_an_empty_range_is_zero(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"x" * 10000)
+    assert br.resident_fraction(path, 5000, 5000) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "met"),
+    [
+        ("size_vs_ideal", 1.004, True),
+        ("size_vs_ideal", 1.006, False),
+        ("unpack_elements_per_s", 2e9, True),
+        ("unpack_elements_per_s", 5e8, False),
+        ("upgrade_vs_int8_load", float("nan"), None),
+    ],
+)
+def test_targets_compare_in_the_stated_direction(key: str, value: float, met: bool) -> None:
+    result = {key: value, "convert_model": "resnet101"}
+    assert br.evaluate_targets(result)[key]["met"] is met
+
+
+def test_convert_target_is_not_judged_on_another_model() -> None:
+    result = {"convert_seconds": 1.0, "convert_model": "resnet18"}
+    entry = br.evaluate_targets(result)["convert_seconds"]
+    assert entry["met"] is None
+    assert "resnet101" in entry["note"]
+
+
+def test_rss_child_does_not_inherit_the_parents_peak(tmp_path: pathlib.Path) -> None:
+    import resource
+    import subprocess
+
+    ballast = bytearray(400 << 20)  # make this process's peak RSS large
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 > 350
+    probe = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", probe]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert float(out) < 200
+    del ballast
+
+
+def test_markdown_rewrite_keeps_the_hand_written_notes(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "benchmarks.md"
+    path.write_text(f"old\n{br.NOTES_BEGIN}\nwhy upgrade is slow\n{br.NOTES_END}\n")
+    assert br.read_notes(path).strip() == "why upgrade is slow"
+    assert br.read_notes(tmp_path / "missing.md") == ""
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--quick", "-q", "--json", str(json_path), "--markdown", str(md_path)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "size_vs_ideal" in result.output
+    data = json.loads(json_path.read_text())
+    data["_markdown"] = md_path.read_text()
+    return data
+
+
+@pytest.mark.slow
+def test_quick_bench_json_has_every_key_with_sane_values(quick_result: dict) -> None:
+    for key in br.REQUIRED_KEYS:
+        assert key in quick_result, key
+    ratios = (
+        "size_vs_ideal",
+        "size_vs_diverse",
+        "part_load_vs_int8_load",
+        "upgrade_vs_int8_load",
+        "downgrade_vs_inth_load",
+        "unpack_vs_memcpy",
+    )
+    for key in ratios:
+        assert isinstance(quick_result[key], float), key
+        assert quick_result[key] > 0, key
+    assert 1.0 <= quick_result["size_vs_ideal"] < 1.1
+    assert 0.3 < quick_result["size_vs_diverse"] < 1.0
+    assert quick_result["unpack_elements_per_s"] > 0
+    assert quick_result["convert_seconds"] > 0
+    assert quick_result["convert_model"] == "resnet18"
+    for key in ("peak_rss_part_mb", "peak_rss_full_mb", "fp32_rss_mb"):
+        # a ready ResNet-18 holds at least its 44.6 MiB of float32 weights beyond the imports
+        assert quick_result[key] > quick_result["rss_after_import_mb"], key
+    machine = quick_result["machine"]
+    assert machine["cores_usable"] >= 1
+    assert {"python", "torch", "numpy"} <= machine.keys()
+
+
+@pytest.mark.slow
+def test_quick_bench_reports_every_target_with_value_and_verdict(quick_result: dict) -> None:
+    targets = quick_result["targets"]
+    assert set(targets) == {t.key for t in br.TARGETS}
+    for key, entry in targets.items():
+        assert {"value", "target", "op", "met"} <= entry.keys(), key
+        assert entry["met"] in (True, False, None)
+    assert targets["convert_seconds"]["met"] is None  # quick mode converts resnet18
+
+
+@pytest.mark.slow
+def test_quick_bench_baselines_are_the_same_models(quick_result: dict) -> None:
+    models = [c["model"] for c in quick_result["cases"]]
+    assert models == ["resnet18", "tf_efficientnet_lite0"]
+    for case in quick_result["cases"]:
+        assert case["timings"]["baseline_equal_full"], case["label"]
+        assert case["timings"]["baseline_equal_part"], case["label"]
+        paged = case["timings"]["switch_report"]["upgrade"]["bytes_paged_in"]
+        assert paged == case["sizes"]["report"]["low_section"]
+
+
+@pytest.mark.slow
+def test_quick_bench_markdown_sets_our_table_9_beside_the_papers(quick_result: dict) -> None:
+    md = quick_result["_markdown"]
+    assert "Paper Tables 9 and 10" in md
+    assert "| resnet18 | 8,6 |" in md
+    assert "13.4" in md  # the paper's ResNet-18 INT(8|6) size, next to ours
