@@ -82,7 +82,8 @@ def write_small(
         "fc.bias": rng.standard_normal(3).astype(np.float32),
         "bn.num_batches_tracked": np.array(7, dtype=np.int64),
     }
-    with NQWriter(path, n=n, h=h, metadata={"model": {"arch": "tiny"}}, compress=compress) as w:
+    meta = {"model": {"arch": "tiny"}, "note": "room for META edits in tests " * 5}
+    with NQWriter(path, n=n, h=h, metadata=meta, compress=compress) as w:
         for name, t in tensors.items():
             if isinstance(t, Nested):
                 w.add_nested(name, **t.kwargs(), w_int=t.full)

@@ -150,3 +150,32 @@ def test_hostile_sizes_are_refused_before_allocation(
         path.write_bytes(data)
         with pytest.raises(nqformat.LimitError):
             nqformat.open(path)
+
+
+@pytest.mark.parametrize(
+    ("meta", "ok"),
+    [
+        (b'{"a":' + b"[" * 63 + b"]" * 63 + b"}", True),  # depth 64: the limit
+        (b'{"a":' + b"[" * 64 + b"]" * 64 + b"}", False),  # depth 65
+        (b'{"s":"[[[[{{{{"}', True),  # brackets inside strings do not nest
+        (b'{"a":"\\ud800"}', True),  # a lone surrogate escape is valid JSON
+        (b'{"a":1,"\\u0061":2}', False),  # duplicate key after unescaping
+        (b'\xef\xbb\xbf{"a":1}', False),  # byte order mark
+        (b'{"a":Infinity}', False),
+        (b'{"a":1} x', False),  # trailing garbage
+        (b"{}", True),
+    ],
+)
+def test_meta_rules_of_spec_section_6(
+    valid: tuple[bytes, int, int, int], tmp_path: pathlib.Path, meta: bytes, ok: bool
+) -> None:
+    from nqformat.container.testing import replace_meta
+
+    path = tmp_path / "meta.nq"
+    path.write_bytes(replace_meta(valid[0], meta))
+    if ok:
+        with nqformat.open(path) as f:
+            assert isinstance(f.metadata, dict)
+    else:
+        with pytest.raises(nqformat.MetadataError):
+            nqformat.open(path)
