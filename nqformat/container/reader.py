@@ -435,7 +435,7 @@ class _Source:
         self._count(offset, length)
         chunks = []
         while length:
-            chunk = os.pread(self._fd, length, offset)
+            chunk = _pread(self._fd, length, offset)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -480,6 +480,14 @@ class _Source:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    """os.pread where the OS has it (POSIX); seek + read elsewhere (Windows)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, length, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, length)
 
 
 _PART_MAP = "part"  # DATA and HIGH: [DATA.offset, part_end)
@@ -819,9 +827,10 @@ def _dequantize(
     """w = fl32(fl32(float32(code) * scale[c]) + offset[c]) per output channel c (§7.2)."""
     channels = shape[0]
     per = codes.size // channels if channels else 0
-    w = codes.reshape(channels, per).astype(np.float32)
-    w *= scale.reshape(channels, 1)  # rounded to float32 here ...
-    w += offset.reshape(channels, 1)  # ... and again here: no fused multiply-add
+    # The int -> float32 cast is exact and happens inside the multiply (no extra pass); the
+    # product is rounded to float32 here ...
+    w = np.multiply(codes.reshape(channels, per), scale.reshape(channels, 1), dtype=np.float32)
+    w += offset.reshape(channels, 1)  # ... and the sum here: never a fused multiply-add
     return w.reshape(shape)
 
 
