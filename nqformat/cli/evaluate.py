@@ -208,6 +208,7 @@ def _dataset(data: pathlib.Path, preprocess: Preprocess, mapping: dict[str, int]
 
 def _run(model: Any, loader: Any, mode: str, num_images: int) -> EvalResult:
     import torch
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -225,7 +226,9 @@ def _run(model: Any, loader: Any, mode: str, num_images: int) -> EvalResult:
         TextColumn("top-1 {task.fields[acc]}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as progress, torch.inference_mode():
+    # on stderr, so that stdout carries only results (and --json output stays parseable)
+    console = Console(stderr=True)
+    with Progress(*columns, console=console) as progress, torch.inference_mode():
         task = progress.add_task(mode, total=num_images, acc="-")
         for images, targets in loader:
             logits = model(images)
