@@ -861,3 +861,16 @@ def test_eval_real_efficientnet_lite0_is_plausible_on_20_photos(
     assert result["full"]["top1"] >= 16, result
     assert result["part"]["top1"] >= 14, result
     assert result["full"]["top5"] >= 18, result
+
+
+def test_eval_of_a_file_without_an_architecture_says_so_in_one_line(
+    nqfile: pathlib.Path, imagenet_tree: pathlib.Path
+) -> None:
+    # The NQWriter test file's META names no zoo architecture, so there is no model to rebuild.
+    code, _, err = run(
+        "eval", nqfile, "--data", imagenet_tree, "--imagenet-synsets", "--workers", "0"
+    )
+    assert code == EXIT_FAILED
+    errors = [line for line in err.splitlines() if line.startswith("nqtool: error:")]
+    assert len(errors) == 1 and "architecture" in errors[0]
+    assert "Traceback" not in err
