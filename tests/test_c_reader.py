@@ -196,7 +196,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @settings(
-    max_examples=15,
+    max_examples=10,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # nqread is stateless
 )
@@ -447,6 +447,44 @@ def test_corrupted_file_gives_the_python_readers_error_code(
     res = nqread("check", path)
     assert (res.rc, res.code) == (EXIT_INVALID, expected), res.stderr
     assert res.stderr.startswith(f"nqread: invalid file [{expected}]: ")
+
+
+def python_open_code(path: pathlib.Path) -> str | None:
+    """The §11 code the Python reader raises on open (steps 1-12), or None."""
+    try:
+        with nqformat.open(path):
+            return None
+    except NQFormatError as exc:
+        return exc.code
+
+
+def test_random_corruptions_open_like_python_and_never_crash(
+    nqread: Runner, model_file: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    rng = np.random.default_rng(7)
+    original = model_file.read_bytes()
+    header_end = 4096  # the model's header fits in the first page; most damage goes there
+    path = tmp_path / "fuzz.nq"
+    codes = set()
+    for i in range(60):
+        b = bytearray(original)
+        if i % 10 == 9:
+            b = b[: int(rng.integers(0, len(b)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                at = int(rng.integers(0, header_end if rng.random() < 0.8 else len(b)))
+                b[at] = int(rng.integers(0, 256))
+            if rng.random() < 0.5:
+                _refresh_crcs(b)  # get past the CRCs to the structural checks
+        path.write_bytes(bytes(b))
+        expected = python_open_code(path)
+        res = nqread("info", path)
+        assert (res.rc, res.code) == (
+            (EXIT_OK, None) if expected is None else (EXIT_INVALID, expected)
+        ), f"mutation {i}: {res.stderr}"
+        assert nqread("check", path).rc in (EXIT_OK, EXIT_INVALID)
+        codes.add(expected)
+    assert len(codes) >= 4  # the corruptions reach several different checks
 
 
 # ------------------------------------------------------------------------------------------------
