@@ -371,6 +371,9 @@ def test_extract_part_writes_exactly_the_prefix_and_it_verifies(
     pre, _, data = header(nqfile)
     assert out.read_bytes() == data[: pre.part_end]
     assert sorted(p.name for p in out.parent.iterdir()) == ["small.nq"]  # no temp left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     assert "wrote" in stdout
     code, _, err = run("verify", out)
     assert code == 0, err

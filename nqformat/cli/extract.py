@@ -19,6 +19,13 @@ from nqformat.cli._common import EXIT_INVALID_FILE, fail, human_errors, require_
 __all__ = ["copy_prefix", "extract"]
 
 _CHUNK = 1 << 20  # copy in 1 MiB pieces: bounded memory for any file size
+_NEW_FILE_MODE = 0o666  # what open(..., "w") asks for before the umask
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def copy_prefix(src: pathlib.Path, dst: pathlib.Path, length: int) -> None:
@@ -26,6 +33,9 @@ def copy_prefix(src: pathlib.Path, dst: pathlib.Path, length: int) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     tmp = pathlib.Path(tmp_name)
     try:
+        # mkstemp creates 0600; give the result the permissions any new file would get
+        if hasattr(os, "fchmod"):  # POSIX; Windows has no mode bits to fix
+            os.fchmod(fd, _NEW_FILE_MODE & ~_umask())
         with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
             left = length
             while left:
