@@ -1,8 +1,9 @@
 """``nqtool extract --part``: cut the part-bit-only file (spec §9) out of a .nq file (no torch).
 
-The part-bit-only file is exactly the first ``part_end`` bytes of the input. The copy is checked
-(the DATA and HIGH section CRCs and a full ``verify`` of the result) before it is moved into place
-atomically, so a failed or interrupted extraction never leaves a partial file at OUT.
+The part-bit-only file is exactly the first ``part_end`` bytes of the input. The copy is verified
+as a file of its own (``NQFile.verify``: DATA and HIGH CRCs, padding, codes) before it is moved
+into place atomically, so a failed or interrupted extraction never leaves a partial or corrupt
+file at OUT.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ def _umask() -> int:
 
 
 def copy_prefix(src: pathlib.Path, dst: pathlib.Path, length: int) -> None:
-    """Write the first ``length`` bytes of ``src`` to ``dst`` atomically (temp, fsync, rename)."""
+    """Write the first ``length`` bytes of ``src`` to ``dst`` atomically (temp, fsync, rename),
+    after checking that they form a valid ``.nq`` file; nothing reaches ``dst`` otherwise."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     tmp = pathlib.Path(tmp_name)
     try:
-        # mkstemp creates 0600; give the result the permissions any new file would get
-        if hasattr(os, "fchmod"):  # POSIX; Windows has no mode bits to fix
-            os.fchmod(fd, _NEW_FILE_MODE & ~_umask())
         with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
+            # mkstemp creates 0600; give the result the permissions any new file would get
+            if hasattr(os, "fchmod"):  # POSIX; Windows has no mode bits to fix
+                os.fchmod(out.fileno(), _NEW_FILE_MODE & ~_umask())
             left = length
             while left:
                 chunk = inp.read(min(_CHUNK, left))
