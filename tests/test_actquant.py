@@ -261,3 +261,60 @@ def test_apply_from_metadata_without_key_raises() -> None:
 def test_malformed_metadata_raises_metadata_error(meta: object) -> None:
     with pytest.raises(MetadataError):
         ActCalibration.from_metadata(meta)  # type: ignore[arg-type]
+
+
+# --- with .nq files ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nq_file(tmp_path):
+    """A converted small CNN whose META carries ranges calibrated on its part-bit model."""
+    import nqformat.torch as nqt
+
+    path = tmp_path / "small.nq"
+    nqt.convert_model(small_cnn(), path, n=8, h=4)
+    calibration = aq.calibrate_file(path, 4, module=small_cnn(1), batch_size=4, input_shape=SHAPE)
+    nqt.convert_model(
+        small_cnn(), path, n=8, h=4, metadata={aq.META_KEY: calibration.to_metadata()}
+    )
+    return path, calibration
+
+
+def test_calibrate_file_uses_the_part_bit_model(nq_file) -> None:
+    import nqformat.torch as nqt
+
+    path, calibration = nq_file
+    part = nqt.load(path, "part", module=small_cnn(1))
+    full = nqt.load(path, "full", module=small_cnn(1))
+    assert calibration.calibrated_on == "part"
+    assert cal(part, bits=4).ranges == calibration.ranges
+    assert cal(full, bits=4).ranges != calibration.ranges
+
+
+def test_loading_a_file_with_ranges_leaves_activations_float_by_default(nq_file) -> None:
+    import nqformat
+    import nqformat.torch as nqt
+
+    path, calibration = nq_file
+    model = nqt.load(path, "part", module=small_cnn(1))
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with nqformat.open(path) as f:
+        assert ActCalibration.from_metadata(f.metadata[aq.META_KEY]) == calibration
+
+
+def test_ranges_from_file_metadata_stay_applied_across_a_switch(nq_file) -> None:
+    import nqformat
+    import nqformat.torch as nqt
+
+    path, _ = nq_file
+    x = torch.rand(2, *SHAPE)
+    model = nqt.load(path, "part", module=small_cnn(1))
+    with nqformat.open(path) as f:
+        meta = f.metadata
+    handle = aq.apply_from_metadata(model, meta)
+    nqt.switch(model, "full")
+    quantized_full = model(x)
+    handle.remove()
+    assert not torch.equal(quantized_full, model(x))
+    with aq.apply_from_metadata(model, meta):
+        assert torch.equal(model(x), quantized_full)

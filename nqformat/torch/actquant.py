@@ -7,6 +7,7 @@ already weight-quantized network (the part-bit one in the reference's ``--nest``
 
 - ``calibrate(module, bits)`` computes the ranges and returns an :class:`ActCalibration`;
 - ``ActCalibration.to_metadata()`` / ``from_metadata()`` are the META key ``"activation"``;
+- ``calibrate_file(path, bits)`` does it on the part-bit model of a ``.nq`` file;
 - ``apply(module, calibration)`` fake-quantizes activations until ``handle.remove()``;
 - ``fake_quantize`` is the runtime formula, exposed for tests and other runtimes.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "apply",
     "apply_from_metadata",
     "calibrate",
+    "calibrate_file",
     "calibration_batch",
     "compute_range",
     "fake_quantize",
@@ -186,9 +189,10 @@ def fake_quantize(x: torch.Tensor, r: ActRange) -> torch.Tensor:
         qmin, qmax = -(2 ** (r.bits - 1)), 2 ** (r.bits - 1) - 1
     else:
         qmin, qmax = 0, levels
-    xf = x.to(torch.float32)
-    q = torch.clamp(torch.round(xf * scale - zero), qmin, qmax)
-    return ((q + zero) / scale).to(x.dtype)
+    # same fp32 operations in the same order, in place to spare four full-size temporaries
+    q = x.to(torch.float32) * scale
+    q.sub_(zero).round_().clamp_(qmin, qmax)
+    return q.add_(zero).div_(scale).to(x.dtype)
 
 
 def compute_range(
@@ -206,10 +210,14 @@ def compute_range(
     if not (math.isfinite(sigma) and sigma >= 0):
         raise NQError(f"sigma must be a finite number >= 0, got {sigma!r}")
     a = a.detach().to(torch.float32)
-    if not bool(torch.isfinite(a).all()):
+    if a.numel() == 0:
+        raise NQError("cannot calibrate a range on an empty activation")
+    lo_t, hi_t = torch.aminmax(a)  # NaN propagates into both, inf shows at one end
+    a_min, a_max = float(lo_t), float(hi_t)
+    if not (math.isfinite(a_min) and math.isfinite(a_max)):
         raise NQError("activation contains NaN or inf; cannot calibrate a range")
-    signed = bool(a.min() < 0)
-    max_abs = float(a.abs().max()) if a.numel() else 0.0
+    signed = a_min < 0
+    max_abs = max(abs(a_min), abs(a_max))
     fallback = False
     if sigma > 0:
         sample = a.flatten() if signed else a[a > 0]
@@ -219,7 +227,7 @@ def compute_range(
             std = float(torch.std(sample))  # unbiased, as the reference
             alpha = sigma * std / SIGNED_SIGMA_DIVISOR if signed else sigma * std
             if bits < SIGMA_CAP_BELOW_BITS:
-                alpha = min(alpha, float(a.max()))
+                alpha = min(alpha, a_max)
             if not alpha > 0:  # constant positive values: std 0
                 alpha, fallback = max_abs, True
     else:
@@ -394,3 +402,22 @@ def calibrate(
         fallback=tuple(fallback),
         calibrated_on=calibrated_on,
     )
+
+
+def calibrate_file(
+    path: str | os.PathLike[str],
+    bits: int,
+    *,
+    module: nn.Module | None = None,
+    **options: Any,
+) -> ActCalibration:
+    """:func:`calibrate` on the part-bit model of a ``.nq`` file, as the reference does with
+    ``--nest``. Store the result by converting again with
+    ``convert_model(..., metadata={..., "activation": cal.to_metadata()})``."""
+    from nqformat.torch.runtime import close, load
+
+    model = load(path, mode="part", module=module)
+    try:
+        return calibrate(model, bits, calibrated_on="part", **options)
+    finally:
+        close(model)
