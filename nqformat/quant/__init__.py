@@ -16,7 +16,9 @@ from nqformat.quant.nest import (
     NestQuantResult,
     PartParams,
     Rounding,
+    StageTimes,
     nest_quantize,
+    nest_quantize_timed,
 )
 from nqformat.quant.refit import refit_part_params
 from nqformat.quant.squant import round_half_even, squant_round
@@ -25,11 +27,13 @@ __all__ = [
     "NestQuantResult",
     "PartParams",
     "Rounding",
+    "StageTimes",
     "affine_params",
     "dequantize_codes",
     "full_params",
     "inherited_part_params",
     "nest_quantize",
+    "nest_quantize_timed",
     "refit_part_params",
     "round_half_even",
     "squant_round",

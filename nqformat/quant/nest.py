@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,7 +37,9 @@ __all__ = [
     "NestQuantResult",
     "PartParams",
     "Rounding",
+    "StageTimes",
     "nest_quantize",
+    "nest_quantize_timed",
 ]
 
 F32 = np.float32
@@ -46,6 +52,11 @@ H_MIN = 1
 #: Output channels are processed in blocks of about this many elements, so that every
 #: intermediate array stays in cache (the passes are memory-bound; see docs/quantizer.md).
 BLOCK_ELEMENTS = 1 << 16
+
+#: Worker threads for blocks of output channels (numpy releases the GIL inside array loops).
+THREADS = max(1, min(2, os.cpu_count() or 1))
+
+CODE_FIELDS = ("w_int", "w_high", "w_low")
 
 
 class Rounding(StrEnum):
@@ -163,6 +174,41 @@ def _high_codes(
     return squant_round(xh, taps, hmin, hmax, k_stage=k_stage, c_stage=c_stage)
 
 
+class StageTimes:
+    """Seconds spent per stage of :func:`nest_quantize`, accumulated over calls (benchmarks).
+
+    ``cpu`` is per-thread CPU time summed over worker threads; ``wall`` sums each thread's
+    elapsed time per stage, so with several threads it can exceed the elapsed total.
+    """
+
+    STAGES = ("affine", "round_int", "round_high", "refit")
+
+    def __init__(self) -> None:
+        self.wall = dict.fromkeys(self.STAGES, 0.0)
+        self.cpu = dict.fromkeys(self.STAGES, 0.0)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def start(self) -> None:
+        self._local.mark = (time.perf_counter(), time.thread_time())
+
+    def lap(self, stage: str) -> None:
+        now = (time.perf_counter(), time.thread_time())
+        then = self._local.mark
+        with self._lock:
+            self.wall[stage] += now[0] - then[0]
+            self.cpu[stage] += now[1] - then[1]
+        self._local.mark = now
+
+
+class _NoTimes(StageTimes):
+    def start(self) -> None:
+        pass
+
+    def lap(self, stage: str) -> None:
+        pass
+
+
 def nest_quantize(
     weight: Any,
     n: int,
@@ -177,8 +223,91 @@ def nest_quantize(
 
     ``k_stage``/``c_stage`` switch SQuant's kernel and channel stages for both the n-bit codes
     and (with ``rounding="squant"``) the high codes; both off is RTN. All checks run before any
-    work: invalid arguments or non-finite weights raise QuantizationError.
+    work: invalid arguments or non-finite weights raise QuantizationError. Output channels are
+    independent, so blocks of them run on up to ``THREADS`` threads; results do not depend on it.
     """
+    return nest_quantize_timed(
+        weight,
+        n,
+        h,
+        rounding=rounding,
+        k_stage=k_stage,
+        c_stage=c_stage,
+        part_params=part_params,
+        times=None,
+    )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one block of output channels needs (shared, read-only) and where it writes."""
+
+    w2: np.ndarray
+    n: int
+    h: int
+    taps: int
+    rounding: Rounding
+    k_stage: bool
+    c_stage: bool
+    part: PartParams
+    out: dict[str, np.ndarray]
+    clock: StageTimes
+
+
+def _run_block(job: _Job, lo: int, hi: int) -> None:
+    n, h, out, clock = job.n, job.h, job.out, job.clock
+    low_bits = n - h
+    blk = job.w2[lo:hi]
+    clock.start()
+    s_b, z_b = affine_params(blk, n)
+    x = to_integer_domain(blk, s_b, z_b)
+    clock.lap("affine")
+    q = squant_round(
+        x, job.taps, -(2 ** (n - 1)), 2 ** (n - 1) - 1, k_stage=job.k_stage, c_stage=job.c_stage
+    )
+    clock.lap("round_int")
+    hcodes = _high_codes(q, h, low_bits, job.taps, job.rounding, job.k_stage, job.c_stage)
+    low = q - hcodes * F32(2**low_bits)  # exact: small integers in float32
+    if low.min() < -(2**low_bits) or low.max() > 2**low_bits - 1:
+        raise QuantizationError(f"internal error: low codes outside the {low_bits + 1}-bit range")
+    out["w_int"][lo:hi] = q
+    out["w_high"][lo:hi] = hcodes
+    out["w_low"][lo:hi] = low
+    out["scale"][lo:hi] = s_b
+    out["zero_point"][lo:hi] = z_b
+    clock.lap("round_high")
+    if job.part is PartParams.REFIT:
+        fallback, _ = inherited_part_params(s_b, z_b, low_bits)
+        out["scale_part"][lo:hi], out["offset_part"][lo:hi] = refit_part_params(
+            blk, hcodes, fallback
+        )
+        clock.lap("refit")
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="nq-quant")
+        return _POOL
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def nest_quantize_timed(
+    weight: Any,
+    n: int,
+    h: int,
+    *,
+    rounding: str = "squant",
+    k_stage: bool = True,
+    c_stage: bool = True,
+    part_params: str = "refit",
+    times: StageTimes | None,
+) -> NestQuantResult:
+    """:func:`nest_quantize` that also adds its per-stage times to ``times`` (if given)."""
     n, h = _check_bits(n, h)
     mode = _choice(Rounding, rounding, "rounding")
     part = _choice(PartParams, part_params, "part_params")
@@ -187,58 +316,40 @@ def nest_quantize(
     w = _as_float32(weight)
 
     low_bits = n - h
-    qmin, qmax = -(2 ** (n - 1)), 2 ** (n - 1) - 1
     shape = w.shape
     channels = shape[0]
-    taps = math.prod(shape[2:])
     w2 = w.reshape(channels, -1)
     length = w2.shape[1]
-    w_int = np.empty((channels, length), dtype=np.int8)
-    w_high = np.empty_like(w_int)
-    w_low = np.empty_like(w_int)
-    low_min, low_max = -(2**low_bits), 2**low_bits - 1
-    s = np.empty(channels, dtype=F32)
-    z = np.empty(channels, dtype=F32)
-    a = np.empty(channels, dtype=F32)
-    b = np.empty(channels, dtype=F32)
-    step = max(1, BLOCK_ELEMENTS // length)
-    for lo in range(0, channels, step):
-        hi = min(channels, lo + step)
-        blk = w2[lo:hi]
-        s_b, z_b = affine_params(blk, n)
-        x = to_integer_domain(blk, s_b, z_b)
-        q = squant_round(x, taps, qmin, qmax, k_stage=k_stage, c_stage=c_stage)
-        hcodes = _high_codes(q, h, low_bits, taps, mode, k_stage, c_stage)
-        low = q - hcodes * F32(2**low_bits)  # exact: small integers in float32
-        if low.min() < low_min or low.max() > low_max:
-            raise QuantizationError(
-                f"internal error: low codes outside the {low_bits + 1}-bit range"
-            )
-        w_int[lo:hi] = q
-        w_high[lo:hi] = hcodes
-        w_low[lo:hi] = low
-        s[lo:hi] = s_b
-        z[lo:hi] = z_b
-        if part is PartParams.REFIT:
-            fallback, _ = inherited_part_params(s_b, z_b, low_bits)
-            a[lo:hi], b[lo:hi] = refit_part_params(blk, hcodes, fallback)
-
-    scale_full, offset_full = full_params(s, z)
-    if part is PartParams.INHERITED:
-        a, b = inherited_part_params(s, z, low_bits)
-    arrays = {
-        "w_int": w_int.reshape(shape),
-        "w_high": w_high.reshape(shape),
-        "w_low": w_low.reshape(shape),
-        "scale": s,
-        "zero_point": z,
-        "scale_full": scale_full,
-        "offset_full": offset_full,
-        "scale_part": a,
-        "offset_part": b,
-    }
-    for arr in arrays.values():
-        arr.flags.writeable = False
-    return NestQuantResult(
-        n=n, h=h, l=low_bits, rounding=mode.value, part_params=part.value, **arrays
+    out = {name: np.empty((channels, length), dtype=np.int8) for name in CODE_FIELDS}
+    for name in ("scale", "zero_point", "scale_part", "offset_part"):
+        out[name] = np.empty(channels, dtype=F32)
+    job = _Job(
+        w2=w2,
+        n=n,
+        h=h,
+        taps=math.prod(shape[2:]),
+        rounding=mode,
+        k_stage=k_stage,
+        c_stage=c_stage,
+        part=part,
+        out=out,
+        clock=times if times is not None else _NoTimes(),
     )
+    step = max(1, BLOCK_ELEMENTS // length)
+    blocks = [(lo, min(channels, lo + step)) for lo in range(0, channels, step)]
+    if THREADS > 1 and len(blocks) > 1:
+        for fut in [_pool().submit(_run_block, job, lo, hi) for lo, hi in blocks]:
+            fut.result()  # re-raises a worker's exception
+    else:
+        for lo, hi in blocks:
+            _run_block(job, lo, hi)
+
+    s, z = out["scale"], out["zero_point"]
+    out["scale_full"], out["offset_full"] = full_params(s, z)
+    if part is PartParams.INHERITED:
+        out["scale_part"], out["offset_part"] = inherited_part_params(s, z, low_bits)
+    for name in CODE_FIELDS:
+        out[name] = out[name].reshape(shape)
+    for arr in out.values():
+        arr.flags.writeable = False
+    return NestQuantResult(n=n, h=h, l=low_bits, rounding=mode.value, part_params=part.value, **out)

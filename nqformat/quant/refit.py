@@ -13,6 +13,7 @@ import numpy as np
 __all__ = ["refit_part_params"]
 
 F32 = np.float32
+F64 = np.float64
 
 
 def refit_part_params(
@@ -23,30 +24,33 @@ def refit_part_params(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scale, offset) float32[C] minimising Σ weights·(w - (scale*H + offset))² per row.
 
-    ``w`` is float32 [C, L], ``high`` the integer codes [C, L], ``weights`` an optional
-    non-negative [C, L] (or broadcastable) importance per element. Accumulation is in float64.
-    A row whose codes are constant (no slope to fit) keeps ``fallback_scale`` and gets the offset
-    that matches the (weighted) mean, so results are always finite.
+    ``w`` is float32 [C, L], ``high`` the integer codes [C, L] (any real dtype), ``weights`` an
+    optional non-negative importance per element ([C, L] or broadcastable). Sums are float64
+    (products of a float32 and a small integer are exact there). A row whose codes are constant
+    has no slope to fit: it keeps ``fallback_scale`` and gets the offset that matches the
+    (weighted) mean, so results are always finite.
     """
-    hv = high.astype(np.float64)
-    wv = w.astype(np.float64)
     if weights is None:
-        wt = np.ones((1, 1))
         total = np.full(w.shape[0], float(w.shape[1]))
+        s_h = high.sum(axis=1, dtype=F64)
+        s_hh = np.einsum("ij,ij->i", high, high, dtype=F64)
+        s_w = w.sum(axis=1, dtype=F64)
+        s_wh = np.einsum("ij,ij->i", w, high, dtype=F64)
     else:
-        wt = np.broadcast_to(np.asarray(weights, dtype=np.float64), w.shape)
+        wt = np.broadcast_to(np.asarray(weights, dtype=F64), w.shape)
         total = wt.sum(axis=1)
-    total = np.where(total > 0, total, 1.0)
-    mean_h = (wt * hv).sum(axis=1) / total
-    mean_w = (wt * wv).sum(axis=1) / total
-    hc = hv - mean_h[:, None]
-    var = (wt * hc * hc).sum(axis=1)
-    cov = (wt * hc * (wv - mean_w[:, None])).sum(axis=1)
-    # var is a sum of squares of exact small integers' deviations: "> tiny" means H varies.
-    slope_ok = var > 1e-9 * total
+        s_h = np.einsum("ij,ij->i", wt, high, dtype=F64)
+        s_hh = np.einsum("ij,ij,ij->i", wt, high, high, dtype=F64)
+        s_w = np.einsum("ij,ij->i", wt, w, dtype=F64)
+        s_wh = np.einsum("ij,ij,ij->i", wt, w, high, dtype=F64)
+    # n² times the (weighted) variance of H and covariance of H and w.
+    var = total * s_hh - s_h * s_h
+    cov = total * s_wh - s_h * s_w
+    slope_ok = (high.max(axis=1) > high.min(axis=1)) & (var > 0) & (total > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(slope_ok, cov / np.where(slope_ok, var, 1.0), fallback_scale)
     a = np.where(np.isfinite(a), a, fallback_scale).astype(F32)
-    # Offset from the float32 slope actually stored, so the fitted mean is kept after rounding.
-    b = (mean_w - a.astype(np.float64) * mean_h).astype(F32)
+    # Offset from the float32 slope actually stored, so the fitted mean survives its rounding.
+    safe_total = np.where(total > 0, total, 1.0)
+    b = ((s_w - a.astype(F64) * s_h) / safe_total).astype(F32)
     return a, b
