@@ -160,6 +160,18 @@ def test_same_input_gives_identical_bytes(tmp_path: pathlib.Path) -> None:
     assert (tmp_path / "a.nq").read_bytes() == (tmp_path / "b.nq").read_bytes()
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions only")
+def test_written_file_gets_umask_permissions_not_mkstemp_0600(tmp_path: pathlib.Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "perm.nq"
+        with NQWriter(path, n=8, h=6, metadata={}) as w:
+            w.add_raw("a", np.zeros(3, np.float32))
+        assert (path.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+
+
 def test_meta_is_canonical_json_independent_of_key_order(tmp_path: pathlib.Path) -> None:
     for name, meta in (
         ("a", {"z": 1, "a": {"y": [1, 2], "b": "é"}}),

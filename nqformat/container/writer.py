@@ -496,6 +496,9 @@ class NQWriter:
         )
         tmp = pathlib.Path(tmp_name)
         try:
+            # mkstemp creates 0600; give the finished file the permissions a plain open() would.
+            if hasattr(os, "fchmod"):  # POSIX only
+                os.fchmod(fd, _DEFAULT_FILE_MODE & ~_current_umask())
             with os.fdopen(fd, "wb") as out:
                 out.write(preamble.pack())
                 out.write(b"".join(r.pack() for r in records))
@@ -540,3 +543,13 @@ def _check_range(name: str, what: str, arr: np.ndarray, lo: int, hi: int) -> Non
     amin, amax = int(arr.min()), int(arr.max())
     if amin < lo or amax > hi:
         raise QuantizationError(f"{name}: {what} must lie in [{lo}, {hi}], got [{amin}, {amax}]")
+
+
+_DEFAULT_FILE_MODE = 0o666
+
+
+def _current_umask() -> int:
+    """The process umask (reading it means setting it; restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
