@@ -96,6 +96,10 @@ PACKAGED_WEIGHTS = frozenset({"tf_efficientnet_lite0"})
 #: (warm-up runs, timed repetitions) per measurement
 REPS = {"quick": (1, 3), "full": (1, 7)}
 CONVERT_REPS = {"quick": 1, "full": 3}
+#: torch intra-op threads while timing loads and switches. With the default (one per core) a
+#: shared 2-core machine under other load made every ``copy_`` about 10x slower (OpenMP threads
+#: waiting on each other), swamping both sides of every ratio; one thread measures the work.
+TIMING_TORCH_THREADS = 1
 #: page-cache residency above which an eviction counts as failed
 MAX_RESIDENT_AFTER_EVICT = 0.01
 
@@ -207,7 +211,7 @@ def machine_facts() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads_default": torch.get_num_threads(),
         "numpy": np.__version__,
         "safetensors": _version("safetensors"),
         "pytorchcv": _version("pytorchcv"),
@@ -637,15 +641,18 @@ def time_case(
     warmup: int,
     reps: int,
     evict_method: str | None,
+    warm: bool = True,
     progress: Progress = _noop,
 ) -> dict[str, Any]:
     """Interleaved load/switch timings of the ``.nq`` runtime against the two baselines, cold
-    (when eviction works here) and warm, in alternating rounds."""
+    (when eviction works here) and warm (unless ``warm`` is False), in alternating rounds."""
     from nqformat import torch as nqtorch
 
     m_nq = skeleton(model_meta)
     m_base = skeleton(model_meta)
-    methods = {"cold": evict_method, "warm": None} if evict_method else {"warm": None}
+    methods: dict[str, str | None] = {"cold": evict_method} if evict_method else {}
+    if warm or not methods:
+        methods["warm"] = None
     samples = {s: _Samples() for s in methods}
     switch_reports: dict[str, Any] = {}
     for i in range(warmup + reps):
@@ -813,55 +820,104 @@ def time_convert(model: str, workdir: Path, reps: int) -> dict[str, Any]:
     return {"model": model, "command": " ".join(shown), **timing.to_dict()}
 
 
-def profile_convert(model: str, workdir: Path, top: int = 12) -> dict[str, Any]:
-    """Where convert's time goes, in process: stage times and cProfile's top functions."""
-    from nqformat.torch import convert_model
-
-    imports = _import_seconds()
-    build_s, (module, _) = timed(lambda: build_model(model))
-    path = workdir / f"profile-{model}.nq"
-    prof = cProfile.Profile()
-    start = time.perf_counter()
-    prof.enable()
-    convert_model(module, path, n=8, h=6)
-    prof.disable()
-    convert_s = time.perf_counter() - start
-    path.unlink(missing_ok=True)
-    stream = io.StringIO()
-    stats = pstats.Stats(prof, stream=stream)
-    rows = []
-    for func, (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append(
-            {
-                "function": f"{Path(func[0]).name}:{func[1]}({func[2]})",
-                "calls": calls,
-                "tottime_s": tottime,
-                "cumtime_s": cumtime,
-            }
-        )
-    by_tottime = sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:top]
-    by_cumtime = sorted(rows, key=lambda r: r["cumtime_s"], reverse=True)[:top]
+def _profile_rows(prof: cProfile.Profile, top: int) -> dict[str, list[dict[str, Any]]]:
+    """cProfile's top functions by own time and by cumulative time, JSON-ready."""
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    rows = [
+        {
+            "function": f"{Path(func[0]).name}:{func[1]}({func[2]})",
+            "calls": calls,
+            "tottime_s": tottime,
+            "cumtime_s": cumtime,
+        }
+        for func, (_cc, calls, tottime, cumtime, _callers) in stats.stats.items()  # type: ignore[attr-defined]
+    ]
     return {
-        "model": model,
-        "stages_s": {**imports, "build_model": build_s, "convert_model_profiled": convert_s},
-        "top_by_tottime": by_tottime,
-        "top_by_cumtime": by_cumtime,
+        "top_by_tottime": sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:top],
+        "top_by_cumtime": sorted(rows, key=lambda r: r["cumtime_s"], reverse=True)[:top],
     }
 
 
-def _import_seconds() -> dict[str, float]:
-    """Fresh-interpreter import times of what ``nqtool convert`` imports."""
-    code = (
-        "import time,json;t=time.perf_counter();import torch;a=time.perf_counter();"
-        "import nqformat.torch, nqformat.zoo;b=time.perf_counter();"
-        "print(json.dumps({'import_torch':a-t,'import_nqformat_torch_zoo':b-a}))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(), check=False
-    )
+def profile_convert(model: str, workdir: Path, top: int = 12) -> dict[str, Any]:
+    """Where convert's time goes: the stages of a fresh process doing what ``nqtool convert``
+    does, then cProfile's top functions of ``convert_model`` (in this process)."""
+    from nqformat.torch import convert_model
+
+    stages = _convert_stages(model, workdir)
+    module, meta = build_model(model)
+    path = workdir / f"profile-{model}.nq"
+    prof = cProfile.Profile()
+    prof.enable()
+    convert_model(module, path, n=8, h=6, metadata={"model": meta})
+    prof.disable()
+    path.unlink(missing_ok=True)
+    return {"model": model, "stages_s": stages, **_profile_rows(prof, top)}
+
+
+def _convert_stages(model: str, workdir: Path) -> dict[str, float]:
+    """Stage times of a conversion in a fresh interpreter (imports are a real share of it)."""
+    out = workdir / f"stages-{model}.nq"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_convert_stages", model, str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), check=False)
+    out.unlink(missing_ok=True)
     if proc.returncode != 0:
-        return {}
+        raise RuntimeError(f"convert stages of {model} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _convert_stages_child(model: str, out: str) -> dict[str, float]:
+    """Runs in a fresh interpreter: the steps of ``nqtool convert``, each timed."""
+    stages: dict[str, float] = {}
+    start = t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        stages[name] = now - t
+        t = now
+
+    import torch  # noqa: F401
+
+    lap("import torch")
+    from nqformat import zoo
+    from nqformat.torch import convert_model
+
+    lap("import nqformat.torch, nqformat.zoo")
+    spec = zoo.resolve(model)
+    lap("zoo.resolve (imports the zoo libraries)")
+    module, meta = zoo.build(spec, random_init=model not in PACKAGED_WEIGHTS)
+    lap("zoo.build (architecture + weights)")
+    convert_model(module, out, n=8, h=6, metadata={"model": meta})
+    lap("convert_model (quantize, pack, write)")
+    stages["total"] = time.perf_counter() - start
+    return stages
+
+
+def profile_switch(case: Case, meta: dict[str, Any], files: _CaseFiles, top: int = 10) -> dict:
+    """cProfile of one part load, one upgrade and one INT-n baseline load (warm cache), to show
+    which step dominates each."""
+    from nqformat import torch as nqtorch
+
+    m_nq, m_base = skeleton(meta), skeleton(meta)
+    nqtorch.load(files.nq, "part", module=m_nq)  # warm-up
+    nqtorch.switch(m_nq, "full")
+    load_baseline(m_base, files.intn, case.n)
+    nqtorch.switch(m_nq, "part")
+    nqtorch.close(m_nq)
+    out: dict[str, Any] = {"case": case.label}
+    steps = (
+        ("part_load", lambda: nqtorch.load(files.nq, "part", module=m_nq)),
+        ("upgrade", lambda: nqtorch.switch(m_nq, "full")),
+        ("intn_load", lambda: load_baseline(m_base, files.intn, case.n)),
+    )
+    for name, fn in steps:
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        out[name] = _profile_rows(prof, top)["top_by_tottime"]
+    nqtorch.close(m_nq)
+    return out
 
 
 # --- unpack kernel ------------------------------------------------------------------------------
@@ -920,6 +976,19 @@ class _Phases:
 
 def run_bench(options: BenchOptions, progress: Progress = _noop) -> dict[str, Any]:
     """Run every measurement of the chosen mode and return the JSON-ready result."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TIMING_TORCH_THREADS)
+    try:
+        return _run_bench(options, progress, default_threads=threads)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_bench(
+    options: BenchOptions, progress: Progress, *, default_threads: int
+) -> dict[str, Any]:
     started = time.perf_counter()
     mode = options.mode
     cases = options.cases or (QUICK_CASES if options.quick else FULL_CASES)
@@ -934,9 +1003,10 @@ def run_bench(options: BenchOptions, progress: Progress = _noop) -> dict[str, An
         "mode": mode,
         "command": options.command,
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_facts(),
+        "machine": {**machine_facts(), "torch_threads_default": default_threads},
         "method": {
             "page_cache": cache,
+            "torch_threads": TIMING_TORCH_THREADS,
             "warmup_runs": warmup,
             "timed_reps": reps,
             "statistic": "median of the timed reps; ratio = median(.nq) / median(baseline)",
@@ -988,6 +1058,8 @@ def run_bench(options: BenchOptions, progress: Progress = _noop) -> dict[str, An
                     fp32_path,
                     phase,
                     progress,
+                    quick=options.quick,
+                    profile=not options.quick and case == reference,
                 )
                 fp32_rss = row["rss"].get("fp32", fp32_rss)
                 if fp32_rss is not None:
@@ -1041,6 +1113,9 @@ def _run_case(
     fp32_path: Path,
     phase: _Phases,
     progress: Progress,
+    *,
+    quick: bool,
+    profile: bool = False,
 ) -> dict[str, Any]:
     nq_path = workdir / f"{case.model}-int{case.n}-{case.h}.nq"
     progress(f"{case.label}: converting")
@@ -1058,8 +1133,12 @@ def _run_case(
             warmup=reps[0],
             reps=reps[1],
             evict_method=cache["method"],
+            warm=not quick,
             progress=progress,
         )
+    if profile:
+        with phase("switch profile"):
+            timings["profile"] = profile_switch(case, meta, _CaseFiles.of(nq_path, full_b, part_b))
     rss_rows: list[dict[str, Any]] = []
     if rss_modes:
         progress(f"{case.label}: peak RSS in fresh processes ({', '.join(rss_modes)})")
@@ -1120,7 +1199,7 @@ def _headline(result: dict[str, Any], reference: Case) -> None:
         ("upgrade_vs_int8_load", "upgrade_vs_intn_load"),
         ("downgrade_vs_inth_load", "downgrade_vs_inth_load"),
     ):
-        value, label = _worst(int8, lambda r, s=sub: r["timings"]["warm"][s])
+        value, label = _worst(int8, lambda r, s=sub: r["timings"].get("warm", {}).get(s))
         warm[key] = {"value": value, "case": label}
     result["warm"] = warm
     result["headline_cases"] = where
@@ -1327,7 +1406,7 @@ def render_markdown(result: dict[str, Any], notes: str = "") -> str:
     w(
         f"Run {result['date']}, {result['wall_seconds'] / 60:.1f} min, on {m['cpu']} "
         f"({m['cores_usable']} usable cores, {m['mem_total_gib']} GiB), Python {m['python']}, "
-        f"torch {m['torch']} ({m['torch_threads']} threads), numpy {m['numpy']}, safetensors "
+        f"torch {m['torch']}, numpy {m['numpy']}, safetensors "
         f"{m['safetensors']}. Load average {', '.join(f'{x:.2f}' for x in m['loadavg_start'])} "
         f"at the start and {', '.join(f'{x:.2f}' for x in m['loadavg_end'])} at the end (other "
         f"work shared the machine). Raw numbers: `docs/bench-results.json`."
@@ -1338,7 +1417,9 @@ def render_markdown(result: dict[str, Any], notes: str = "") -> str:
     w(
         f"- Every time is a ratio of medians of {method['timed_reps']} repetitions after "
         f"{method['warmup_runs']} warm-up run(s), the `.nq` side and its baseline timed in the "
-        "same loop, interleaved."
+        f"same loop, interleaved, with {method['torch_threads']} torch thread(s) (default here: "
+        f"{m['torch_threads_default']}; with it, other work on this shared machine made every "
+        "tensor copy about 10x slower on both sides)."
     )
     w(
         f"- Page cache: timings are taken **cold** ({cache['eviction']}) and **warm**; headline "
@@ -1486,17 +1567,27 @@ def _md_timings(result: dict[str, Any], w: Callable[[str], None]) -> None:
     for row in result["cases"]:
         t = row["timings"]
         cold = t.get("cold", {})
-        warm = t["warm"]
+        warm = t.get("warm", {})
         base_ms = (cold or warm)["times"]["intn_load"]["median_s"] * 1e3
         same = t["baseline_equal_full"] and t["baseline_equal_part"]
-        w(
-            f"| {row['model']} | {row['n']},{row['h']} | "
-            f"{_fmt(cold.get('part_load_vs_intn_load'))} | {_fmt(warm['part_load_vs_intn_load'])} "
-            f"| {_fmt(cold.get('upgrade_vs_intn_load'))} | {_fmt(warm['upgrade_vs_intn_load'])} | "
-            f"{_fmt(cold.get('downgrade_vs_inth_load'))} | {_fmt(warm['downgrade_vs_inth_load'])} "
-            f"| {base_ms:.0f} | {_fmt(same)} |"
+        pairs = " | ".join(
+            f"{_fmt(cold.get(k))} | {_fmt(warm.get(k))}"
+            for k in ("part_load_vs_intn_load", "upgrade_vs_intn_load", "downgrade_vs_inth_load")
         )
+        w(f"| {row['model']} | {row['n']},{row['h']} | {pairs} | {base_ms:.0f} | {_fmt(same)} |")
     w("")
+    for row in result["cases"]:
+        prof = row["timings"].get("profile")
+        if not prof:
+            continue
+        w(f"Where the time goes ({prof['case']}, warm cache, cProfile, top functions by own time):")
+        w("")
+        w("| step | function | calls | own s |")
+        w("|---|---|---:|---:|")
+        for step in ("part_load", "upgrade", "intn_load"):
+            for r in prof[step][:6]:
+                w(f"| {step} | `{r['function']}` | {r['calls']} | {r['tottime_s']:.3f} |")
+        w("")
     u = result["unpack"]
     w(
         f"Unpack kernel (tools/bench_bitpack.py): {u['unpack_elements_per_s']:.3g} elements/s, "
@@ -1552,6 +1643,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "_convert_stages":
+        print(json.dumps(_convert_stages_child(argv[1], argv[2])))
+        return 0
     if argv and argv[0] == "_rss":
         mode, meta, path, width = argv[1], json.loads(argv[2]), argv[3], int(argv[4])
         print(json.dumps(_rss_child(mode, meta, path, width)))
