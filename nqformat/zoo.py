@@ -182,7 +182,11 @@ def resolve(
     reference code uses pytorchcv for CNNs); ``zoo`` picks one. Unknown names raise
     :class:`ModelSourceError` listing close names."""
     key = name.strip().lower()
-    wanted = Zoo(zoo) if zoo is not None else None
+    try:
+        wanted = Zoo(zoo) if zoo is not None else None
+    except ValueError:
+        choices = ", ".join(z.value for z in Zoo)
+        raise ModelSourceError(f"zoo must be one of {choices}, got {zoo!r}") from None
     found = [z for z in Zoo if _in_zoo(z, key)]
     extra = dict(kwargs or {})
     if wanted is not None:

@@ -44,9 +44,10 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(array: np.ndarray, stored: str) -> torch.Tensor:
-    """A torch tensor owning a copy of ``array`` (the reader hands out read-only file views);
-    ``stored`` is the file's dtype name, so BF16 bit patterns come back as bfloat16."""
-    owned = np.array(array, copy=True)
+    """A torch tensor for ``array``, copied only if read-only (the reader hands out read-only
+    file views for RAW tensors, fresh arrays for dequantized ones); ``stored`` is the file's
+    dtype name, so BF16 bit patterns come back as bfloat16."""
+    owned = array if array.flags.writeable else np.array(array, copy=True)
     if stored == "BF16":
         return torch.from_numpy(owned.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(owned)
