@@ -25,6 +25,11 @@
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
+#include <float.h>
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+/* §7.2: x87-style excess precision rounds twice; build for SSE2 (or equivalent) instead. */
+#error "nqread needs FLT_EVAL_METHOD == 0 for bit-exact dequantization (spec §7.2)"
+#endif
 
 /* ---------------------------------------------------------------------------------------------
  * Constants, each defined once with the section it comes from.
@@ -642,6 +647,7 @@ struct blob {
     uint64_t offset, length;
     uint32_t crc;
     unsigned codec;
+    uint64_t raw; /* uncompressed length (§4.2), set while the record is checked */
 };
 
 struct section {
@@ -805,7 +811,7 @@ struct cursor {
     uint64_t end;   /* end of the last blob */
 };
 
-static int place_blob(const struct reader *r, int sec, struct cursor *c, const struct blob *b,
+static int place_blob(const struct reader *r, int sec, struct cursor *c, struct blob *b,
                       uint64_t raw, uint32_t rec, const char *which)
 {
     const struct section *s = &r->sec[sec];
@@ -838,6 +844,7 @@ static int place_blob(const struct reader *r, int sec, struct cursor *c, const s
                     which, SECTION_NAMES[sec]);
     c->any = 1;
     c->end = end;
+    b->raw = raw;
     return 0;
 }
 
@@ -862,32 +869,35 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
     parse_blob(rec + 104, &t->high);
     parse_blob(rec + 128, &t->low);
 
-    /* invalid_header: reserved bytes, kind, dtype, ndim, unused dims, codec */
+    /* 11.1 reserved bytes (byte 15, 152..159, 21..23 of each blob reference) */
     if (rec[15] != 0 || !all_zero(rec + 152, 8) || !all_zero(rec + 80 + 21, 3) ||
         !all_zero(rec + 104 + 21, 3) || !all_zero(rec + 128 + 21, 3))
         return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": reserved bytes are not zero (§4)", i);
+    /* 11.2 kind */
     if (t->kind != NQ_KIND_RAW && t->kind != NQ_KIND_NESTED)
         return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": kind %u is neither 0 nor 1 (§4)", i,
                     t->kind);
+    /* 11.3 dtype */
     if (t->dtype < 1 || t->dtype > NQ_DTYPE_MAX)
         return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": dtype %u is not a §4.1 code", i,
                     t->dtype);
+    if (t->kind == NQ_KIND_NESTED && t->dtype > NQ_DTYPE_F64)
+        return fail(NQ_INVALID_HEADER,
+                    "record %" PRIu32 ": NESTED tensor with dtype %s; must be F32, F16, BF16 "
+                    "or F64 (§4.1)",
+                    i, DTYPES[t->dtype].name);
+    /* 11.4 ndim and unused dims */
     if (t->ndim > NQ_MAX_NDIM)
         return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": ndim %u > %u (§4)", i, t->ndim,
                     NQ_MAX_NDIM);
+    if (t->kind == NQ_KIND_NESTED && t->ndim < 1)
+        return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": NESTED tensor with ndim 0 (§4)", i);
     for (k = t->ndim; k < NQ_MAX_NDIM; k++)
         if (t->dims[k] != 0)
             return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": unused dims[%u] is not zero (§4)",
                         i, k);
+    /* 11.5 a RAW tensor has no high/low blob */
     if (t->kind == NQ_KIND_NESTED) {
-        if (t->ndim < 1)
-            return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": NESTED tensor with ndim 0 (§4)",
-                        i);
-        if (t->dtype > NQ_DTYPE_F64)
-            return fail(NQ_INVALID_HEADER,
-                        "record %" PRIu32 ": NESTED tensor with dtype %s; must be F32, F16, BF16 "
-                        "or F64 (§4.1)",
-                        i, DTYPES[t->dtype].name);
         used[0] = &t->data, used[1] = &t->high, used[2] = &t->low, nused = 3;
     } else {
         if (!all_zero(rec + 104, 48))
@@ -895,21 +905,18 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
                         "record %" PRIu32 ": RAW tensor with non-zero high/low blob refs (§4)", i);
         used[0] = &t->data, nused = 1;
     }
-    for (k = 0; k < nused; k++)
-        if (used[k]->codec == NQ_CODEC_ZSTD && !(r->incompat & NQ_FLAG_ZSTD))
-            return fail(NQ_INVALID_HEADER,
-                        "record %" PRIu32 ": zstd blob but incompat_flags bit 0 is clear (§3.3)",
-                        i);
-    /* unsupported_feature: a codec this version does not define */
+    /* 11.6 codecs, blob by blob (data, high, low) */
     for (k = 0; k < nused; k++) {
         if (used[k]->codec > NQ_CODEC_ZSTD)
-            return fail(NQ_UNSUPPORTED_FEATURE, "record %" PRIu32 ": unknown codec %u (§4)", i,
+            return fail(NQ_UNSUPPORTED_FEATURE, "record %" PRIu32 ": unknown codec %u (§8)", i,
                         used[k]->codec);
+        if (used[k]->codec == NQ_CODEC_ZSTD && !(r->incompat & NQ_FLAG_ZSTD))
+            return fail(NQ_INVALID_HEADER,
+                        "record %" PRIu32 ": zstd blob but incompat_flags bit 0 is clear (§8)", i);
         if (used[k]->codec == NQ_CODEC_ZSTD)
             *any_zstd = 1;
     }
-    /* limit: numel <= 2^48 (§10), and so every dimension, even when another one is 0 (the
-     * conformance vector dim_over_2_48_with_zero; AMBIGUITY: §10 names only numel) */
+    /* 11.7 every dimension and numel <= 2^48 (§4, §10); a zero dimension makes numel 0 */
     t->numel = 1;
     for (k = 0; k < t->ndim; k++) {
         if (t->dims[k] > NQ_MAX_NUMEL)
@@ -923,27 +930,26 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
             if (!mul_u64(t->numel, t->dims[k], &t->numel) || t->numel > NQ_MAX_NUMEL)
                 return fail(NQ_LIMIT, "record %" PRIu32 ": more than 2^48 elements (§10)", i);
     }
-    /* invalid_name: the §10 length limit comes before the name is located (the conformance
-     * vector name_too_long; AMBIGUITY: step 11 lists name placement first) */
+    /* 11.8 name length */
     if (t->name_length < 1 || t->name_length > NQ_MAX_NAME)
         return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name length %" PRIu32
                     " is not 1..%u (§5)", i, t->name_length, NQ_MAX_NAME);
-    /* layout: the name follows the previous one inside NAMES (§5) */
+    /* 11.9 the name follows the previous one inside NAMES (§5) */
     if (t->name_offset != *name_cur)
         return fail(NQ_LAYOUT, "record %" PRIu32 ": name_offset %" PRIu64 ", expected %" PRIu64
                     " (§5)", i, t->name_offset, *name_cur);
     if (!add_u64(t->name_offset, t->name_length, &end) || end > r->sec[SEC_NAMES].length)
         return fail(NQ_LAYOUT, "record %" PRIu32 ": name runs past the end of NAMES (§5)", i);
     *name_cur = end;
-    /* invalid_name */
+    /* 11.10 UTF-8 */
     if (!utf8_valid(r->names + t->name_offset, t->name_length))
         return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name is not valid UTF-8 (§5)", i);
-    /* duplicate_name */
+    /* 11.11 duplicate */
     dup = nameset_insert(ns, r, i);
     if (dup >= 0)
         return fail(NQ_DUPLICATE_NAME, "records %ld and %" PRIu32 " are both named \"%.*s\" (§5)",
                     dup, i, (int)t->name_length, (const char *)r->names + t->name_offset);
-    /* layout: blob placement and lengths (§4.2, §7.1, §8) */
+    /* 11.12 blob placement and lengths (§4.2, §7.1, §8), in the order data, high, low */
     if (t->kind == NQ_KIND_RAW) {
         raw = t->numel * DTYPES[t->dtype].size; /* <= 2^51, cannot wrap */
         if (place_blob(r, SEC_DATA, &cur[0], &t->data, raw, i, "data"))
@@ -1025,29 +1031,31 @@ static int nq_open(struct reader *r, const char *path)
         r->sec[k].length = le64(e + 8);
         r->sec[k].crc = le32(e + 16);
     }
-    /* 7: header_end here is the canonical 256 + 160*count + NAMES.length + META.length
-     * (AMBIGUITY: the spec does not say which header_end step 7 uses). */
+    /* 7: limits, in the order of §11 step 7 */
     if (r->count > NQ_MAX_TENSORS)
         return fail(NQ_LIMIT, "tensor_count %" PRIu32 " > 1048576 (§10)", r->count);
-    if (r->sec[SEC_META].length > NQ_MAX_META)
-        return fail(NQ_LIMIT, "META is %" PRIu64 " bytes, more than 16 MiB (§10)",
-                    r->sec[SEC_META].length);
-    v = NQ_PREAMBLE_SIZE + (uint64_t)NQ_RECORD_SIZE * r->count;
-    if (!add_u64(v, r->sec[SEC_NAMES].length, &v) || !add_u64(v, r->sec[SEC_META].length, &v) ||
-        v > NQ_MAX_HEADER_END)
-        return fail(NQ_LIMIT, "header (preamble + INDEX + NAMES + META) is over 256 MiB (§10)");
     for (k = 0; k < NQ_SECTION_COUNT; k++)
         if (r->sec[k].offset > NQ_MAX_OFFSET || r->sec[k].length > NQ_MAX_OFFSET)
             return fail(NQ_LIMIT, "%s offset or length is over 2^63-1 (§10)", SECTION_NAMES[k]);
-    if (r->part_end > NQ_MAX_OFFSET || r->full_end > NQ_MAX_OFFSET)
-        return fail(NQ_LIMIT, "part_end or full_end is over 2^63-1 (§10)");
-    /* 8: canonical layout (§3.2). All terms are <= 2^63-1 here and each comparison bounds the
-     * next sum, but the arithmetic is checked anyway. */
+    if (r->part_end > NQ_MAX_OFFSET)
+        return fail(NQ_LIMIT, "part_end is over 2^63-1 (§10)");
+    if (r->full_end > NQ_MAX_OFFSET)
+        return fail(NQ_LIMIT, "full_end is over 2^63-1 (§10)");
+    if (r->sec[SEC_META].length > NQ_MAX_META)
+        return fail(NQ_LIMIT, "META is %" PRIu64 " bytes, more than 16 MiB (§10)",
+                    r->sec[SEC_META].length);
+    v = NQ_PREAMBLE_SIZE + (uint64_t)NQ_RECORD_SIZE * r->count; /* lengths <= 2^63-1: no wrap */
+    if (!add_u64(v, r->sec[SEC_NAMES].length, &v) || !add_u64(v, r->sec[SEC_META].length, &v) ||
+        v > NQ_MAX_HEADER_END)
+        return fail(NQ_LIMIT, "header (preamble + INDEX + NAMES + META) is over 256 MiB (§10)");
+    /* 8: canonical layout (§3.2): INDEX.length, then every offset in table order, then part_end
+     * and full_end. Terms are <= 2^63-1 and each comparison bounds the next sum; the arithmetic
+     * is checked anyway. */
+    if (r->sec[SEC_INDEX].length != (uint64_t)NQ_RECORD_SIZE * r->count)
+        return fail(NQ_LAYOUT, "INDEX.length is %" PRIu64 ", expected 160 * %" PRIu32 " (§3.2)",
+                    r->sec[SEC_INDEX].length, r->count);
     want = NQ_PREAMBLE_SIZE;
     for (k = 0; k < NQ_SECTION_COUNT; k++) {
-        if (k == SEC_INDEX && r->sec[k].length != (uint64_t)NQ_RECORD_SIZE * r->count)
-            return fail(NQ_LAYOUT, "INDEX.length is %" PRIu64 ", expected 160 * %" PRIu32
-                        " (§3.2)", r->sec[k].length, r->count);
         if (k >= SEC_DATA && !align_u64(want, NQ_SECTION_ALIGN, &want))
             return fail(NQ_LAYOUT, "%s offset overflows (§3.2)", SECTION_NAMES[k]);
         if (r->sec[k].offset != want)
@@ -1057,13 +1065,15 @@ static int nq_open(struct reader *r, const char *path)
             return fail(NQ_LAYOUT, "%s end overflows (§3.2)", SECTION_NAMES[k]);
         if (k == SEC_META)
             r->header_end = want;
-        if (k == SEC_HIGH && r->part_end != want)
-            return fail(NQ_LAYOUT, "part_end is %" PRIu64 ", expected %" PRIu64 " (§3.2)",
-                        r->part_end, want);
-        if (k == SEC_LOW && r->full_end != want)
-            return fail(NQ_LAYOUT, "full_end is %" PRIu64 ", expected %" PRIu64 " (§3.2)",
-                        r->full_end, want);
     }
+    want = r->sec[SEC_HIGH].offset + r->sec[SEC_HIGH].length; /* <= LOW.offset: no wrap */
+    if (r->part_end != want)
+        return fail(NQ_LAYOUT, "part_end is %" PRIu64 ", expected %" PRIu64 " (§3.2)",
+                    r->part_end, want);
+    want = r->sec[SEC_LOW].offset + r->sec[SEC_LOW].length; /* checked in the loop */
+    if (r->full_end != want)
+        return fail(NQ_LAYOUT, "full_end is %" PRIu64 ", expected %" PRIu64 " (§3.2)",
+                    r->full_end, want);
     /* 9 */
     if (r->size < r->header_end || r->size < r->part_end)
         return fail(NQ_TRUNCATED, "file is %" PRIu64 " bytes; the part-bit prefix needs %" PRIu64
@@ -1161,14 +1171,70 @@ static int check_blob_crc(struct reader *r, const struct blob *b, const char *na
     return 0;
 }
 
-static int require_uncompressed(const struct blob *b, const char *name, const char *which)
+/* §8: a codec-1 blob is exactly one zstd frame (RFC 8878 §3.1.1) that declares its content size,
+ * equal to the raw length, and needs no dictionary. The header can be checked without a zstd
+ * library; a bad header is `layout`. */
+#define ZSTD_MAGIC UINT32_C(0xFD2FB528)
+#define ZSTD_MAX_HEADER 18u /* magic 4 + descriptor 1 + window 1 + dictionary id 4 + size 8 */
+
+static int zstd_check_header(struct reader *r, const struct blob *b, const char *name,
+                             const char *which)
 {
-    if (b->codec == NQ_CODEC_ZSTD)
-        return fail(NQ_ZSTD_UNSUPPORTED,
-                    "tensor \"%s\": the %s blob is zstandard-compressed (§8), which this "
-                    "dependency-free reader does not decompress",
+    unsigned char h[ZSTD_MAX_HEADER];
+    size_t n = b->length < ZSTD_MAX_HEADER ? (size_t)b->length : ZSTD_MAX_HEADER, at;
+    unsigned fhd, fcs_flag, single, did_flag, did_size, fcs_size, k;
+    uint64_t did = 0, fcs = 0;
+    static const unsigned DID_SIZES[4] = {0, 1, 2, 4};
+    static const unsigned FCS_SIZES[4] = {0, 2, 4, 8};
+    if (read_at(r, b->offset, h, n))
+        return -1;
+    if (n < 5 || le32(h) != ZSTD_MAGIC)
+        return fail(NQ_LAYOUT, "tensor \"%s\": the %s blob is not a zstd frame (§8)", name, which);
+    fhd = h[4];
+    fcs_flag = fhd >> 6, single = (fhd >> 5) & 1, did_flag = fhd & 3;
+    if (fhd & 0x08) /* AMBIGUITY (docs/spec-ambiguities.md #19): RFC 8878 rejects it; `layout` */
+        return fail(NQ_LAYOUT, "tensor \"%s\": %s blob: zstd frame header reserved bit set (§8)",
                     name, which);
+    did_size = DID_SIZES[did_flag];
+    fcs_size = fcs_flag == 0 ? single : FCS_SIZES[fcs_flag];
+    at = 5 + (single ? 0 : 1);
+    if (n < at + did_size + fcs_size)
+        return fail(NQ_LAYOUT, "tensor \"%s\": %s blob: zstd frame header is cut short (§8)", name,
+                    which);
+    for (k = 0; k < did_size; k++)
+        did |= (uint64_t)h[at + k] << (8 * k);
+    at += did_size;
+    for (k = 0; k < fcs_size; k++)
+        fcs |= (uint64_t)h[at + k] << (8 * k);
+    if (fcs_size == 2)
+        fcs += 256; /* RFC 8878: the 2-byte field is offset by 256 */
+    if (did != 0)
+        return fail(NQ_LAYOUT, "tensor \"%s\": %s blob: zstd frame needs a dictionary (§8)", name,
+                    which);
+    if (fcs_size == 0)
+        return fail(NQ_LAYOUT,
+                    "tensor \"%s\": %s blob: zstd frame does not declare its content size (§8)",
+                    name, which);
+    if (fcs != b->raw)
+        return fail(NQ_LAYOUT,
+                    "tensor \"%s\": %s blob: zstd frame declares %" PRIu64
+                    " bytes, the raw length is %" PRIu64 " (§8)",
+                    name, which, fcs, b->raw);
     return 0;
+}
+
+/* Codec 0 passes; codec 1 gets its frame header checked, then is reported unsupported. */
+static int require_uncompressed(struct reader *r, const struct blob *b, const char *name,
+                                const char *which)
+{
+    if (b->codec != NQ_CODEC_ZSTD)
+        return 0;
+    if (zstd_check_header(r, b, name, which))
+        return -1;
+    return fail(NQ_ZSTD_UNSUPPORTED,
+                "tensor \"%s\": the %s blob is zstandard-compressed (§8), which this "
+                "dependency-free reader does not decompress",
+                name, which);
 }
 
 /* Dense LSB-first bitstream of k-bit two's complement codes (§7.3), read in chunks. */
@@ -1311,7 +1377,7 @@ static int dump_raw(struct reader *r, const struct tensor *t, const char *name)
     unsigned char *buf;
     uint64_t off = t->data.offset, left = t->data.length;
     if (check_section_crc(r, SEC_DATA) || check_blob_crc(r, &t->data, name, "data") ||
-        require_uncompressed(&t->data, name, "data"))
+        require_uncompressed(r, &t->data, name, "data"))
         return -1;
     buf = malloc(CHUNK);
     if (!buf)
@@ -1347,19 +1413,30 @@ static int dump_nested(struct reader *r, const struct tensor *t, const char *nam
     memset(&lb, 0, sizeof lb);
     if (need_low && enable_low(r, "full-bit mode"))
         return -1;
-    /* step 13: every CRC covering what is read, then the blobs themselves */
+    /* step 13: the CRCs of the sections read, then blob by blob (AMBIGUITY #18: the spec does
+     * not order the checks across sections and blobs) */
     if ((need_params && check_section_crc(r, SEC_DATA)) ||
         (need_high && check_section_crc(r, SEC_HIGH)) ||
         (need_low && check_section_crc(r, SEC_LOW)))
         return -1;
-    if ((need_params && check_blob_crc(r, &t->data, name, "data")) ||
-        (need_high && check_blob_crc(r, &t->high, name, "high")) ||
-        (need_low && check_blob_crc(r, &t->low, name, "low")))
-        return -1;
-    if ((need_params && require_uncompressed(&t->data, name, "data")) ||
-        (need_high && require_uncompressed(&t->high, name, "high")) ||
-        (need_low && require_uncompressed(&t->low, name, "low")))
-        return -1;
+    {
+        /* blob by blob (data, high, low): CRC, then the zstd frame header (§8, §11 step 13) */
+        const struct blob *bl[3] = {&t->data, &t->high, &t->low};
+        static const char *const which[3] = {"data", "high", "low"};
+        const int need[3] = {need_params, need_high, need_low};
+        int k, zstd = -1;
+        for (k = 0; k < 3; k++) {
+            if (!need[k])
+                continue;
+            if (check_blob_crc(r, bl[k], name, which[k]) ||
+                (bl[k]->codec == NQ_CODEC_ZSTD && zstd_check_header(r, bl[k], name, which[k])))
+                return -1;
+            if (bl[k]->codec == NQ_CODEC_ZSTD && zstd < 0)
+                zstd = k;
+        }
+        if (zstd >= 0)
+            return require_uncompressed(r, bl[zstd], name, which[zstd]);
+    }
     if (need_params) {
         /* 16*C bytes: checked equal to the blob length, which lies inside the real file */
         params = malloc(t->data.length ? (size_t)t->data.length : 1);
@@ -1456,8 +1533,11 @@ static int cmd_check(struct reader *r, int *zstd_skipped)
                 check_blob_crc(r, bl[k], name, which[k]))
                 return -1;
             pend[k] = bl[k]->offset + bl[k]->length;
-            if (bl[k]->codec == NQ_CODEC_ZSTD)
+            if (bl[k]->codec == NQ_CODEC_ZSTD) {
+                if (zstd_check_header(r, bl[k], name, which[k]))
+                    return -1;
                 *zstd_skipped += 1;
+            }
         }
         if (t->kind == NQ_KIND_NESTED && t->high.codec == NQ_CODEC_NONE &&
             (r->part_only || t->low.codec == NQ_CODEC_NONE)) {
@@ -1485,6 +1565,7 @@ static int cmd_check(struct reader *r, int *zstd_skipped)
                                    name, e, q, qmin, qmax);
                 }
             }
+            /* AMBIGUITY (#17): §7.3 pad bits MUST be zero but step 14 names no code; `layout` */
             if (!bad && !br_tail_zero(&hb))
                 bad = fail(NQ_LAYOUT, "tensor \"%s\": high blob padding bits are not zero (§7.3)",
                            name);
