@@ -1600,6 +1600,10 @@ int main(int argc, char **argv)
     int rc;
 
     crc32_init();
+    if (crc32_buf((const unsigned char *)"123456789", 9) != UINT32_C(0xCBF43926)) { /* §2 */
+        fprintf(stderr, "nqread: internal error: CRC-32 check value mismatch\n");
+        return EXIT_IO;
+    }
     if (argc < 3)
         return usage(argc < 2 ? NULL : "missing FILE");
     cmd = argv[1];
