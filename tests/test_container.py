@@ -15,7 +15,7 @@ from _container_util import Nested, random_nested, write_small
 
 import nqformat
 from nqformat import NQWriter
-from nqformat.container import spec
+from nqformat.container import spec, testing
 from nqformat.container.reader import TensorNotFoundError
 from nqformat.container.spec import DType, IncompatFlag, Kind, Preamble, Section
 from nqformat.errors import (
@@ -306,6 +306,25 @@ def test_verify_finds_nonzero_padding(small: tuple[pathlib.Path, dict]) -> None:
     _flip(path, gap)
     with nqformat.open(path) as f:
         assert any("padding before DATA" in p for p in f.verify())
+
+
+def test_verify_finds_nonzero_pad_bits_after_the_last_code(
+    small: tuple[pathlib.Path, dict],
+) -> None:
+    path, _ = small
+    with nqformat.open(path) as f:
+        info = f.info("fc.weight")  # 15 codes of 6 bits: 90 bits, so 6 pad bits in byte 11
+        assert (info.numel * f.h) % 8 != 0
+        last = info.high.offset + info.high.length - 1
+        index = info.index
+    raw = bytearray(path.read_bytes())
+    raw[last] |= 0x80
+    blob = bytes(raw[last - info.high.length + 1 : last + 1])
+    raw = bytearray(testing.replace_blob(bytes(raw), index, "high", crc=spec.crc32(blob)))
+    path.write_bytes(testing.fix_crcs(raw, data=True))
+    with nqformat.open(path) as f:
+        problems = f.verify()
+    assert problems == ["fc.weight: HIGH blob has nonzero pad bits after its last code (§7.3)"]
 
 
 # --- compression (§8) --------------------------------------------------------------------------

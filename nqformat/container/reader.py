@@ -705,9 +705,12 @@ class NQFile:
                     ):
                         continue
                     try:
-                        self._blob(info, which, force_check=True)
+                        stored = self._blob(info, which, force_check=True)
                     except NQError as exc:
                         problems.append(f"{info.name}: {exc}")
+                        continue
+                    if which is not Section.DATA:
+                        problems.extend(self._verify_pad_bits(info, which, stored))
                 if info.kind is Kind.NESTED and Section.LOW in present:
                     try:
                         q = self.codes(info.name, "full")
@@ -786,6 +789,16 @@ class NQFile:
     def _unpack(self, info: TensorInfo, which: Section, width: int) -> np.ndarray:
         buf = np.frombuffer(self._blob(info, which), dtype=np.uint8)
         return bitpack.unpack(buf, width, info.numel).reshape(info.shape)
+
+    def _verify_pad_bits(self, info: TensorInfo, which: Section, blob: memoryview) -> list[str]:
+        """The bits after the last code of a packed blob must be zero (§7.3)."""
+        width = self.h if which is Section.HIGH else self.l + 1
+        used = (info.numel * width) % 8
+        if used and len(blob) and blob[-1] >> used:
+            return [
+                f"{info.name}: {which.name} blob has nonzero pad bits after its last code (§7.3)"
+            ]
+        return []
 
     def _verify_padding(self, present: list[Section]) -> list[str]:
         """Padding between header, sections and blobs must be zero (§3.2, §7.1)."""
