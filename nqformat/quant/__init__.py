@@ -13,6 +13,7 @@ from nqformat.quant.affine import (
     to_integer_domain,
 )
 from nqformat.quant.nest import (
+    QUANTIZER_VERSION,
     NestQuantResult,
     PartParams,
     Rounding,
@@ -24,6 +25,7 @@ from nqformat.quant.refit import refit_part_params
 from nqformat.quant.squant import round_half_even, squant_round
 
 __all__ = [
+    "QUANTIZER_VERSION",
     "NestQuantResult",
     "PartParams",
     "Rounding",

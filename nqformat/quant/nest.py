@@ -34,6 +34,7 @@ __all__ = [
     "H_MIN",
     "N_MAX",
     "N_MIN",
+    "QUANTIZER_VERSION",
     "NestQuantResult",
     "PartParams",
     "Rounding",
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 F32 = np.float32
+
+#: Version of the numerics (META ``quant.quantizer_version``, spec/metadata.md). Bump it when
+#: the codes or parameters produced for the same input change.
+QUANTIZER_VERSION = 1
 
 #: Bit-width limits of spec/nq-v1.md §3.1: 2 <= n <= 8 and 1 <= h <= n - 1.
 N_MIN = 2

@@ -97,10 +97,13 @@ def _candidates(
 
 
 def _keys(t: np.ndarray, cand: np.ndarray, rev: np.ndarray, bits: int) -> np.ndarray:
-    """int64 keys: priority bits (0 for non-candidates) then reversed index ``rev``."""
-    key = t.view(np.int32).astype(np.int64)
-    key *= cand
-    key <<= bits
+    """int64 keys: priority bits (0 for non-candidates) then reversed index ``rev``.
+
+    Consumes ``t`` (overwritten with the masked priorities).
+    """
+    np.multiply(t, cand, out=t)
+    t += F32(0)  # -0.0 (a masked negative) -> +0.0, whose bit pattern is 0
+    key = np.left_shift(t.view(np.int32), bits, dtype=np.int64)
     key |= rev
     return key
 
@@ -140,7 +143,7 @@ def _k_stage(
     cols = np.arange(g)
     k = np.minimum(k, taps)
     # The k flipped elements are those with a key >= the k-th largest key (row taps: _NEVER).
-    flip = key >= srt[taps - k, cols]
+    flip = key >= srt.ravel().take((taps - k) * g + cols)
     moved = flip & cand
     step = moved * -sign
     r += step
@@ -151,9 +154,10 @@ def _k_stage(
     # Boundary: the last flipped element when over (the last of the order if k == 0), else the
     # best unflipped one.
     rank = np.where(over, (k - 1) % taps, np.minimum(k, taps - 1))
-    bkey = srt[taps - 1 - rank, cols]
+    bkey = srt.ravel().take((taps - 1 - rank) * g + cols)
     btap = (taps - 1) - (bkey & ((1 << bits) - 1))
-    return btap, np.abs(e[btap, cols]), over != up, e.sum(axis=0, dtype=np.float64)
+    bprio = np.abs(e.ravel().take(btap * g + cols))
+    return btap, bprio, over != up, e.sum(axis=0, dtype=np.float64)
 
 
 def _c_stage_boundaries(

