@@ -99,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         parser.error("--reps must be >= 1")
 
+    # Shared machines: the load average says how far the figures are from an idle machine.
+    load_before = os.getloadavg()[0]
     print(
         f"bitpack: {args.count} elements, median of {args.reps}, threads={args.threads or 'auto'}"
-        f", {os.cpu_count()} CPUs, numpy {np.__version__}"
+        f", {os.cpu_count()} CPUs, numpy {np.__version__}, load average {load_before:.2f}"
     )
     header = (
         f"{'k':>2} {'unpack/s':>10} {'alloc/s':>10} {'pack/s':>10} {'naive/s':>10} "
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "reps": args.reps,
         "threads": args.threads,
         "cpus": os.cpu_count(),
+        "load_average_before_after": [load_before, os.getloadavg()[0]],
         "widths": figures,
         # The widths used in practice are h and l + 1 with n >= 2: report the slowest of 2..8.
         "unpack_elements_per_s": min(r["unpack_elements_per_s"] for r in practical)
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"min unpack over widths 2..8: {summary['unpack_elements_per_s']:.3g} elements/s; "
         f"worst unpack time / memcpy time of the packed bytes: {summary['unpack_vs_memcpy']:.2f}"
+        f"; load average after {os.getloadavg()[0]:.2f}"
     )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
