@@ -6,12 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nqformat.errors import QuantizationError
-from nqformat.quant import NestQuantResult, nest_quantize
+from nqformat.quant import NestQuantResult, nest_quantize, refit_part_params
 
 F32 = np.float32
 ALL_BITS = [(n, h) for n in range(2, 9) for h in range(1, n)]
@@ -206,6 +205,7 @@ def test_refit_constant_high_channel_keeps_inherited_step_and_matches_mean() -> 
 
 
 def test_torch_tensor_input_gives_the_same_result_as_numpy() -> None:
+    torch = pytest.importorskip("torch")  # imported here: it costs seconds at collection
     w = _weight((8, 3, 3, 3))
     a = nest_quantize(w, 8, 4)
     b = nest_quantize(torch.from_numpy(w.copy()).requires_grad_(), 8, 4)
@@ -314,3 +314,38 @@ def test_any_input_gives_valid_codes_and_finite_weights(
     _assert_codes_valid(res)
     for mode in ("full", "part"):
         assert np.isfinite(res.dequantize(mode)).all()
+
+
+def test_refit_without_weights_is_ordinary_least_squares() -> None:
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 40)).astype(F32)
+    high = rng.integers(-8, 8, size=(6, 40)).astype(F32)
+    a, b = refit_part_params(w, high, np.ones(6, F32))
+    for c in range(6):
+        slope, intercept = np.polyfit(high[c].astype(np.float64), w[c].astype(np.float64), 1)
+        assert np.isclose(a[c], slope, rtol=1e-6)
+        assert np.isclose(b[c], intercept, rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_refit_with_input_statistics_minimises_expected_output_error(seed: int) -> None:
+    # E[(r·x)²] = Σ d r² + (Σ μ r)² for inputs of mean μ and variance d, r = w - a*H - b.
+    rng = np.random.default_rng(seed)
+    rows, length = 5, 24
+    w = rng.standard_normal((rows, length)).astype(F32)
+    high = np.clip(np.rint(w * 3 + rng.normal(0, 0.6, w.shape)), -8, 7).astype(F32)
+    d = rng.uniform(0.1, 3.0, size=(1, length))
+    mu = rng.uniform(0.0, 2.0, size=(1, length))
+
+    def cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        r = w.astype(np.float64) - a[:, None].astype(np.float64) * high - b[:, None]
+        return (d * r * r).sum(axis=1) + ((mu * r).sum(axis=1)) ** 2
+
+    fb = np.ones(rows, F32)
+    best = cost(*refit_part_params(w, high, fb, weights=d, input_mean=mu))
+    ols = cost(*refit_part_params(w, high, fb))
+    assert (best <= ols * (1 + 1e-5) + 1e-9).all()
+    for da, db in [(1e-3, 0.0), (-1e-3, 0.0), (0.0, 1e-3), (0.0, -1e-3)]:
+        a, b = refit_part_params(w, high, fb, weights=d, input_mean=mu)
+        assert (best <= cost(a + F32(da), b + F32(db)) * (1 + 1e-6)).all()

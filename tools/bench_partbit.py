@@ -134,27 +134,38 @@ def quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     ]
 
 
-# A variant maps (fp32 weight [O, ...] as numpy, n, h) -> dequantized float32 weight.
-Variant = Callable[[np.ndarray, int, int], np.ndarray]
+# A variant maps (layer name, fp32 weight [O, ...] as numpy, n, h) -> dequantized float32 weight.
+Variant = Callable[[str, np.ndarray, int, int], np.ndarray]
 
 
-def _inherited(w: np.ndarray, n: int, h: int) -> np.ndarray:
+def _inherited(name: str, w: np.ndarray, n: int, h: int) -> np.ndarray:
     return nest_quantize(w, n, h, part_params="inherited").dequantize("part")
 
 
-def _refit(w: np.ndarray, n: int, h: int) -> np.ndarray:
+def _refit(name: str, w: np.ndarray, n: int, h: int) -> np.ndarray:
     return nest_quantize(w, n, h, part_params="refit").dequantize("part")
 
 
-def _independent(w: np.ndarray, n: int, h: int) -> np.ndarray:
+def _independent(name: str, w: np.ndarray, n: int, h: int) -> np.ndarray:
     # min/max SQuant at h bits: the full-bit model of an h-bit quantization (h >= 2)
     return nest_quantize(w, h, h - 1, part_params="inherited").dequantize("full")
 
 
-def _input_weights(w: np.ndarray) -> np.ndarray:
-    """Per-element weights from the column norms of w (input channels that feed many large
-    weights matter more): a data-free proxy for the diagonal of E[x x^T]."""
-    if w.ndim < 2 or w.shape[1] == 1:
+def _refit_with(
+    w: np.ndarray, n: int, h: int, weights: np.ndarray | None, mean: np.ndarray | None
+) -> np.ndarray:
+    res = nest_quantize(w, n, h, part_params="inherited")
+    fallback = inherited_part_params(res.scale, res.zero_point, res.l)[0]
+    w2 = w.reshape(w.shape[0], -1).astype(np.float32)
+    high = res.w_high.reshape(w.shape[0], -1)
+    a, b = refit_part_params(w2, high, fallback, weights, mean)
+    return dequantize_codes(res.w_high, a, b)
+
+
+def _column_weights(w: np.ndarray) -> np.ndarray:
+    """Per-element weights from the column norms of w: input channels that feed many large
+    weights count more (a weight-only proxy for the input's second moment)."""
+    if w.shape[1] == 1:
         return np.ones((1, w[0].size))
     cols = np.sqrt((w.astype(np.float64) ** 2).sum(axis=tuple(d for d in range(w.ndim) if d != 1)))
     cols = cols / cols.mean() if cols.mean() > 0 else np.ones_like(cols)
@@ -162,32 +173,98 @@ def _input_weights(w: np.ndarray) -> np.ndarray:
     return per_elem.reshape(w.shape[0], -1) ** 2 + 1e-6
 
 
-def _refit_inw(w: np.ndarray, n: int, h: int) -> np.ndarray:
-    res = nest_quantize(w, n, h, part_params="inherited")
-    fallback = inherited_part_params(res.scale, res.zero_point, res.l)[0]
-    w2 = w.reshape(w.shape[0], -1).astype(np.float32)
-    a, b = refit_part_params(w2, res.w_high.reshape(w.shape[0], -1), fallback, _input_weights(w))
-    return dequantize_codes(res.w_high, a, b)
+def _refit_colnorm(name: str, w: np.ndarray, n: int, h: int) -> np.ndarray:
+    return _refit_with(w, n, h, _column_weights(w), None)
+
+
+#: layer name -> (input variance, input mean) per element [C, L], from BatchNorm statistics
+BN_STATS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _refit_bn(name: str, w: np.ndarray, n: int, h: int) -> np.ndarray:
+    var, mean = BN_STATS.get(name, (None, None))
+    return _refit_with(w, n, h, var, mean)
+
+
+def _clipped_normal_moments(
+    mean: np.ndarray, std: np.ndarray, lo: float, hi: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of clip(z, lo, hi) for z ~ N(mean, std²), by quadrature."""
+    t = np.linspace(-8.0, 8.0, 1601)
+    p = np.exp(-0.5 * t * t)
+    p /= p.sum()
+    x = np.clip(mean[:, None] + np.abs(std)[:, None] * t, lo, hi)
+    m1 = (x * p).sum(axis=1)
+    return m1, np.maximum((x * x * p).sum(axis=1) - m1 * m1, 0.0)
+
+
+def collect_bn_stats(model: torch.nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Data-free input statistics of each quantized layer whose input is exactly the output of
+    a BatchNorm (+ ReLU6 or identity): z ~ N(beta, gamma²) per channel, then the activation.
+    Layers fed by a residual sum, pooling or the image get none (plain least squares)."""
+    # Inputs and outputs are kept alive during the pass so their id()s cannot be reused.
+    produced: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
+    consumed: dict[str, torch.Tensor] = {}
+    hooks = []
+    for _, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            hooks.append(
+                m.register_forward_hook(lambda mod, i, o: produced.update({id(o): (mod, o)}))
+            )
+    for name, m in quant_layers(model):
+        hooks.append(
+            m.register_forward_pre_hook(lambda mod, i, nm=name: consumed.update({nm: i[0]}))
+        )
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 224, 224))
+    for hk in hooks:
+        hk.remove()
+    stats = {}
+    for name, m in quant_layers(model):
+        found = produced.get(id(consumed[name])) if name in consumed else None
+        if found is None or not isinstance(m, torch.nn.Conv2d):
+            continue
+        bn = found[0]
+        beta = bn.bias.detach().double().numpy()
+        gamma = bn.weight.detach().double().numpy()
+        act = getattr(bn, "act", torch.nn.Identity())
+        if isinstance(act, torch.nn.ReLU6):
+            mu, var = _clipped_normal_moments(beta, gamma, 0.0, 6.0)
+        elif isinstance(act, torch.nn.Identity):
+            mu, var = beta, gamma * gamma
+        else:
+            continue
+        var = var + 1e-6 * max(float(var.mean()), 1e-12)
+        o, i_g = m.weight.shape[:2]
+        taps = int(np.prod(m.weight.shape[2:]))
+        groups = m.groups
+        # input channel of element (o, i, tap) is (o // (O/groups)) * I_g + i
+        chan = (np.arange(o)[:, None] // (o // groups)) * i_g + np.arange(i_g)[None, :]
+        chan = np.repeat(chan, taps, axis=1)  # [O, I_g * taps], row-major like the weight
+        stats[name] = (var[chan], mu[chan])
+    return stats
 
 
 VARIANTS: dict[str, Variant] = {
     "inherited": _inherited,
     "refit": _refit,
-    "refit-inw": _refit_inw,
+    "refit-colnorm": _refit_colnorm,
+    "refit-bn": _refit_bn,
     "INT-h": _independent,
 }
 
 
 def apply(model: torch.nn.Module, fp32: dict[str, np.ndarray], fn: Variant, n: int, h: int):
     for name, m in quant_layers(model):
-        m.weight.data.copy_(torch.from_numpy(fn(fp32[name], n, h)))
+        m.weight.data.copy_(torch.from_numpy(fn(name, fp32[name], n, h)))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--hs", type=int, nargs="+", default=[4, 5, 6, 7])
-    ap.add_argument("--variants", nargs="*", default=[], choices=["refit-inw"])
+    ap.add_argument("--variants", nargs="*", default=[], choices=["refit-colnorm", "refit-bn"])
+    ap.add_argument("--no-baselines", action="store_true", help="skip inherited and INT-h")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,11 +272,13 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_model()
     fp32 = {name: m.weight.detach().numpy().copy() for name, m in quant_layers(model)}
+    BN_STATS.update(collect_bn_stats(model))
     pool, centre, labels, n_images = image_sets()
     print(
         f"tf_efficientnet_lite0 (real ImageNet weights), {len(fp32)} Conv2d/Linear weights "
         f"({sum(w.size for w in fp32.values()) / 1e6:.2f}M) quantized weight-only; "
-        f"pool: {n_images} photos x 10 views = {len(pool)} views; labelled: {len(labels)}"
+        f"pool: {n_images} photos x 10 views = {len(pool)} views; labelled: {len(labels)}; "
+        f"BatchNorm input statistics for {len(BN_STATS)} layers"
     )
     ref = logits_of(model, pool)
     label_t = torch.tensor(labels)
@@ -214,9 +293,11 @@ def main() -> None:
     rows: list[tuple[str, str, float, float, int]] = []
     fp_top1 = int((logits_of(model, centre).argmax(-1) == label_t).sum())
     rows.append(("FP32", "-", 1.0, 0.0, fp_top1))
-    apply(model, fp32, lambda w, n, h: nest_quantize(w, n, 4).dequantize("full"), args.n, 4)
+    apply(model, fp32, lambda _, w, n, h: nest_quantize(w, n, h).dequantize("full"), args.n, 4)
     rows.append((f"INT{args.n} full-bit", "-", *score(f"INT{args.n} full-bit")))
-    names = ["inherited", "refit", *args.variants, "INT-h"]
+    names = ["refit", *args.variants]
+    if not args.no_baselines:
+        names = ["inherited", *names, "INT-h"]
     for h in args.hs:
         for v in names:
             apply(model, fp32, VARIANTS[v], args.n, h)

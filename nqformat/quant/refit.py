@@ -4,6 +4,11 @@ The paper's part-bit model reuses the full-bit grid (step ``2^l/S``, offset ``Z/
 biased: the high codes are rounded from the *integer* codes, and the top of each channel's range
 is clipped (research note §2.1). With ``w_high`` fixed we instead fit ``w ≈ a*H + b`` per output
 channel to the FP32 weights. The integer codes never change, only the two floats per channel.
+
+Optionally the fit minimises the expected output error instead of the weight error: with inputs
+of per-element mean ``μ`` and variance ``d`` (both broadcast over rows), the error of one output
+is ``r·x`` with ``r = w - a*H - b`` and ``E[(r·x)²] = Σ d r² + (Σ μ r)²``. Plain least squares is
+``d = 1, μ = 0``.
 """
 
 from __future__ import annotations
@@ -16,41 +21,60 @@ F32 = np.float32
 F64 = np.float64
 
 
+def _dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Row-wise Σ u*v in float64 (u or v may broadcast over rows)."""
+    u, v = np.broadcast_arrays(u, v)
+    return np.einsum("ij,ij->i", u, v, dtype=F64)
+
+
 def refit_part_params(
     w: np.ndarray,
     high: np.ndarray,
     fallback_scale: np.ndarray,
     weights: np.ndarray | None = None,
+    input_mean: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) float32[C] minimising Σ weights·(w - (scale*H + offset))² per row.
+    """(scale, offset) float32[C] of the per-row fit ``w ≈ scale*H + offset``.
 
-    ``w`` is float32 [C, L], ``high`` the integer codes [C, L] (any real dtype), ``weights`` an
-    optional non-negative importance per element ([C, L] or broadcastable). Sums are float64
+    ``w`` is float32 [C, L], ``high`` the integer codes [C, L] (any real dtype). Without
+    ``weights``/``input_mean`` this is ordinary least squares. ``weights`` (input variance per
+    element, > 0) and ``input_mean`` are [C, L] or broadcastable ([1, L]). Sums are float64
     (products of a float32 and a small integer are exact there). A row whose codes are constant
-    has no slope to fit: it keeps ``fallback_scale`` and gets the offset that matches the
-    (weighted) mean, so results are always finite.
+    has no slope to fit: it keeps ``fallback_scale`` and gets the offset that is optimal for it
+    (the mean, without weights), so results are always finite.
     """
+    rows = w.shape[0]
     if weights is None:
-        total = np.full(w.shape[0], float(w.shape[1]))
-        s_h = high.sum(axis=1, dtype=F64)
-        s_hh = np.einsum("ij,ij->i", high, high, dtype=F64)
-        s_w = w.sum(axis=1, dtype=F64)
-        s_wh = np.einsum("ij,ij->i", w, high, dtype=F64)
+        g22 = np.full(rows, float(w.shape[1]))
+        g12 = high.sum(axis=1, dtype=F64)
+        g11 = _dot(high, high)
+        r1 = _dot(w, high)
+        r2 = w.sum(axis=1, dtype=F64)
     else:
-        wt = np.broadcast_to(np.asarray(weights, dtype=F64), w.shape)
-        total = wt.sum(axis=1)
-        s_h = np.einsum("ij,ij->i", wt, high, dtype=F64)
-        s_hh = np.einsum("ij,ij,ij->i", wt, high, high, dtype=F64)
-        s_w = np.einsum("ij,ij->i", wt, w, dtype=F64)
-        s_wh = np.einsum("ij,ij,ij->i", wt, w, high, dtype=F64)
-    # n² times the (weighted) variance of H and covariance of H and w.
-    var = total * s_hh - s_h * s_h
-    cov = total * s_wh - s_h * s_w
-    slope_ok = (high.max(axis=1) > high.min(axis=1)) & (var > 0) & (total > 0)
+        d = np.asarray(weights, dtype=F64)
+        dh = d * high
+        g22 = np.broadcast_to(d, w.shape).sum(axis=1)
+        g12 = np.broadcast_to(dh, w.shape).sum(axis=1)
+        g11 = _dot(dh, high)
+        r1 = _dot(dh, w)
+        r2 = _dot(d, w)
+    if input_mean is not None:
+        mu = np.asarray(input_mean, dtype=F64)
+        mu_h, mu_1, mu_w = _dot(mu, high), np.broadcast_to(mu, w.shape).sum(axis=1), _dot(mu, w)
+        g11 = g11 + mu_h * mu_h
+        g12 = g12 + mu_h * mu_1
+        g22 = g22 + mu_1 * mu_1
+        r1 = r1 + mu_h * mu_w
+        r2 = r2 + mu_1 * mu_w
+    # Normal equations of the 2x2 problem; det is n² times the variance of H when unweighted
+    # (an exact integer then), so "det > 0" means H varies.
+    det = g11 * g22 - g12 * g12
+    slope_ok = (high.max(axis=1) > high.min(axis=1)) & (det > 1e-12 * g11 * g22) & (g22 > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(slope_ok, cov / np.where(slope_ok, var, 1.0), fallback_scale)
-    a = np.where(np.isfinite(a), a, fallback_scale).astype(F32)
-    # Offset from the float32 slope actually stored, so the fitted mean survives its rounding.
-    safe_total = np.where(total > 0, total, 1.0)
-    b = ((s_w - a.astype(F64) * s_h) / safe_total).astype(F32)
+        a = np.where(slope_ok, (r1 * g22 - r2 * g12) / np.where(slope_ok, det, 1.0), 0.0)
+    a = np.where(slope_ok & np.isfinite(a), a, fallback_scale).astype(F32)
+    # Offset from the float32 slope actually stored, so the fit survives the slope's rounding.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = (r2 - a.astype(F64) * g12) / g22
+    b = np.where(np.isfinite(b), b, 0.0).astype(F32)
     return a, b
