@@ -42,6 +42,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
     path_on_disk: pathlib.Path
     budget: list[int]  # remaining requests, shared with the server
+    timeout = REQUEST_TIMEOUT_S  # socket timeout per connection: a stalled client cannot hang us
 
     def do_GET(self) -> None:
         if self.budget[0] <= 0:
@@ -92,7 +93,6 @@ def serve(path: pathlib.Path) -> Iterator[str]:
     """Serve ``path`` on 127.0.0.1:<ephemeral>; yields its URL; stops on exit."""
     handler = type("Handler", (_RangeHandler,), {"path_on_disk": path, "budget": [MAX_REQUESTS]})
     server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
-    server.timeout = REQUEST_TIMEOUT_S
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True  # never outlives the script, even if the client crashes
     thread.start()
@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         head, cr = fetch_range(url, 0, spec.PREAMBLE_SIZE)
         total += len(head)
         pre = parse_preamble(head)
+        served_size = int(cr.rsplit("/", 1)[1])
+        if not spec.PREAMBLE_SIZE < pre.part_end <= pre.full_end == served_size:
+            raise RuntimeError(
+                f"preamble offsets do not fit the served file: part_end={pre.part_end}, "
+                f"full_end={pre.full_end}, size={served_size}"
+            )
         print(f"step 1: preamble   {len(head):>10,} bytes  ({cr})")
         print(f"        n={pre.n} h={pre.h} part_end={pre.part_end:,} full_end={pre.full_end:,}")
 

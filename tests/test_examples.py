@@ -1,5 +1,6 @@
-"""The scripts in examples/ run end to end (as subprocesses, on the real EfficientNet-Lite0 file)
-and the progressive-download server speaks HTTP ranges correctly."""
+"""The scripts in examples/ run end to end (as subprocesses, on the real EfficientNet-Lite0 file;
+marked slow: 15-40 s each on 2 shared cores, mostly importing torch/timm) and the
+progressive-download server speaks HTTP ranges correctly (fast, in process)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def _low_length(path: pathlib.Path) -> int:
         return next(s.length for s in f.sections() if s.name == "LOW")
 
 
+@pytest.mark.slow
 def test_switching_example_pages_low_in_and_out_and_sees_the_cat(
     lite0: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -82,6 +84,7 @@ def test_switching_example_pages_low_in_and_out_and_sees_the_cat(
         assert "cat" in line.split(",")[0]
 
 
+@pytest.mark.slow
 def test_progressive_http_example_fetches_prefix_then_low_and_upgrades(
     lite0: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -171,10 +174,16 @@ def test_server_stops_when_the_block_ends(http: ModuleType, served: pathlib.Path
 
 
 def test_preamble_is_checked_before_its_offsets_are_trusted(
-    http: ModuleType, lite0: pathlib.Path
+    http: ModuleType, tmp_path: pathlib.Path
 ) -> None:
-    head = lite0.read_bytes()[: spec.PREAMBLE_SIZE]
-    with nqformat.open(lite0) as f:
+    import torch
+
+    import nqformat.torch as nqt
+
+    path = tmp_path / "tiny.nq"
+    nqt.convert_model(torch.nn.Linear(8, 4), path, n=8, h=4)
+    head = path.read_bytes()[: spec.PREAMBLE_SIZE]
+    with nqformat.open(path) as f:
         assert http.parse_preamble(head).part_end == f.part_end
     flipped = bytearray(head)
     flipped[40] ^= 1  # part_end
