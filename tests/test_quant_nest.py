@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -349,3 +350,16 @@ def test_refit_with_input_statistics_minimises_expected_output_error(seed: int) 
     for da, db in [(1e-3, 0.0), (-1e-3, 0.0), (0.0, 1e-3), (0.0, -1e-3)]:
         a, b = refit_part_params(w, high, fb, weights=d, input_mean=mu)
         assert (best <= cost(a + F32(da), b + F32(db)) * (1 + 1e-6)).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.timeout(60)
+def test_quantizing_in_a_forked_child_does_not_hang_on_the_parents_thread_pool() -> None:
+    w = _weight((64, 64, 3, 3))  # several blocks: uses the worker pool
+    parent = nest_quantize(w, 8, 4)
+    pid = os.fork()
+    if pid == 0:  # child: the parent's pool threads do not exist here
+        child = nest_quantize(w, 8, 4)
+        os._exit(0 if np.array_equal(child.w_high, parent.w_high) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -290,14 +290,17 @@ def _run_block(job: _Job, lo: int, hi: int) -> None:
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _POOL
+    """The shared worker pool, recreated in a forked child (its threads do not survive fork)."""
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None:
+        if _POOL is None or os.getpid() != _POOL_PID:
             _POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="nq-quant")
+            _POOL_PID = os.getpid()
         return _POOL
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
 _POOL_LOCK = threading.Lock()
 
 
