@@ -318,3 +318,13 @@ def test_ranges_from_file_metadata_stay_applied_across_a_switch(nq_file) -> None
     assert not torch.equal(quantized_full, model(x))
     with aq.apply_from_metadata(model, meta):
         assert torch.equal(model(x), quantized_full)
+
+
+def test_calibrate_file_takes_the_batch_shape_from_the_file_metadata(tmp_path) -> None:
+    import nqformat.torch as nqt
+
+    path = tmp_path / "sized.nq"
+    meta = {"model": {"data_config": {"input_size": [3, 20, 20]}}}
+    nqt.convert_model(small_cnn(), path, n=8, h=4, metadata=meta)
+    calibration = aq.calibrate_file(path, 8, module=small_cnn(1), batch_size=2)
+    assert calibration.input_shape == (3, 20, 20)

@@ -412,12 +412,25 @@ def calibrate_file(
     **options: Any,
 ) -> ActCalibration:
     """:func:`calibrate` on the part-bit model of a ``.nq`` file, as the reference does with
-    ``--nest``. Store the result by converting again with
+    ``--nest``. The batch's image size defaults to the file's META ``model.data_config``
+    (224 otherwise). Store the result by converting again with
     ``convert_model(..., metadata={..., "activation": cal.to_metadata()})``."""
-    from nqformat.torch.runtime import close, load
+    from nqformat.torch.runtime import close, load, runtime
 
     model = load(path, mode="part", module=module)
     try:
+        if "input_shape" not in options:
+            options["input_shape"] = _input_shape(runtime(model).file.metadata)
         return calibrate(model, bits, calibrated_on="part", **options)
     finally:
         close(model)
+
+
+def _input_shape(metadata: Mapping[str, Any]) -> tuple[int, ...]:
+    """The model's input shape from META ``model.data_config.input_size``, if well formed."""
+    model = metadata.get("model")
+    config = model.get("data_config") if isinstance(model, Mapping) else None
+    size = config.get("input_size") if isinstance(config, Mapping) else None
+    if isinstance(size, list) and len(size) == 3 and all(_is_int(d) and d > 0 for d in size):
+        return tuple(size)
+    return DEFAULT_INPUT_SHAPE
