@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nqformat.errors import QuantizationError
-from nqformat.quant import NestQuantResult, nest_quantize, refit_part_params
+from nqformat.quant import (
+    NestQuantResult,
+    activation_moments,
+    nest_quantize,
+    per_element_inputs,
+    refit_part_params,
+)
 
 F32 = np.float32
 ALL_BITS = [(n, h) for n in range(2, 9) for h in range(1, n)]
@@ -363,3 +369,28 @@ def test_quantizing_in_a_forked_child_does_not_hang_on_the_parents_thread_pool()
         os._exit(0 if np.array_equal(child.w_high, parent.w_high) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_activation_moments_match_known_values() -> None:
+    # ReLU of N(0, 1): mean 1/sqrt(2*pi), variance 1/2 - 1/(2*pi)
+    m, v = activation_moments(np.array([0.0]), np.array([1.0]), 0.0)
+    assert np.isclose(m[0], 1 / np.sqrt(2 * np.pi), atol=1e-6)
+    assert np.isclose(v[0], 0.5 - 1 / (2 * np.pi), atol=1e-6)
+    # no activation: the normal's own moments; std 0: a constant, clipped
+    m, v = activation_moments(np.array([1.5, 9.0, -2.0]), np.array([-0.7, 0.0, 0.0]), 0.0, 6.0)
+    assert np.isclose(m[1], 6.0) and np.isclose(m[2], 0.0) and np.allclose(v[1:], 0.0)
+    m, v = activation_moments(np.array([0.3]), np.array([2.0]))
+    assert np.isclose(m[0], 0.3, atol=1e-9) and np.isclose(v[0], 4.0, rtol=1e-5)
+
+
+def test_per_element_inputs_follows_grouped_conv_layout() -> None:
+    per_channel = np.arange(8.0)
+    dense = per_element_inputs((3, 8, 1, 1), 1, per_channel)
+    np.testing.assert_array_equal(dense, np.tile(per_channel, (3, 1)))
+    depthwise = per_element_inputs((8, 1, 3, 3), 8, per_channel)
+    np.testing.assert_array_equal(depthwise, np.repeat(per_channel[:, None], 9, axis=1))
+    grouped = per_element_inputs((4, 4, 1, 2), 2, per_channel)  # groups of 2 outputs, 4 inputs
+    np.testing.assert_array_equal(grouped[0], [0, 0, 1, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(grouped[3], [4, 4, 5, 5, 6, 6, 7, 7])
+    with pytest.raises(ValueError):
+        per_element_inputs((4, 4, 1, 1), 3, per_channel)

@@ -7,14 +7,19 @@ else is quantized (weight-only). For each h it compares
 
 - ``inherited``: the paper's part-bit parameters (step 2^l/S, offset Z/S),
 - ``refit``: per-channel least squares of w ≈ a*H + b (the default of nest_quantize),
-- extra variants (``--variants``), e.g. ``refit-inw`` (least squares weighted per input channel),
+- extra variants (``--variants``): ``refit-colnorm`` (least squares weighted by the squared
+  column norms of the weight, a weight-only proxy), ``refit-bn`` (least squares that minimises
+  the expected output error ``Σ d r² + (Σ μ r)²`` with the per-input-channel mean μ and
+  variance d predicted from the BatchNorm feeding the layer, z ~ N(beta, gamma²) then ReLU6;
+  data-free, no activations are computed; layers fed by a residual sum, pooling or the image
+  fall back to plain least squares),
 - ``INT-h``: an independently quantized h-bit SQuant model (min/max, full-bit of n = h),
 
 by top-1 agreement with FP32 and mean KL(FP32 || quantized) over a pool of real photos (the 20
 labelled ImageNet photos foolbox ships, scikit-image and scikit-learn sample photos; 10 views
 each: 5 crops x horizontal flip), and top-1 on the 20 labelled photos (centre crop).
 
-    python tools/bench_partbit.py [--n 8] [--hs 4 5 6 7] [--variants refit-inw]
+    python tools/bench_partbit.py [--n 8] [--hs 4 5 6 7] [--variants refit-bn refit-colnorm]
 
 Agreement over a few hundred views of 37 photos is a fidelity measure, not ImageNet accuracy.
 """
@@ -33,7 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nqformat.quant import nest_quantize, refit_part_params
+from nqformat.quant import (
+    activation_moments,
+    nest_quantize,
+    per_element_inputs,
+    refit_part_params,
+)
 from nqformat.quant.affine import dequantize_codes, inherited_part_params
 
 SKIMAGE_PHOTOS = (
@@ -186,18 +196,6 @@ def _refit_bn(name: str, w: np.ndarray, n: int, h: int) -> np.ndarray:
     return _refit_with(w, n, h, var, mean)
 
 
-def _clipped_normal_moments(
-    mean: np.ndarray, std: np.ndarray, lo: float, hi: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of clip(z, lo, hi) for z ~ N(mean, std²), by quadrature."""
-    t = np.linspace(-8.0, 8.0, 1601)
-    p = np.exp(-0.5 * t * t)
-    p /= p.sum()
-    x = np.clip(mean[:, None] + np.abs(std)[:, None] * t, lo, hi)
-    m1 = (x * p).sum(axis=1)
-    return m1, np.maximum((x * x * p).sum(axis=1) - m1 * m1, 0.0)
-
-
 def collect_bn_stats(model: torch.nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Data-free input statistics of each quantized layer whose input is exactly the output of
     a BatchNorm (+ ReLU6 or identity): z ~ N(beta, gamma²) per channel, then the activation.
@@ -229,19 +227,17 @@ def collect_bn_stats(model: torch.nn.Module) -> dict[str, tuple[np.ndarray, np.n
         gamma = bn.weight.detach().double().numpy()
         act = getattr(bn, "act", torch.nn.Identity())
         if isinstance(act, torch.nn.ReLU6):
-            mu, var = _clipped_normal_moments(beta, gamma, 0.0, 6.0)
+            mu, var = activation_moments(beta, gamma, 0.0, 6.0)
         elif isinstance(act, torch.nn.Identity):
             mu, var = beta, gamma * gamma
         else:
             continue
         var = var + 1e-6 * max(float(var.mean()), 1e-12)
-        o, i_g = m.weight.shape[:2]
-        taps = int(np.prod(m.weight.shape[2:]))
-        groups = m.groups
-        # input channel of element (o, i, tap) is (o // (O/groups)) * I_g + i
-        chan = (np.arange(o)[:, None] // (o // groups)) * i_g + np.arange(i_g)[None, :]
-        chan = np.repeat(chan, taps, axis=1)  # [O, I_g * taps], row-major like the weight
-        stats[name] = (var[chan], mu[chan])
+        shape = tuple(m.weight.shape)
+        stats[name] = (
+            per_element_inputs(shape, m.groups, var),
+            per_element_inputs(shape, m.groups, mu),
+        )
     return stats
 
 

@@ -21,7 +21,7 @@ from nqformat.quant.nest import (
     nest_quantize,
     nest_quantize_timed,
 )
-from nqformat.quant.refit import refit_part_params
+from nqformat.quant.refit import activation_moments, per_element_inputs, refit_part_params
 from nqformat.quant.squant import round_half_even, squant_round
 
 __all__ = [
@@ -30,12 +30,14 @@ __all__ = [
     "PartParams",
     "Rounding",
     "StageTimes",
+    "activation_moments",
     "affine_params",
     "dequantize_codes",
     "full_params",
     "inherited_part_params",
     "nest_quantize",
     "nest_quantize_timed",
+    "per_element_inputs",
     "refit_part_params",
     "round_half_even",
     "squant_round",

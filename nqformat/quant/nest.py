@@ -59,7 +59,7 @@ H_MIN = 1
 BLOCK_ELEMENTS = 1 << 16
 
 #: Worker threads for blocks of output channels (numpy releases the GIL inside array loops).
-THREADS = max(1, min(2, os.cpu_count() or 1))
+THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 CODE_FIELDS = ("w_int", "w_high", "w_low")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["refit_part_params"]
+__all__ = ["activation_moments", "per_element_inputs", "refit_part_params"]
 
 F32 = np.float32
 F64 = np.float64
@@ -78,3 +78,42 @@ def refit_part_params(
         b = (r2 - a.astype(F64) * g12) / g22
     b = np.where(np.isfinite(b), b, 0.0).astype(F32)
     return a, b
+
+
+def activation_moments(
+    mean: np.ndarray, std: np.ndarray, lo: float = -np.inf, hi: float = np.inf
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (float64) of ``clip(z, lo, hi)`` for ``z ~ N(mean, std²)`` per channel.
+
+    The data-free model of a BatchNorm output (``mean = beta``, ``std = |gamma|``) followed by
+    ReLU (``lo = 0``), ReLU6 (``lo = 0, hi = 6``) or nothing. Quadrature on a
+    fixed grid of ±8 standard deviations: exact for ``std = 0``, accurate to ~1e-6 otherwise.
+    """
+    t = np.linspace(-8.0, 8.0, _QUAD_POINTS)
+    p = np.exp(-0.5 * t * t)
+    p /= p.sum()
+    m = np.asarray(mean, dtype=F64).reshape(-1, 1)
+    s = np.abs(np.asarray(std, dtype=F64)).reshape(-1, 1)
+    x = np.clip(m + s * t, lo, hi)
+    m1 = x @ p
+    return m1, np.maximum((x * x) @ p - m1 * m1, 0.0)
+
+
+_QUAD_POINTS = 1601
+
+
+def per_element_inputs(
+    weight_shape: tuple[int, ...], groups: int, per_channel: np.ndarray
+) -> np.ndarray:
+    """Spread a per-input-channel value over the rows [O, I/groups * taps] of a weight.
+
+    Element (o, i, tap) of a grouped conv reads input channel ``(o // (O/groups)) * I_g + i``.
+    """
+    out_ch, in_g = weight_shape[0], weight_shape[1]
+    taps = int(np.prod(weight_shape[2:], dtype=np.int64))
+    if groups < 1 or out_ch % groups:
+        raise ValueError(f"groups={groups} does not divide {out_ch} output channels")
+    chan = (np.arange(out_ch)[:, None] // (out_ch // groups)) * in_g + np.arange(in_g)[None, :]
+    if chan.max() >= len(per_channel):
+        raise ValueError(f"need {chan.max() + 1} input channels, got {len(per_channel)}")
+    return np.asarray(per_channel, dtype=F64)[np.repeat(chan, taps, axis=1)]
