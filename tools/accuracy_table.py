@@ -262,6 +262,7 @@ def run(
     ]
     log(f"FP32: top-1 {rows[0].top1}/20 ({time.perf_counter() - t0:.1f} s)")
     seen: dict[str, tuple[str, tuple[int, float, float]]] = {}
+    quantizer_version = "?"
 
     for c in configs:
         for pp in part_params:
@@ -272,6 +273,7 @@ def run(
             )
             with nqformat.open(path) as f:
                 part_end, full_end = f.part_end, f.full_end
+                quantizer_version = f.metadata["quant"].get("quantizer_version", "?")
             log(f"{c.label} {pp}: converted in {time.perf_counter() - t:.1f} s")
             for mode in ("full", "part"):
                 model = nqt.load(path, mode=mode, module=_fresh(model_name))
@@ -300,6 +302,8 @@ def run(
         "pool_images": len(pool),
         "pool_views": len(x_pool),
         "torch": torch.__version__,
+        "quantizer_version": quantizer_version,
+        "commit": _commit(),
     }
     return rows, info
 
@@ -347,6 +351,24 @@ def _act_rows(
     return rows
 
 
+def _commit() -> str:
+    """``git describe`` of the checkout the tool runs from, ``-dirty`` with local edits."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=pathlib.Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
 def _fresh(model_name: str) -> torch.nn.Module:
     """A new FP32 instance to load the file's weights into (never the one converted from)."""
     from nqformat import zoo
@@ -361,7 +383,8 @@ def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Model `{info['model']}` (real ImageNet weights), preprocessing: {info['preprocess']}; "
-        f"torch {info['torch']}, CPU.",
+        f"torch {info['torch']}, CPU; quantizer version {info['quantizer_version']}, "
+        f"code at commit {info['commit']}.",
         f"Top-1 is on the {info['labelled']} labelled foolbox ImageNet images (n = 20: one image "
         "is 5 points). Agreement and KL are against FP32 on "
         f"{info['pool_views']} views ({info['pool_images']} photos x 10 views), no labels.",
@@ -372,11 +395,10 @@ def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
     ]
     for r in rows:
         size = f"{r.file_bytes:,}" if r.file_bytes is not None else "-"
-        label = r.label.replace("|", "\\|")  # INT(8|6): a bare pipe would split the cell
-        lines.append(
-            f"| {label} | {r.part_params} | {size} | {r.top1}/20 | {100 * r.agree:.1f}% "
-            f"| {r.kl:.4f} | {r.note} |"
-        )
+        cells = [r.label, r.part_params, size, f"{r.top1}/20", f"{100 * r.agree:.1f}%",
+                 f"{r.kl:.4f}", r.note]  # fmt: skip
+        # INT(8|6): a bare pipe would split the cell
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append(MARKER)
     return "\n".join(lines) + "\n"
 
