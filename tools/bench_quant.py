@@ -25,8 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nqformat.quant import StageTimes, nest_quantize_timed
-from nqformat.quant.nest import THREADS
+from nqformat.quant import StageTimes, nest, nest_quantize_timed
 
 STAGE_LABELS = {
     "affine": "affine (S, Z, X)",
@@ -67,7 +66,10 @@ def main() -> None:
     ap.add_argument("--h", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="take the best of this many runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="worker threads (default: auto)")
     args = ap.parse_args()
+    if args.threads is not None:
+        nest.THREADS = args.threads
 
     weights = _weights(args.model, args.seed)
     count = sum(w.size for _, w in weights)
@@ -100,7 +102,7 @@ def main() -> None:
     rtn_wall, rtn_cpu = time.perf_counter() - t0, time.process_time() - c0
     del rtn
 
-    print(f"\nthreads: {THREADS} (per-stage wall is summed over threads)")
+    print(f"\nthreads: {nest.THREADS} (per-stage wall is summed over threads)")
     print(f"{'stage':<26}{'wall s':>9}{'cpu s':>9}")
     for key, label in STAGE_LABELS.items():
         print(f"{label:<26}{best.wall[key]:>9.3f}{best.cpu[key]:>9.3f}")
