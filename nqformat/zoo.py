@@ -20,13 +20,17 @@ that says how to pass a local file.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import math
 import pathlib
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -141,10 +145,98 @@ class ModelSpec:
         return PACKAGED_WEIGHTS.get(self.arch.split(".", 1)[0])
 
 
-def _pytorchcv_models() -> dict[str, Any]:
-    from pytorchcv.model_provider import _models
+#: pytorchcv's name -> constructor table, a module whose import pulls in every architecture it
+#: has (and with them torchvision.ops and torch._dynamo: about 3 s here)
+_PYTORCHCV_PROVIDER = "model_provider.py"
+_PYTORCHCV_TABLE = "_models"
+#: timm declares an architecture with ``@register_model`` over its entry function, or keeps an
+#: old name alive in a ``register_model_deprecations(__name__, {...})`` table; both end up in the
+#: registry ``timm.is_model`` consults.
+_TIMM_REGISTERED = re.compile(rb"^@register_model\s*(?:\(\s*\))?\s*\ndef\s+(\w+)\s*\(", re.M)
+_TIMM_DEPRECATIONS = re.compile(
+    rb"^register_model_deprecations\(\s*__name__\s*,\s*\{(.*?)\}\s*\)", re.M | re.S
+)
+_TIMM_DEPRECATED_KEY = re.compile(rb"""^\s*(['"])(\w+)\1\s*:""", re.M)
 
-    return _models
+
+def _package_dir(package: str) -> pathlib.Path | None:
+    """Where an installed package lives, found without importing it."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return pathlib.Path(next(iter(found.submodule_search_locations)))
+
+
+def _read_pytorchcv_table(source: bytes) -> dict[str, tuple[str, str]] | None:
+    """name -> (module, function) from the text of pytorchcv's ``model_provider.py``: its
+    ``from .models.X import f`` lines and its ``_models = {"name": f, ...}`` table. None when the
+    file does not have that shape (the caller then imports it)."""
+    tree = ast.parse(source)
+    origin: dict[str, tuple[str, str]] = {}
+    table: ast.Dict | None = None
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            for alias in node.names:
+                origin[alias.asname or alias.name] = (f"pytorchcv.{node.module}", alias.name)
+        elif (
+            isinstance(node, ast.Assign)
+            and [getattr(t, "id", None) for t in node.targets] == [_PYTORCHCV_TABLE]
+            and isinstance(node.value, ast.Dict)
+        ):
+            table = node.value
+    if table is None:
+        return None
+    index: dict[str, tuple[str, str]] = {}
+    for key, value in zip(table.keys, table.values, strict=True):
+        if not (
+            isinstance(key, ast.Constant)
+            and isinstance(key.value, str)
+            and isinstance(value, ast.Name)
+            and value.id in origin
+        ):
+            return None
+        index[key.value] = origin[value.id]
+    return index
+
+
+@functools.cache
+def _pytorchcv_index() -> dict[str, tuple[str, str]]:
+    """Every pytorchcv architecture name -> (module, constructor), without importing them all.
+
+    pytorchcv's own table (``model_provider._models``) imports all ~160 model modules; reading
+    that file's text instead costs ~10 ms, and building a model then imports only its module.
+    """
+    root = _package_dir("pytorchcv")
+    index = None
+    if root is not None and (root / _PYTORCHCV_PROVIDER).is_file():
+        index = _read_pytorchcv_table((root / _PYTORCHCV_PROVIDER).read_bytes())
+    if index is None:  # a pytorchcv laid out differently: ask the imported table
+        from pytorchcv.model_provider import _models
+
+        index = {name: (fn.__module__, fn.__name__) for name, fn in _models.items()}
+    return index
+
+
+def _pytorchcv_constructor(arch: str) -> Any:
+    module, attr = _pytorchcv_index()[arch]
+    return getattr(importlib.import_module(module), attr)
+
+
+@functools.cache
+def _timm_declared() -> frozenset[str]:
+    """Architecture names timm registers, read from its source without importing timm (which
+    takes seconds). Only the "also a timm model" note uses this; anything that builds or lists
+    timm models asks timm itself."""
+    root = _package_dir("timm")
+    if root is None:
+        return frozenset()
+    names: set[str] = set()
+    for path in sorted((root / "models").rglob("*.py")):
+        src = path.read_bytes()
+        names.update(m.decode() for m in _TIMM_REGISTERED.findall(src))
+        for block in _TIMM_DEPRECATIONS.findall(src):
+            names.update(k.decode() for _, k in _TIMM_DEPRECATED_KEY.findall(block))
+    return frozenset(names)
 
 
 def _timm_base(name: str) -> str:
@@ -153,16 +245,24 @@ def _timm_base(name: str) -> str:
 
 def _in_zoo(zoo: Zoo, name: str) -> bool:
     if zoo is Zoo.PYTORCHCV:
-        return name in _pytorchcv_models()
+        return name in _pytorchcv_index()
     import timm
 
     return bool(timm.is_model(name))
 
 
+def _also_in_timm(name: str) -> bool:
+    """Whether timm knows ``name`` too, for the note only: timm's registry if timm is already
+    imported, else its source text (so resolving a pytorchcv name never imports timm)."""
+    if "timm" in sys.modules:
+        return _in_zoo(Zoo.TIMM, name)
+    return _timm_base(name) in _timm_declared()
+
+
 def model_names(zoo: Zoo) -> list[str]:
     """Every architecture name a zoo can build."""
     if zoo is Zoo.PYTORCHCV:
-        return sorted(_pytorchcv_models())
+        return sorted(_pytorchcv_index())
     import timm
 
     return list(timm.list_models())
@@ -180,25 +280,32 @@ def resolve(
 ) -> ModelSpec:
     """Find ``name`` in pytorchcv or timm (pytorchcv first when both know it, as the paper's
     reference code uses pytorchcv for CNNs); ``zoo`` picks one. Unknown names raise
-    :class:`ModelSourceError` listing close names."""
+    :class:`ModelSourceError` listing close names.
+
+    Only what the answer needs is imported: a pytorchcv name is looked up in pytorchcv's table
+    (read as text, see :func:`_pytorchcv_index`), and timm is imported only when pytorchcv lacks
+    the name, when ``zoo`` is timm, or to suggest names. ``also_in`` for a pytorchcv name comes
+    from timm's source text unless timm is already imported."""
     key = name.strip().lower()
     try:
         wanted = Zoo(zoo) if zoo is not None else None
     except ValueError:
         choices = ", ".join(z.value for z in Zoo)
         raise ModelSourceError(f"zoo must be one of {choices}, got {zoo!r}") from None
-    found = [z for z in Zoo if _in_zoo(z, key)]
     extra = dict(kwargs or {})
-    if wanted is not None:
-        if wanted in found:
-            return ModelSpec(wanted, key, extra, tuple(z for z in found if z is not wanted))
-        if found:
-            raise ModelSourceError(
-                f"{name!r} is not a {wanted} model (it is in {', '.join(found)}; "
-                f"drop --zoo or pass --zoo {found[0]})"
-            )
-    elif found:
-        return ModelSpec(found[0], key, extra, tuple(found[1:]))
+    in_cv = _in_zoo(Zoo.PYTORCHCV, key)
+    if in_cv and wanted is not Zoo.TIMM:
+        also = (Zoo.TIMM,) if _also_in_timm(key) else ()
+        return ModelSpec(Zoo.PYTORCHCV, key, extra, also)
+    in_timm = _in_zoo(Zoo.TIMM, key)
+    if in_timm and wanted is not Zoo.PYTORCHCV:
+        return ModelSpec(Zoo.TIMM, key, extra, (Zoo.PYTORCHCV,) if in_cv else ())
+    found = [z for z, has in ((Zoo.PYTORCHCV, in_cv), (Zoo.TIMM, in_timm)) if has]
+    if wanted is not None and found:
+        raise ModelSourceError(
+            f"{name!r} is not a {wanted} model (it is in {', '.join(found)}; "
+            f"drop --zoo or pass --zoo {found[0]})"
+        )
     close = suggest(key, wanted)
     where = wanted.value if wanted is not None else "pytorchcv or timm"
     hint = f"; did you mean: {', '.join(close)}?" if close else ""
@@ -208,7 +315,7 @@ def resolve(
 def _construct(spec: ModelSpec) -> nn.Module:
     """The bare architecture with the zoo's own random init (never downloads)."""
     if spec.zoo is Zoo.PYTORCHCV:
-        return _pytorchcv_models()[spec.arch](pretrained=False, **spec.kwargs)
+        return _pytorchcv_constructor(spec.arch)(pretrained=False, **spec.kwargs)
     import timm
 
     return timm.create_model(spec.arch, pretrained=False, **spec.kwargs)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,6 +79,40 @@ def test_nonsense_name_raises_without_suggestions() -> None:
 def test_model_source_error_is_part_of_the_hierarchy() -> None:
     assert issubclass(ModelSourceError, NQError)
     assert issubclass(ModelSourceError, ValueError)
+
+
+def test_pytorchcv_table_read_as_text_matches_the_imported_one() -> None:
+    from pytorchcv.model_provider import _models
+
+    index = zoo._pytorchcv_index()
+    assert index.keys() == _models.keys()
+    for name in ("resnet101", "mobilenetv2_w1", "shufflenetv2_wd2", "alexnet"):
+        assert zoo._pytorchcv_constructor(name) is _models[name]
+
+
+def test_timm_names_read_from_source_match_timms_registry_on_pytorchcv_names() -> None:
+    import timm
+
+    declared = zoo._timm_declared()
+    for name in zoo.model_names(Zoo.PYTORCHCV):
+        assert (name in declared) == timm.is_model(name), name
+
+
+def test_resolving_a_pytorchcv_name_imports_neither_timm_nor_every_pytorchcv_model() -> None:
+    code = (
+        "import sys\n"
+        "from nqformat import zoo\n"
+        "spec = zoo.resolve('resnet101')\n"
+        "zoo.build(spec, random_init=True)\n"
+        "print(spec.zoo.value, [z.value for z in spec.also_in])\n"
+        "print(sorted(m for m in ('timm', 'pytorchcv.model_provider') if m in sys.modules))\n"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True
+    ).stdout.splitlines()
+    assert out == ["pytorchcv ['timm']", "[]"]
 
 
 # --- random init ---------------------------------------------------------------------------------
