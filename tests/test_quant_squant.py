@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_quant_oracle import VECTORS, oracle_squant_round
 
+from nqformat.errors import QuantizationError
 from nqformat.quant import affine_params, nest_quantize, squant_round, to_integer_domain
 
 F32 = np.float32
@@ -134,3 +135,17 @@ def test_zero_sum_kernel_marks_last_of_down_order_as_up_candidate() -> None:
     # kernels 1 and 2; without the rule the C stage would flip element 2 instead.
     x = np.array([[-0.3, 0.3, 0.2, 0.2, 0.2, 0.2]], dtype=F32)
     np.testing.assert_array_equal(squant_round(x, 2, -128, 127), [[0, 1, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("x", "taps"),
+    [
+        (np.zeros((2, 9), F32), 2),  # rows not a whole number of kernels
+        (np.zeros(9, F32), 1),  # not [O, L]
+        (np.zeros((2, 9), np.float64), 9),  # not float32
+        (np.zeros((2, 9), F32), 0),
+    ],
+)
+def test_squant_round_rejects_malformed_input(x: np.ndarray, taps: int) -> None:
+    with pytest.raises(QuantizationError):
+        squant_round(x, taps, -128, 127)

@@ -27,6 +27,8 @@ import functools
 
 import numpy as np
 
+from nqformat.errors import QuantizationError
+
 __all__ = ["round_half_even", "sorting_network", "squant_round"]
 
 F32 = np.float32
@@ -231,6 +233,10 @@ def squant_round(
     ``x`` is [O, I*taps] in PyTorch weight layout: row o is output channel o, and each run of
     ``taps`` consecutive elements is one kernel. With both stages off this is plain RTN.
     """
+    if x.ndim != 2 or taps < 1 or x.shape[1] % taps or x.dtype != F32:
+        raise QuantizationError(
+            f"squant_round needs float32 rows [O, I*taps]; got {x.dtype} {x.shape}, taps={taps}"
+        )
     o, length = x.shape
     if k_stage and taps > 1:
         xt = np.ascontiguousarray(x.reshape(-1, taps).T)  # kernel-major [T, O*I]
