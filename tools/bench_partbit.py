@@ -241,6 +241,22 @@ def collect_bn_stats(model: torch.nn.Module) -> dict[str, tuple[np.ndarray, np.n
     return stats
 
 
+def _full_refit(name: str, w: np.ndarray, n: int, h: int, stats: bool) -> np.ndarray:
+    """Full-bit weights with (scale, offset) refitted on w_int (the codes do not change)."""
+    res = nest_quantize(w, n, h, part_params="inherited")
+    var, mean = BN_STATS.get(name, (None, None)) if stats else (None, None)
+    w2 = w.reshape(w.shape[0], -1).astype(np.float32)
+    codes = res.w_int.reshape(w.shape[0], -1)
+    a, b = refit_part_params(w2, codes, res.scale_full, var, mean)
+    return dequantize_codes(res.w_int, a, b)
+
+
+FULL_VARIANTS: dict[str, Variant] = {
+    "refit": lambda name, w, n, h: _full_refit(name, w, n, h, stats=False),
+    "refit-bn": lambda name, w, n, h: _full_refit(name, w, n, h, stats=True),
+}
+
+
 VARIANTS: dict[str, Variant] = {
     "inherited": _inherited,
     "refit": _refit,
@@ -258,9 +274,16 @@ def apply(model: torch.nn.Module, fp32: dict[str, np.ndarray], fn: Variant, n: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--hs", type=int, nargs="+", default=[4, 5, 6, 7])
+    ap.add_argument("--hs", type=int, nargs="*", default=[4, 5, 6, 7])
     ap.add_argument("--variants", nargs="*", default=[], choices=["refit-colnorm", "refit-bn"])
     ap.add_argument("--no-baselines", action="store_true", help="skip inherited and INT-h")
+    ap.add_argument(
+        "--full-variants",
+        nargs="*",
+        default=[],
+        choices=["refit", "refit-bn"],
+        help="also refit the full-bit (scale, offset) this way (codes unchanged)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -291,6 +314,9 @@ def main() -> None:
     rows.append(("FP32", "-", 1.0, 0.0, fp_top1))
     apply(model, fp32, lambda _, w, n, h: nest_quantize(w, n, h).dequantize("full"), args.n, 4)
     rows.append((f"INT{args.n} full-bit", "-", *score(f"INT{args.n} full-bit")))
+    for v in args.full_variants:
+        apply(model, fp32, FULL_VARIANTS[v], args.n, 4)
+        rows.append((f"INT{args.n} full-bit", v, *score(f"INT{args.n} full-bit {v}")))
     names = ["refit", *args.variants]
     if not args.no_baselines:
         names = ["inherited", *names, "INT-h"]
