@@ -7,22 +7,22 @@ Every malformed-file error carries a stable ``code`` (the spec's error code, als
 from __future__ import annotations
 
 __all__ = [
+    "ERROR_CLASSES",
+    "BadMagicError",
+    "ChecksumError",
+    "DuplicateNameError",
+    "InvalidHeaderError",
+    "InvalidNameError",
+    "LayoutError",
+    "LimitError",
+    "MetadataError",
     "NQError",
     "NQFormatError",
-    "TruncatedError",
-    "BadMagicError",
-    "UnsupportedVersionError",
-    "UnsupportedFeatureError",
-    "ChecksumError",
-    "InvalidHeaderError",
-    "LimitError",
-    "LayoutError",
-    "InvalidNameError",
-    "DuplicateNameError",
-    "MetadataError",
     "PartOnlyError",
     "QuantizationError",
-    "ERROR_CLASSES",
+    "TruncatedError",
+    "UnsupportedFeatureError",
+    "UnsupportedVersionError",
 ]
 
 
