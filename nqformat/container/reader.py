@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 import json
 import mmap
 import os
@@ -244,7 +245,164 @@ def _numel(dims: tuple[int, ...]) -> int:
 
 
 def _check_records(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
-    """Step 11: every INDEX record, in order."""
+    """Step 11: every INDEX record. The whole INDEX is checked as one array first; only when
+    that finds a problem (or a value too large for its 64-bit arithmetic) does the record-by-
+    record walk run, and it alone reports errors, so their codes and order are those of §11."""
+    fast = _records_vectorised(pre, header)
+    return fast if fast is not None else _check_records_each(pre, header)
+
+
+#: 256-entry tables over the dtype byte: defined codes, float codes, element sizes (§4.1)
+_DTYPE_DEFINED = np.zeros(256, dtype=bool)
+_DTYPE_FLOAT = np.zeros(256, dtype=bool)
+_DTYPE_ITEMSIZE = np.zeros(256, dtype=np.uint64)
+for _d in DType:
+    _DTYPE_DEFINED[_d] = True
+    _DTYPE_FLOAT[_d] = _d.is_float
+    _DTYPE_ITEMSIZE[_d] = _d.itemsize
+del _d
+#: offsets and lengths above this take the record-by-record path: below it, end = offset +
+#: length and its 64-byte alignment cannot overflow uint64
+_VECTOR_SAFE = 1 << 62
+_ZERO_REF = BlobRef()
+
+
+def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] | None:
+    """Step 11 for the whole INDEX at once: the TensorInfos if every record passes every check
+    of :func:`_check_records_each`, else None (never an error: the caller then walks the
+    records to report the first problem exactly)."""
+    count = pre.tensor_count
+    index = pre.sections[Section.INDEX]
+    names = pre.sections[Section.NAMES]
+    recs = np.frombuffer(header, dtype=spec.RECORD_DTYPE, count=count, offset=index.offset)
+    kind, dtype, ndim, dims = recs["kind"], recs["dtype"], recs["ndim"], recs["dims"]
+    refs = {Section.DATA: recs["data"], Section.HIGH: recs["high"], Section.LOW: recs["low"]}
+    nested = kind == Kind.NESTED
+    # 11a: reserved bytes, enumerated fields, dims, unused references, codecs
+    if recs["reserved0"].any() or recs["reserved1"].any():
+        return None
+    if any(ref["reserved"].any() for ref in refs.values()):
+        return None
+    if (kind > Kind.NESTED).any() or not _DTYPE_DEFINED[dtype].all():
+        return None
+    if (nested & ~_DTYPE_FLOAT[dtype]).any():
+        return None
+    if (ndim > spec.MAX_DIMS).any() or (nested & (ndim == 0)).any():
+        return None
+    past = np.arange(spec.MAX_DIMS) >= ndim[:, None]
+    if dims[past].any():
+        return None
+    for which in (Section.HIGH, Section.LOW):
+        ref = refs[which][~nested]
+        if ref["offset"].any() or ref["length"].any() or ref["crc"].any() or ref["codec"].any():
+            return None
+    flags_zstd = bool(pre.incompat_flags & IncompatFlag.ZSTD)
+    used = {Section.DATA: slice(None), Section.HIGH: nested, Section.LOW: nested}
+    any_zstd = False
+    for which, rows in used.items():
+        codec = refs[which]["codec"][rows]
+        if (codec > Codec.ZSTD).any():
+            return None
+        any_zstd = any_zstd or bool((codec == Codec.ZSTD).any())
+    if any_zstd != flags_zstd:
+        return None
+    # 11b: element counts, each partial product kept <= 2^48 (a zero dim after a large prefix
+    # is left to the record walk, which multiplies exactly)
+    if (dims > spec.MAX_NUMEL).any():
+        return None
+    numel = np.ones(count, dtype=np.uint64)
+    for d in np.where(past, np.uint64(1), dims).T:
+        if (numel > spec.MAX_NUMEL // np.maximum(d, np.uint64(1))).any():
+            return None
+        numel *= d
+    # 11c: names, back to back in NAMES, valid UTF-8, distinct
+    lengths = recs["name_length"].astype(np.int64)
+    if ((lengths < 1) | (lengths > spec.MAX_NAME_LENGTH)).any():
+        return None
+    ends = np.cumsum(lengths)
+    if (recs["name_offset"] != (ends - lengths).astype(np.uint64)).any():
+        return None
+    if (ends[-1] if count else 0) != names.length:
+        return None
+    blob = header[names.offset : names.end]
+    bounds = [0, *ends.tolist()]
+    raw_names = [blob[a:b] for a, b in itertools.pairwise(bounds)]
+    if len(set(raw_names)) != count:
+        return None
+    try:
+        text = [raw.decode("utf-8", errors="strict") for raw in raw_names]
+    except UnicodeDecodeError:
+        return None
+    # 11d: blob placement and lengths, each section's blobs back to back in record order
+    raw_len = {
+        Section.DATA: np.where(
+            nested,
+            np.uint64(spec.NESTED_PARAM_ARRAYS * 4) * dims[:, 0],
+            numel * _DTYPE_ITEMSIZE[dtype],
+        ),
+        Section.HIGH: (numel * np.uint64(pre.h) + np.uint64(7)) // np.uint64(8),
+        Section.LOW: (numel * np.uint64(pre.n - pre.h + 1) + np.uint64(7)) // np.uint64(8),
+    }
+    align = np.uint64(spec.BLOB_ALIGN - 1)
+    for which, rows in used.items():
+        ref = refs[which][rows]
+        offset, length, codec = ref["offset"], ref["length"], ref["codec"]
+        expect_len = raw_len[which][rows]
+        section = pre.sections[which]
+        if (offset >= _VECTOR_SAFE).any() or (length >= _VECTOR_SAFE).any():
+            return None
+        end = offset + length
+        expect = np.empty_like(offset)
+        if expect.size:
+            expect[0] = spec.align(section.offset, spec.BLOB_ALIGN)
+            expect[1:] = (end[:-1] + align) & ~align
+        if (offset != expect).any() or (end > section.end).any():
+            return None
+        plain = codec == Codec.NONE
+        if (length[plain] != expect_len[plain]).any():
+            return None
+        packed = ~plain
+        limit = expect_len[packed]
+        limit = limit + limit // np.uint64(spec.ZSTD_SLACK_DIVISOR) + spec.ZSTD_SLACK_BYTES
+        if ((length[packed] < 1) | (length[packed] > limit)).any():
+            return None
+        if (int(end[-1]) if end.size else section.offset) != section.end:
+            return None
+    return _infos(recs, text, numel)
+
+
+_KINDS = {int(k): k for k in Kind}
+_DTYPES = {int(d): d for d in DType}
+
+
+def _infos(recs: np.ndarray, names: list[str], numel: np.ndarray) -> tuple[TensorInfo, ...]:
+    """TensorInfos of records already checked by :func:`_records_vectorised`."""
+    kinds = [_KINDS[k] for k in recs["kind"].tolist()]
+    dtypes = [_DTYPES[d] for d in recs["dtype"].tolist()]
+    ndims = recs["ndim"].tolist()
+    shapes = [tuple(d[:k]) for d, k in zip(recs["dims"].tolist(), ndims, strict=True)]
+    refs = []
+    for field in ("data", "high", "low"):
+        ref = recs[field]
+        rows = zip(
+            ref["offset"].tolist(),
+            ref["length"].tolist(),
+            ref["crc"].tolist(),
+            ref["codec"].tolist(),
+            strict=True,
+        )
+        # RAW records' high/low references are all zero (checked): share one object
+        refs.append([BlobRef(o, n, c, k) if o else _ZERO_REF for o, n, c, k in rows])
+    return tuple(
+        TensorInfo(name, kind, dtype, shape, count, data, high, low, index=i)
+        for i, (name, kind, dtype, shape, count, data, high, low) in enumerate(
+            zip(names, kinds, dtypes, shapes, numel.tolist(), *refs, strict=True)
+        )
+    )
+
+
+def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
+    """Step 11: every INDEX record, in order; the first problem raises its §11 error."""
     index_off = pre.sections[Section.INDEX].offset
     names = pre.sections[Section.NAMES]
     flags_zstd = bool(pre.incompat_flags & IncompatFlag.ZSTD)

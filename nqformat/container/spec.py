@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "BLOB_ALIGN",
+    "BLOB_REF_DTYPE",
     "BLOB_REF_SIZE",
     "FORMAT_VERSION",
     "INDEX_OFFSET",
@@ -35,6 +36,7 @@ __all__ = [
     "NESTED_PARAM_ARRAYS",
     "PREAMBLE_CRC_OFFSET",
     "PREAMBLE_SIZE",
+    "RECORD_DTYPE",
     "RECORD_SIZE",
     "SECTION_ALIGN",
     "SECTION_COUNT",
@@ -250,10 +252,33 @@ _BLOB_REF = struct.Struct("<QQIB3s")  # §4: offset, length, crc, codec, reserve
 _RECORD_HEAD = struct.Struct("<QIBBBB8Q")  # §4 bytes 0..79
 _ZERO24 = bytes(BLOB_REF_SIZE)
 
+#: §4 blob reference and INDEX record as numpy structured dtypes (the same little-endian layout
+#: as the structs above), so that a reader can view the whole INDEX as one array.
+BLOB_REF_DTYPE = np.dtype(
+    [("offset", "<u8"), ("length", "<u8"), ("crc", "<u4"), ("codec", "u1"), ("reserved", "3u1")]
+)
+RECORD_DTYPE = np.dtype(
+    [
+        ("name_offset", "<u8"),
+        ("name_length", "<u4"),
+        ("kind", "u1"),
+        ("dtype", "u1"),
+        ("ndim", "u1"),
+        ("reserved0", "u1"),
+        ("dims", "<u8", (MAX_DIMS,)),
+        ("data", BLOB_REF_DTYPE),
+        ("high", BLOB_REF_DTYPE),
+        ("low", BLOB_REF_DTYPE),
+        ("reserved1", "u1", (8,)),
+    ]
+)
+
 assert _PREAMBLE_HEAD.size == SECTION_TABLE_OFFSET  # internal consistency of this module
 assert _SECTION_ENTRY.size == SECTION_ENTRY_SIZE
 assert _BLOB_REF.size == BLOB_REF_SIZE
 assert _RECORD_HEAD.size + 3 * BLOB_REF_SIZE + 8 == RECORD_SIZE
+assert BLOB_REF_DTYPE.itemsize == BLOB_REF_SIZE
+assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
 
 @dataclass(frozen=True)
