@@ -103,6 +103,38 @@ def test_bf16_is_stored_from_and_read_as_bit_patterns(tmp_path: pathlib.Path) ->
         np.testing.assert_array_equal(f.read("x"), bits)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_into_out_gives_what_read_returns(tmp_path: pathlib.Path, compress: bool) -> None:
+    path = tmp_path / "s.nq"
+    write_small(path, n=6, h=2, compress=compress)
+    with nqformat.open(path) as fresh:
+        want = {(t, m): fresh.read(t, m).copy() for t in fresh.names() for m in ("part", "full")}
+    with nqformat.open(path) as f:
+        # big, small, big again: the reused code buffers never leak into the next tensor
+        order = ["conv.weight", "fc.weight", "fc.bias", "bn.num_batches_tracked", "conv.weight"]
+        for mode in ("part", "full", "part"):
+            for name in order:
+                info = f.info(name)
+                out = np.full(info.shape, 7, dtype=info.np_dtype)
+                assert f.read(name, mode, out=out) is out
+                assert out.tobytes() == want[name, mode].tobytes(), (name, mode)
+
+
+def test_read_into_out_refuses_an_array_it_cannot_fill(small: tuple[pathlib.Path, dict]) -> None:
+    path, _ = small
+    with nqformat.open(path) as f:
+        shape = f.info("conv.weight").shape
+        for bad in (
+            np.empty(shape, np.float64),
+            np.empty(shape[::-1], np.float32),
+            np.empty(shape[::-1], np.float32).T,  # right shape, not C-contiguous
+            np.broadcast_to(np.float32(0), shape),  # read-only
+            [0.0],
+        ):
+            with pytest.raises(NQError, match="out"):
+                f.read("conv.weight", out=bad)  # type: ignore[arg-type]
+
+
 def test_unsupported_numpy_dtype_is_refused(tmp_path: pathlib.Path) -> None:
     with NQWriter(tmp_path / "u.nq", n=8, h=4, metadata={}) as w, pytest.raises(NQError):
         w.add_raw("x", np.zeros(3, np.uint32))

@@ -212,6 +212,35 @@ def test_half_precision_model_round_trips_its_dtypes(tmp_path) -> None:
     nqt.close(loaded)
 
 
+def test_load_writes_into_the_modules_own_tensors(tiny_file) -> None:
+    model = tiny(seed=9)
+    before = {k: (v.data_ptr(), v._version) for k, v in model.state_dict().items()}
+    nqt.load(tiny_file, "part", module=model)
+    after = model.state_dict()
+    assert {k: v.data_ptr() for k, v in after.items()} == {k: p for k, (p, _) in before.items()}
+    # autograd sees the writes, as it would those of copy_
+    assert all(after[k]._version > version for k, (_, version) in before.items())
+    nqt.switch(model, "full")
+    assert nqt.runtime(model).file.read("conv.weight", "full").tobytes() == (
+        model.conv.weight.detach().numpy().tobytes()
+    )
+    nqt.close(model)
+
+
+def test_non_contiguous_and_other_dtype_tensors_are_filled_by_copy(tiny_file) -> None:
+    ref = nqt.load(tiny_file, "full", module=tiny())
+    model = tiny()
+    with torch.no_grad():  # same shape, transposed memory; and a buffer of another dtype
+        model.heads["cls"].weight = torch.nn.Parameter(torch.zeros(8, 5).t())
+        model.steps = torch.tensor(0, dtype=torch.int32)
+    assert not model.heads["cls"].weight.is_contiguous()
+    nqt.load(tiny_file, "full", module=model)
+    assert torch.equal(model.heads["cls"].weight, ref.heads["cls"].weight)
+    assert model.steps.dtype is torch.int32 and int(model.steps) == int(ref.steps)
+    nqt.close(model)
+    nqt.close(ref)
+
+
 # --- handles -------------------------------------------------------------------------------------
 
 

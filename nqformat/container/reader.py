@@ -17,6 +17,7 @@ import mmap
 import os
 import pathlib
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -671,6 +672,7 @@ class NQFile:
         self._pre = pre
         self._by_name = {t.name: t for t in self._header.tensors}
         self._checked: set[tuple[int, Section]] = set()
+        self._scratch_local = threading.local()
         self._closed = False
 
     # --- attributes -----------------------------------------------------------------------------
@@ -763,23 +765,43 @@ class NQFile:
 
     # --- data -----------------------------------------------------------------------------------
 
-    def read(self, name: str, mode: Literal["part", "full"] = "part") -> np.ndarray:
+    def read(
+        self,
+        name: str,
+        mode: Literal["part", "full"] = "part",
+        *,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The tensor's values: NESTED dequantized to float32 (§7.2), RAW as stored (a read-only
-        view for uncompressed blobs)."""
+        view for uncompressed blobs).
+
+        With ``out`` (a writeable C-contiguous array of the tensor's shape and of
+        ``info(name).np_dtype``) the values are written there and ``out`` is returned: a NESTED
+        tensor is dequantized straight into it, with no float32 temporary. The integer codes go
+        through a scratch buffer this file keeps (per thread, as large as the largest tensor's
+        codes) until it is closed."""
         info = self.info(name)
         if mode not in ("part", "full"):
             raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
+        if out is not None:
+            _check_out(out, info)
         if info.kind is Kind.RAW:
             data = self._blob(info, Section.DATA)
-            return np.frombuffer(data, dtype=info.dtype.np_dtype).reshape(info.shape)
+            stored = np.frombuffer(data, dtype=info.dtype.np_dtype).reshape(info.shape)
+            if out is None:
+                return stored
+            np.copyto(out, stored)
+            return out
+        scratch = self._scratch()
         params = self.params(name)
         if mode == "part":
-            codes = self.codes(name, "high")
+            codes = self._unpack(info, Section.HIGH, self.h, scratch.int8(info.numel, 0))
             scale, offset = params.scale_part, params.offset_part
         else:
-            codes = self.codes(name, "full")
+            codes = self._full_codes(info, scratch)
             scale, offset = params.scale_full, params.offset_full
-        return _dequantize(codes, scale, offset, info.shape)
+        values = _dequantize(codes, scale, offset, info.shape, out=out)
+        return values if out is None else out
 
     def codes(self, name: str, part: Literal["high", "low", "full"] = "full") -> np.ndarray:
         """Integer codes of a NESTED tensor in its shape: H or L (int8), q = H*2^l + L (int16)."""
@@ -788,14 +810,9 @@ class NQFile:
             raise NQError(f"part must be 'high', 'low' or 'full', got {part!r}")
         if part == "high":
             return self._unpack(info, Section.HIGH, self.h)
-        low = self._unpack(info, Section.LOW, self.l + 1)
         if part == "low":
-            return low
-        high = self._unpack(info, Section.HIGH, self.h)
-        full = high.astype(np.int16)
-        full <<= self.l  # H * 2^l, exact in int16 since |q| < 2^8
-        full += low
-        return full
+            return self._unpack(info, Section.LOW, self.l + 1)
+        return self._full_codes(info, _Scratch())  # a fresh scratch: the caller owns it
 
     def params(self, name: str) -> ChannelParams:
         info = self._nested(name)
@@ -887,6 +904,7 @@ class NQFile:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._scratch_local = threading.local()
             self._src.close()
 
     def __enter__(self) -> NQFile:
@@ -922,16 +940,16 @@ class NQFile:
     def _blob(self, info: TensorInfo, which: Section, *, force_check: bool = False) -> memoryview:
         """Stored bytes of one blob, CRC-checked (§11 step 13) and decompressed."""
         self._check_open()
-        ref = {Section.DATA: info.data, Section.HIGH: info.high, Section.LOW: info.low}[which]
-        if which is Section.LOW:
+        if which is Section.DATA:
+            ref, key = info.data, _PART_MAP
+        elif which is Section.HIGH:
+            ref, key = info.high, _PART_MAP
+        else:
+            ref, key = info.low, _LOW_MAP
             if not self.low_resident:
                 self.page_in_low()
-            key = _LOW_MAP
-        else:
-            key = _PART_MAP
         stored = self._src.view(key, ref.offset, ref.length)
-        checked = (info.index, which) in self._checked
-        if (self._verify_blobs and not checked) or force_check:
+        if force_check or (self._verify_blobs and (info.index, which) not in self._checked):
             actual = spec.crc32(stored)
             if actual != ref.crc:
                 raise ChecksumError(
@@ -944,9 +962,27 @@ class NQFile:
         raw_len = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, self.n, self.h)
         return memoryview(_zstd_decompress(stored, raw_len, f"{info.name!r} {which.name}"))
 
-    def _unpack(self, info: TensorInfo, which: Section, width: int) -> np.ndarray:
+    def _unpack(
+        self, info: TensorInfo, which: Section, width: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         buf = np.frombuffer(self._blob(info, which), dtype=np.uint8)
-        return bitpack.unpack(buf, width, info.numel).reshape(info.shape)
+        return bitpack.unpack(buf, width, info.numel, out=out).reshape(info.shape)
+
+    def _full_codes(self, info: TensorInfo, scratch: _Scratch) -> np.ndarray:
+        """q = H * 2^l + L (§7.3) in a scratch int16 array of the tensor's shape."""
+        low = self._unpack(info, Section.LOW, self.l + 1, scratch.int8(info.numel, 1))
+        high = self._unpack(info, Section.HIGH, self.h, scratch.int8(info.numel, 0))
+        full = scratch.int16(info.numel).reshape(info.shape)
+        # H * 2^l + L is exact in int16 since |q| < 2^8 (forced: int8 could wrap)
+        np.left_shift(high, self.l, out=full, dtype=np.int16)
+        np.add(full, low, out=full, dtype=np.int16)
+        return full
+
+    def _scratch(self) -> _Scratch:
+        scratch = getattr(self._scratch_local, "buffers", None)
+        if scratch is None:
+            scratch = self._scratch_local.buffers = _Scratch()
+        return scratch
 
     def _verify_pad_bits(self, info: TensorInfo, which: Section, blob: memoryview) -> list[str]:
         """The bits after the last code of a packed blob must be zero (§7.3)."""
@@ -993,16 +1029,59 @@ class NQFile:
 
 
 def _dequantize(
-    codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]
+    codes: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    shape: tuple[int, ...],
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """w = fl32(fl32(float32(code) * scale[c]) + offset[c]) per output channel c (§7.2)."""
+    """w = fl32(fl32(float32(code) * scale[c]) + offset[c]) per output channel c (§7.2), into
+    ``out`` (C-contiguous float32 of ``shape``) when given."""
     channels = shape[0]
     per = codes.size // channels if channels else 0
+    dst = None if out is None else out.reshape(channels, per)
     # The int -> float32 cast is exact and happens inside the multiply (no extra pass); the
     # product is rounded to float32 here ...
-    w = np.multiply(codes.reshape(channels, per), scale.reshape(channels, 1), dtype=np.float32)
-    w += offset.reshape(channels, 1)  # ... and the sum here: never a fused multiply-add
+    w = np.multiply(
+        codes.reshape(channels, per), scale.reshape(channels, 1), out=dst, dtype=np.float32
+    )
+    np.add(w, offset.reshape(channels, 1), out=w)  # ... and the sum here: never a fused FMA
     return w.reshape(shape)
+
+
+class _Scratch:
+    """Reusable code buffers (int8 slots and one int16), grown to the largest tensor seen: the
+    codes of one tensor live only until it is dequantized, and reusing warm memory saves the
+    page faults of a fresh array per tensor."""
+
+    def __init__(self) -> None:
+        self._int8: dict[int, np.ndarray] = {}
+        self._int16 = np.empty(0, dtype=np.int16)
+
+    def int8(self, count: int, slot: int) -> np.ndarray:
+        buf = self._int8.get(slot)
+        if buf is None or buf.size < count:
+            buf = self._int8[slot] = np.empty(count, dtype=np.int8)
+        return buf[:count]
+
+    def int16(self, count: int) -> np.ndarray:
+        if self._int16.size < count:
+            self._int16 = np.empty(count, dtype=np.int16)
+        return self._int16[:count]
+
+
+def _check_out(out: object, info: TensorInfo) -> None:
+    """``read(out=...)`` needs an array it can write the tensor's values into as they are."""
+    if not isinstance(out, np.ndarray):
+        raise NQError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != info.np_dtype or out.shape != info.shape:
+        raise NQError(
+            f"out for {info.name!r} must be {info.np_dtype} of shape {info.shape}, got "
+            f"{out.dtype} of shape {out.shape}"
+        )
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise NQError(f"out for {info.name!r} must be writeable and C-contiguous")
 
 
 def _zstd_decompress(stored: memoryview, raw_len: int, what: str) -> bytes:

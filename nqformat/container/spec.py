@@ -140,7 +140,7 @@ class DType(enum.IntEnum):
         numpy has no bfloat16, so BF16 elements are exposed as their uint16 bit patterns (the
         high half of a binary32); ``torch.from_numpy(a).view(torch.bfloat16)`` restores them.
         """
-        return np.dtype(_NP_DTYPE[self])
+        return _NP_DTYPE_OBJ[self]  # built once: readers ask per tensor
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype) -> DType:
@@ -174,6 +174,7 @@ _NP_DTYPE = {
     DType.I64: "<i8",
     DType.BOOL: "|b1",
 }
+_NP_DTYPE_OBJ = {k: np.dtype(v) for k, v in _NP_DTYPE.items()}
 # BF16 has no numpy dtype of its own, so it is never inferred from an array.
 _FROM_NP = {
     np.dtype(v).str if k is not DType.BOOL else "bool": k
