@@ -241,6 +241,25 @@ def test_non_contiguous_and_other_dtype_tensors_are_filled_by_copy(tiny_file) ->
     nqt.close(ref)
 
 
+def test_writable_view_shares_memory_only_where_values_fit_as_they_are() -> None:
+    from nqformat.torch._tensors import writable_view
+
+    t = torch.zeros(2, 3)
+    view = writable_view(t, "F32")
+    assert view is not None
+    view[1, 2] = 5.0
+    assert float(t[1, 2]) == 5.0
+    bf = torch.zeros(4, dtype=torch.bfloat16)
+    bits = writable_view(bf, "BF16")
+    assert bits is not None and bits.dtype == np.uint16
+    bits[0] = 0x3F80  # 1.0 as bfloat16
+    assert float(bf[0]) == 1.0
+    assert writable_view(t.t(), "F32") is None  # not contiguous
+    assert writable_view(t, "F16") is None  # another dtype: copy_ converts
+    assert writable_view(bf, "F32") is None
+    assert writable_view(torch.zeros(3, dtype=torch.int64), "I64") is not None
+
+
 # --- handles -------------------------------------------------------------------------------------
 
 

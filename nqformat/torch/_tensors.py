@@ -7,7 +7,7 @@ import torch
 
 from nqformat.errors import NQError
 
-__all__ = ["FLOAT_DTYPES", "nq_dtype", "to_numpy", "to_torch"]
+__all__ = ["FLOAT_DTYPES", "nq_dtype", "to_numpy", "to_torch", "writable_view"]
 
 #: torch dtype -> .nq dtype name (spec §4.1); anything else cannot be stored.
 _NQ_DTYPE: dict[torch.dtype, str] = {
@@ -51,3 +51,19 @@ def to_torch(array: np.ndarray, stored: str) -> torch.Tensor:
     if stored == "BF16":
         return torch.from_numpy(owned.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(owned)
+
+
+def writable_view(tensor: torch.Tensor, stored: str) -> np.ndarray | None:
+    """A writeable numpy view of ``tensor``'s own memory that takes values of the file's dtype
+    ``stored`` as ``NQFile.read`` returns them (``"F32"`` for dequantized weights; BF16 as
+    uint16 bit patterns), so a load can write in place instead of copying; None where the
+    memory cannot take them as they are (not on the CPU, not contiguous, another dtype)."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return None
+    if stored == "BF16":
+        if tensor.dtype is not torch.bfloat16:
+            return None
+        return tensor.detach().view(torch.int16).numpy().view(np.uint16)
+    if _NQ_DTYPE.get(tensor.dtype) != stored:
+        return None
+    return tensor.detach().numpy()

@@ -18,16 +18,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat.container.reader import NQFile, TensorInfo
-from nqformat.container.spec import DType, Kind
+from nqformat.container.spec import Kind
 from nqformat.errors import NQError
-from nqformat.torch._tensors import to_torch
+from nqformat.torch._tensors import to_torch, writable_view
 
 __all__ = [
     "HANDLE_ATTR",
@@ -118,37 +117,6 @@ def _targets(module: nn.Module, f: NQFile) -> dict[str, torch.Tensor]:
     return own
 
 
-#: torch dtypes whose numpy view holds the same bytes (torch.bfloat16 has none)
-_NUMPY_OF: dict[torch.dtype, np.dtype] = {
-    t: np.dtype(n)
-    for t, n in (
-        (torch.float32, "<f4"),
-        (torch.float16, "<f2"),
-        (torch.float64, "<f8"),
-        (torch.int8, "|i1"),
-        (torch.uint8, "|u1"),
-        (torch.int16, "<i2"),
-        (torch.int32, "<i4"),
-        (torch.int64, "<i8"),
-        (torch.bool, "|b1"),
-    )
-}
-
-
-def _writable_view(target: torch.Tensor, info: TensorInfo) -> np.ndarray | None:
-    """A numpy view of ``target``'s memory when the file's values can be written into it as
-    they are (CPU, contiguous, the dtype ``NQFile.read`` gives), else None."""
-    if target.device.type != "cpu" or not target.is_contiguous():
-        return None
-    if info.kind is Kind.RAW and info.dtype is DType.BF16:
-        if target.dtype is not torch.bfloat16:
-            return None
-        return target.detach().view(torch.int16).numpy().view(np.uint16)
-    if _NUMPY_OF.get(target.dtype) != info.np_dtype:
-        return None
-    return target.detach().numpy()
-
-
 @torch.no_grad()
 def _fill(
     own: Mapping[str, torch.Tensor], f: NQFile, infos: Iterable[TensorInfo], mode: Mode
@@ -157,9 +125,9 @@ def _fill(
     written = []
     for info in infos:
         target = own[info.name]
-        view = _writable_view(target, info)
+        stored = info.dtype.name if info.kind is Kind.RAW else "F32"
+        view = writable_view(target, stored)
         if view is None:
-            stored = info.dtype.name if info.kind is Kind.RAW else "F32"
             target.copy_(to_torch(f.read(info.name, mode), stored).reshape(target.shape))
         else:
             # straight into the module's memory: no float32 temporary, no second copy
