@@ -778,8 +778,8 @@ class NQFile:
         With ``out`` (a writeable C-contiguous array of the tensor's shape and of
         ``info(name).np_dtype``) the values are written there and ``out`` is returned: a NESTED
         tensor is dequantized straight into it, with no float32 temporary. The integer codes go
-        through a scratch buffer this file keeps (per thread, as large as the largest tensor's
-        codes) until it is closed."""
+        through scratch buffers this file keeps (per thread, as large as the largest tensor's
+        codes) until :meth:`release_buffers` or :meth:`close`."""
         info = self.info(name)
         if mode not in ("part", "full"):
             raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
@@ -845,6 +845,11 @@ class NQFile:
                     self._checked.discard((info.index, Section.LOW))
         return low.length
 
+    def release_buffers(self) -> None:
+        """Drop the code buffers ``read`` reuses (up to four bytes per element of the largest
+        nested tensor); the next read makes new ones. For long-lived open files."""
+        self._scratch_local = threading.local()
+
     def release_low(self) -> int:
         """Unmap LOW again; returns the bytes released (0 if it was not resident)."""
         if not self.low_resident:
@@ -904,7 +909,7 @@ class NQFile:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._scratch_local = threading.local()
+            self.release_buffers()
             self._src.close()
 
     def __enter__(self) -> NQFile:

@@ -134,6 +134,7 @@ def _fill(
             f.read(info.name, mode, out=view)
             written.append(target)
     increment_version(written)  # as copy_ would: autograd sees the writes
+    f.release_buffers()  # the file stays open for switching; its code buffers need not
 
 
 def _build(meta: Mapping[str, Any], path: pathlib.Path) -> nn.Module:
