@@ -449,7 +449,7 @@ def load_baseline(module: Any, path: Path, width: int) -> Any:
 
     from nqformat import bitpack
     from nqformat.container.reader import _dequantize as dequantize
-    from nqformat.torch._tensors import to_torch
+    from nqformat.torch._tensors import to_torch, writable_view
 
     arrays = load_file(str(path))
     own = module.state_dict()  # aliases of the module's tensors, as the runtime uses them
@@ -460,10 +460,14 @@ def load_baseline(module: Any, path: Path, width: int) -> Any:
                 stored = arrays[key]
                 shape = tuple(target.shape)
                 codes = stored if width == 8 else bitpack.unpack(stored, width, target.numel())
+                # Dequantize straight into the module's memory, as the .nq runtime does, so the
+                # two sides differ only in the container.
+                view = writable_view(target, "F32")
                 value = dequantize(
-                    codes, arrays[_scale_key(name)], arrays[_offset_key(name)], shape
+                    codes, arrays[_scale_key(name)], arrays[_offset_key(name)], shape, out=view
                 )
-                target.copy_(to_torch(value, "F32").reshape(target.shape))
+                if view is None:
+                    target.copy_(to_torch(value, "F32").reshape(target.shape))
             else:
                 target.copy_(to_torch(arrays[name], "").reshape(target.shape))
     return module
