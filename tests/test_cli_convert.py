@@ -215,3 +215,35 @@ def test_zoo_option_picks_timm_for_a_shared_name(tmp_path: pathlib.Path) -> None
     assert code == 0
     with nqformat.open(tmp_path / "b") as f:
         assert f.metadata["model"]["zoo"] == "timm"
+
+
+def test_act_bits_stores_ranges_applied_only_when_asked(tmp_path: pathlib.Path) -> None:
+    from nqformat.torch import actquant, load
+
+    plain, calibrated = tmp_path / "plain.nq", tmp_path / "act.nq"
+    assert run(SMALL, "--h", "6", "--random-init", "-q", "-o", str(plain))[0] == 0
+    args = ("--act-bits", "8", "--act-batch", "4", "-q", "-o", str(calibrated))
+    code, _, stderr = run(SMALL, "--h", "6", "--random-init", *args)
+    assert code == 0, stderr
+    with nqformat.open(plain) as a, nqformat.open(calibrated) as b:
+        assert actquant.META_KEY not in a.metadata
+        stored = b.metadata[actquant.META_KEY]
+        assert stored["bits"] == 8 and stored["batch_size"] == 4 and stored["layers"]
+        for name in a.names():  # calibration changes META only, never a code
+            if a.info(name).kind is Kind.NESTED:
+                assert np.array_equal(a.codes(name, "full"), b.codes(name, "full"))
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        off = load(calibrated, "part")
+        on = load(calibrated, "part", act_quant=True)
+        ref = load(plain, "part")
+        assert torch.equal(off(x), ref(x))  # off by default
+        assert not torch.equal(on(x), ref(x))  # the ranges are applied when asked
+    with pytest.raises(nqformat.NQError, match="no activation ranges"):
+        load(plain, "part", act_quant=True)
+
+
+def test_act_options_without_act_bits_are_usage_errors(tmp_path: pathlib.Path) -> None:
+    code, _, stderr = run(SMALL, "--random-init", "--act-sigma", "3", "-o", str(tmp_path / "x"))
+    assert code == 2
+    assert "--act-bits" in stderr

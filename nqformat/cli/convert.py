@@ -167,6 +167,27 @@ def _mib(x: int) -> str:
     help="Store blobs zstd-compressed where that saves space (default: uncompressed, "
     "which allows zero-copy mapping).",
 )
+@click.option(
+    "--act-bits",
+    type=click.IntRange(2, 16),
+    default=None,
+    help="Also calibrate A-bit activation ranges, data-free (one seeded random batch through "
+    "the part-bit model, as the reference does), and store them in the file's META "
+    "'activation'; applied at load with nqformat.torch.load(..., act_quant=True). Off by "
+    "default.",
+)
+@click.option(
+    "--act-sigma",
+    type=float,
+    default=None,
+    help="Clip multiplier of --act-bits [default: the reference's 12/14/25 for 4/6/8 bits].",
+)
+@click.option(
+    "--act-batch",
+    type=click.IntRange(1),
+    default=None,
+    help="Calibration batch size of --act-bits (ranges depend on it) [default: 128].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @human_errors
 def convert(
@@ -184,6 +205,9 @@ def convert(
     part_params: str,
     keep_float: tuple[str, ...],
     compress: bool,
+    act_bits: int | None,
+    act_sigma: float | None,
+    act_batch: int | None,
     quiet: bool,
 ) -> None:
     """Quantize MODEL (a pytorchcv or timm name) into a NestQuant .nq file.
@@ -202,6 +226,8 @@ def convert(
         raise click.UsageError("--weights and --random-init exclude each other")
     if seed is not None and not random_init:
         raise click.UsageError("--seed only applies with --random-init")
+    if act_bits is None and (act_sigma is not None or act_batch is not None):
+        raise click.UsageError("--act-sigma and --act-batch only apply with --act-bits")
     if isinstance(h, int) and not 1 <= h <= n - 1:
         raise click.BadParameter(f"h must be in 1..{n - 1} for n={n}, got {h}", param_hint="--h")
     if output is not None and output.exists() and not force:
@@ -259,6 +285,24 @@ def convert(
     finally:
         if bar is not None:
             bar.stop()
+    if act_bits is not None:
+        report = _add_activation_ranges(
+            module,
+            report,
+            act_bits,
+            act_sigma,
+            act_batch,
+            quiet,
+            dict(
+                n=n,
+                h=h,
+                rounding=rounding,
+                part_params=part_params,
+                keep_float=keep_float,
+                model_meta=model_meta,
+                compress=compress,
+            ),
+        )
     if keep_float and not report.kept_float and not quiet:
         click.echo(
             f"note: --keep-float {' '.join(keep_float)} matched no Conv2d/Linear module", err=True
@@ -290,4 +334,38 @@ def convert(
     )
     click.echo(
         f"  time         {elapsed:.1f} s total, {report.seconds:.1f} s quantizing and writing"
+    )
+
+
+def _add_activation_ranges(
+    module: Any,
+    report: Any,
+    bits: int,
+    sigma: float | None,
+    batch: int | None,
+    quiet: bool,
+    options: dict[str, Any],
+) -> Any:
+    """Calibrate activation ranges on the part-bit model just written, then write the file
+    again with them in META (the codes do not change: the same module, same options)."""
+    from nqformat.torch import actquant, convert_model
+
+    if not quiet:
+        click.echo(f"calibrating {bits}-bit activation ranges on the part-bit model", err=True)
+    extra: dict[str, Any] = {"exclude": options["keep_float"]}
+    if sigma is not None:
+        extra["sigma"] = sigma
+    if batch is not None:
+        extra["batch_size"] = batch
+    cal = actquant.calibrate_file(report.path, bits, **extra)
+    return convert_model(
+        module,
+        report.path,
+        n=options["n"],
+        h=options["h"],
+        rounding=options["rounding"],
+        part_params=options["part_params"],
+        keep_float=options["keep_float"],
+        metadata={"model": options["model_meta"], actquant.META_KEY: cal.to_metadata()},
+        compress=options["compress"],
     )

@@ -155,6 +155,7 @@ def load(
     *,
     module: nn.Module | None = None,
     verify: bool = True,
+    act_quant: bool = False,
 ) -> nn.Module:
     """Load a ``.nq`` file as an nn.Module holding the part-bit or the full-bit model.
 
@@ -170,6 +171,10 @@ def load(
     (e.g. by ``nqtool verify``) that cannot have changed since: it saves one CRC pass over the
     bytes loaded (about 10 ms for ResNet-101's 35 MB part-bit prefix here). The header is
     always checked.
+
+    ``act_quant`` (default False) also fake-quantizes the inputs of the Conv2d/Linear layers
+    with the activation ranges stored in the file's META ``activation`` (``nqtool convert
+    --act-bits``); a file without them is an error. The ranges stay applied across switches.
     """
     wanted = _check_mode(mode)
     f = nqformat.open(path, verify=verify)
@@ -180,6 +185,10 @@ def load(
         if wanted == "full":
             f.page_in_low()
         _fill(own, f, f.tensors(), wanted)
+        if act_quant:
+            from nqformat.torch import actquant
+
+            actquant.apply_from_metadata(target, f.metadata)
     except BaseException:
         f.close()
         raise
