@@ -18,6 +18,8 @@ else is quantized (weight-only). For each h it compares
 by top-1 agreement with FP32 and mean KL(FP32 || quantized) over a pool of real photos (the 20
 labelled ImageNet photos foolbox ships, scikit-image and scikit-learn sample photos; 10 views
 each: 5 crops x horizontal flip), and top-1 on the 20 labelled photos (centre crop).
+The photo pool, its views (the model's timm eval preprocessing) and the metrics come from
+``tools/accuracy_table.py``, so this table and docs/accuracy.md measure on the same views.
 
     python tools/bench_partbit.py [--n 8] [--hs 4 5 6 7] [--variants refit-bn refit-colnorm]
 
@@ -27,7 +29,6 @@ Agreement over a few hundred views of 37 photos is a fidelity measure, not Image
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +38,20 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# one implementation of the photo pool: this table and docs/accuracy.md measure on the same views
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy_table import (
+    DataConfig,
+    agreement,
+    centre_views,
+    data_config,
+    labelled_images,
+    logits_of,
+    mean_kl,
+    pool_images,
+    ten_views,
+)
 
 from nqformat.quant import (
     activation_moments,
@@ -46,32 +61,8 @@ from nqformat.quant import (
 )
 from nqformat.quant.affine import dequantize_codes, inherited_part_params
 
-SKIMAGE_PHOTOS = (
-    "chelsea.png",
-    "coffee.png",
-    "astronaut.png",
-    "rocket.jpg",
-    "motorcycle_left.png",
-    "motorcycle_right.png",
-    "camera.png",
-    "coins.png",
-    "moon.png",
-    "hubble_deep_field.jpg",
-    "retina.jpg",
-    "ihc.png",
-    "brick.png",
-    "grass.png",
-    "gravel.png",
-)
-SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+#: forward batch of the published runs (CPU kernels may round differently at another size)
 BATCH = 64
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"package {name!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def load_model() -> torch.nn.Module:
@@ -95,45 +86,12 @@ def load_model() -> torch.nn.Module:
     return model.eval()
 
 
-def _views(paths: list[Path], ten: bool) -> torch.Tensor:
-    """Bicubic resize 256, crop 224, mean = std = 0.5; ten crops (5 crops x flip) or centre."""
-    from PIL import Image
-    from torchvision import transforms as T
-
-    resize = T.Resize(256, interpolation=T.InterpolationMode.BICUBIC)
-    crop = T.TenCrop(224) if ten else T.CenterCrop(224)
-    to_tensor = T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
-    out = []
-    for p in paths:
-        with Image.open(p) as img:
-            views = crop(resize(img.convert("RGB")))
-        out += [to_tensor(v) for v in views] if ten else [to_tensor(views)]
-    return torch.stack(out)
-
-
-def image_sets() -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
-    labelled = sorted((_package_dir("foolbox") / "data").glob("imagenet_*.jpg"))
-    labels = [int(p.stem.rsplit("_", 1)[1]) for p in labelled]
-    skimage_dir = _package_dir("skimage") / "data"
-    sklearn_dir = _package_dir("sklearn") / "datasets" / "images"
-    pool = labelled + [skimage_dir / n for n in SKIMAGE_PHOTOS]
-    pool += [sklearn_dir / n for n in SKLEARN_PHOTOS]
-    return _views(pool, ten=True), _views(labelled, ten=False), labels, len(pool)
-
-
-@torch.inference_mode()
-def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(x[i : i + BATCH]).double() for i in range(0, len(x), BATCH)])
-
-
-def agreement(ref: torch.Tensor, other: torch.Tensor) -> float:
-    return float((ref.argmax(-1) == other.argmax(-1)).double().mean())
-
-
-def mean_kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    p = torch.log_softmax(ref, -1)
-    q = torch.log_softmax(other, -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
+def image_sets(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
+    """(pool: 10 views per photo, centre view of each labelled photo, labels, pool photos)."""
+    labelled = labelled_images()
+    pool = pool_images()
+    centre = centre_views([p for p, _ in labelled], cfg)
+    return ten_views(pool, cfg), centre, [label for _, label in labelled], len(pool)
 
 
 def quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -292,25 +250,25 @@ def main() -> None:
     model = load_model()
     fp32 = {name: m.weight.detach().numpy().copy() for name, m in quant_layers(model)}
     BN_STATS.update(collect_bn_stats(model))
-    pool, centre, labels, n_images = image_sets()
+    pool, centre, labels, n_images = image_sets(data_config(model))
     print(
         f"tf_efficientnet_lite0 (real ImageNet weights), {len(fp32)} Conv2d/Linear weights "
         f"({sum(w.size for w in fp32.values()) / 1e6:.2f}M) quantized weight-only; "
         f"pool: {n_images} photos x 10 views = {len(pool)} views; labelled: {len(labels)}; "
         f"BatchNorm input statistics for {len(BN_STATS)} layers"
     )
-    ref = logits_of(model, pool)
+    ref = logits_of(model, pool, BATCH)
     label_t = torch.tensor(labels)
 
     def score(label: str) -> tuple[float, float, int]:
-        lg = logits_of(model, pool)
-        top1 = int((logits_of(model, centre).argmax(-1) == label_t).sum())
+        lg = logits_of(model, pool, BATCH)
+        top1 = int((logits_of(model, centre, BATCH).argmax(-1) == label_t).sum())
         agr, kl = agreement(ref, lg), mean_kl(ref, lg)
         print(f"  {label:<24} agree {100 * agr:5.1f}%  KL {kl:.4f}  top-1 {top1}/{len(labels)}")
         return agr, kl, top1
 
     rows: list[tuple[str, str, float, float, int]] = []
-    fp_top1 = int((logits_of(model, centre).argmax(-1) == label_t).sum())
+    fp_top1 = int((logits_of(model, centre, BATCH).argmax(-1) == label_t).sum())
     rows.append(("FP32", "-", 1.0, 0.0, fp_top1))
     apply(model, fp32, lambda _, w, n, h: nest_quantize(w, n, h).dequantize("full"), args.n, 4)
     rows.append((f"INT{args.n} full-bit", "-", *score(f"INT{args.n} full-bit")))
