@@ -16,14 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nqformat.quant import StageTimes, nest, nest_quantize_timed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -16,9 +17,11 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INVALID_FILE",
     "EXIT_USAGE",
+    "TORCH_EXTRA_INSTALL",
     "fail",
     "human_errors",
     "require_file",
+    "require_torch_extra",
 ]
 
 #: exit codes shared by every nqtool command
@@ -27,6 +30,9 @@ EXIT_USAGE = 2  # click's own code for bad arguments
 EXIT_INVALID_FILE = 3  # the input is not a valid .nq file (spec §11 error; verify's deep checks)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: how to get what convert, eval and bench need (pyproject.toml's ``torch`` extra)
+TORCH_EXTRA_INSTALL = 'pip install "nqformat[torch]"'
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
@@ -41,6 +47,19 @@ def require_file(path: os.PathLike[str] | str) -> None:
         fail(f"{path}: no such file")
     if os.path.isdir(path):
         fail(f"{path}: is a directory, expected a .nq file")
+
+
+def require_torch_extra(command: str, *modules: str) -> None:
+    """Fail with the install command where ``torch`` (or another of ``modules`` the torch extra
+    brings) cannot be imported, before ``command`` does any work."""
+    for name in ("torch", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            fail(
+                f"nqtool {command} needs the torch extra ({name} cannot be imported: {exc}); "
+                f"install it with: {TORCH_EXTRA_INSTALL}"
+            )
 
 
 def _debug() -> bool:
