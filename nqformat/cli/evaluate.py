@@ -229,15 +229,16 @@ def _dataset(data: pathlib.Path, preprocess: Preprocess, mapping: dict[str, int]
 class _FlatLabelled:
     """A flat folder of images labelled by their file names (a map-style torch dataset)."""
 
-    def __init__(self, data: pathlib.Path, preprocess: Preprocess) -> None:
+    def __init__(self, data: pathlib.Path, preprocess: Preprocess, pattern: str) -> None:
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
         files = sorted(
-            p for p in data.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+            p for p in data.glob(pattern) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
         )
         if not files:
             raise click.ClickException(
-                f"{data}: no images ({', '.join(IMG_EXTENSIONS[:3])}, ...) directly in the folder"
+                f"{data}: no images ({', '.join(IMG_EXTENSIONS[:3])}, ...) matching {pattern!r} "
+                "directly in the folder"
             )
         labels = [label_from_filename(p) for p in files]
         unlabelled = [p.name for p, label in zip(files, labels, strict=True) if label is None]
@@ -362,6 +363,13 @@ def _run(
     help="DATA is a flat folder of images whose names end in the class index, NAME_<index>.jpg "
     "(as foolbox names its ImageNet samples: imagenet_00_243.jpg is class 243).",
 )
+@click.option(
+    "--pattern",
+    default="*",
+    show_default=True,
+    help="With --labels-from-filename: only the images whose names match this glob "
+    "(foolbox's folder also holds CIFAR and MNIST samples: --pattern 'imagenet_*').",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option(
@@ -378,6 +386,7 @@ def eval_cmd(
     class_index: pathlib.Path | None,
     imagenet_synsets: bool,
     labels_from_filename: bool,
+    pattern: str,
     batch_size: int,
     workers: int,
     limit: int | None,
@@ -400,6 +409,8 @@ def eval_cmd(
             "give one of --class-index, --imagenet-synsets, --labels-from-filename, not both",
             EXIT_USAGE,
         )
+    if pattern != "*" and not labels_from_filename:
+        fail("--pattern selects files of a flat folder: give --labels-from-filename", EXIT_USAGE)
     require_torch_extra("eval", "torchvision")
     with nqformat.open(file) as f:
         meta = f.metadata
@@ -420,7 +431,7 @@ def eval_cmd(
     import nqformat.torch as nqtorch
 
     if labels_from_filename:
-        dataset: Any = _FlatLabelled(data, preprocess)
+        dataset: Any = _FlatLabelled(data, preprocess, pattern)
         sorted_folders = None
     else:
         dataset = _dataset(data, preprocess, mapping)
@@ -434,7 +445,9 @@ def eval_cmd(
     num_images = len(dataset)
     if not as_json:
         if labels_from_filename:
-            click.echo(f"data: {num_images} images in {data}, class index from each file name")
+            click.echo(
+                f"data: {num_images} images {pattern!r} in {data}, class index from each file name"
+            )
         else:
             click.echo(f"data: {num_images} images in {len(_classes(dataset))} folders of {data}")
         click.echo(f"preprocessing: {preprocess.describe()}")
