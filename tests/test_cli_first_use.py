@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from _no_torch import BLOCK_TORCH
 from click.testing import CliRunner
 
 import nqformat
@@ -31,18 +32,6 @@ def run(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
 def _foolbox_data() -> pathlib.Path:
     foolbox = pytest.importorskip("foolbox")
     return pathlib.Path(foolbox.__file__).parent / "data"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A 1000-class model with random weights: checks the mechanics, not accuracy."""
-    out = tmp_path_factory.mktemp("model") / "mnv3.nq"
-    code, _, err = run(
-        "convert", "mobilenetv3_small_050", "--zoo", "timm", "--n", "8", "--h", "6",
-        "--random-init", "--rounding", "rtn", "-q", "-o", out,
-    )  # fmt: skip
-    assert code == 0, err
-    return out
 
 
 def _eval_json(*args: str | os.PathLike[str]) -> dict:
@@ -232,16 +221,7 @@ def test_fp32_size_is_the_same_in_convert_inspect_zoo_and_report(tmp_path: pathl
 
 # --- commands that need the torch extra say how to get it --------------------------------------
 
-_BLOCK_TORCH = (
-    "import sys\n"
-    "class _Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'torch' or name.startswith('torch.'):\n"
-    "            raise ImportError('torch is blocked in this test')\n"
-    "sys.meta_path.insert(0, _Block())\n"
-    "from nqformat.cli import main\n"
-    "main()\n"
-)
+_BLOCK_TORCH = BLOCK_TORCH + "main()\n"
 
 
 @pytest.mark.parametrize("command", ["convert", "eval", "bench"])

@@ -17,6 +17,7 @@ import sys
 import click
 import numpy as np
 import pytest
+from _no_torch import BLOCK_TORCH
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -495,19 +496,7 @@ def test_debug_flag_shows_the_traceback(tmp_path: pathlib.Path) -> None:
 
 # --- no torch on the reader side ----------------------------------------------------------------
 
-_BLOCK_TORCH = (
-    "import sys\n"
-    "class _Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'torch' or name.startswith('torch.'):\n"
-    "            raise ImportError('torch is blocked in this test')\n"
-    "sys.meta_path.insert(0, _Block())\n"
-    "from nqformat.cli import main\n"
-    "try:\n"
-    "    main()\n"
-    "finally:\n"
-    "    assert 'torch' not in sys.modules\n"
-)
+_BLOCK_TORCH = BLOCK_TORCH + "try:\n    main()\nfinally:\n    assert 'torch' not in sys.modules\n"
 
 
 @pytest.mark.parametrize(
@@ -643,17 +632,6 @@ def imagenet_tree(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     # text form: one synset per line, line i = class i (all 1000, as a user would have it)
     (root / "synsets.txt").write_text("# ImageNet-1k synsets in index order\n" + "\n".join(synsets))
     return tree
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("model") / "mnv3.nq"
-    code, _, err = run(
-        "convert", "mobilenetv3_small_050", "--zoo", "timm", "--n", "8", "--h", "6",
-        "--random-init", "--rounding", "rtn", "-q", "-o", out,
-    )  # fmt: skip
-    assert code == 0, err
-    return out
 
 
 def _eval_json(*args: str | os.PathLike[str]) -> dict:
