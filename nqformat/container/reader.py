@@ -16,7 +16,6 @@ import json
 import mmap
 import os
 import pathlib
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,8 +148,8 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
         raise UnsupportedFeatureError(
             f"incompat_flags has unknown bits {unknown:#x}; this reader cannot read the file (§3.3)"
         )
-    if not (spec.MIN_N <= pre.n <= spec.MAX_N and spec.MIN_H <= pre.h <= pre.n - 1):
-        raise InvalidHeaderError(f"need 2 <= n <= 8 and 1 <= h <= n-1, got n={pre.n}, h={pre.h}")
+    if not spec.bits_valid(pre.n, pre.h):
+        raise InvalidHeaderError(f"need {spec.BITS_RULE}, got n={pre.n}, h={pre.h}")
     # step 7: limits, before any arithmetic that a C reader could overflow
     if pre.tensor_count > spec.MAX_TENSOR_COUNT:
         raise LimitError(f"tensor_count {pre.tensor_count} exceeds {spec.MAX_TENSOR_COUNT} (§10)")
@@ -164,16 +163,11 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
     meta_len = pre.sections[Section.META].length
     if meta_len > spec.MAX_META_LENGTH:
         raise LimitError(f"META.length {meta_len} exceeds 16 MiB (§10)")
-    header_end = (
-        spec.INDEX_OFFSET
-        + spec.RECORD_SIZE * pre.tensor_count
-        + pre.sections[Section.NAMES].length
-        + meta_len
-    )
+    header_end = spec.header_end(pre.tensor_count, pre.sections[Section.NAMES].length, meta_len)
     if header_end > spec.MAX_HEADER_END:
         raise LimitError(f"header_end {header_end} exceeds 256 MiB (§10)")
     # step 8: the canonical layout (§3.2)
-    expected = _canonical_offsets(pre)
+    expected = spec.canonical_offsets([entry.length for entry in pre.sections])
     for which, entry in zip(Section, pre.sections, strict=True):
         if which is Section.INDEX and entry.length != spec.RECORD_SIZE * pre.tensor_count:
             raise LayoutError(
@@ -203,25 +197,6 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
     return pre
 
 
-def _canonical_offsets(pre: Preamble) -> dict[Section, int]:
-    s = pre.sections
-    index_off = spec.INDEX_OFFSET
-    names_off = index_off + s[Section.INDEX].length
-    meta_off = names_off + s[Section.NAMES].length
-    header_end = meta_off + s[Section.META].length
-    data_off = spec.align(header_end, spec.SECTION_ALIGN)
-    high_off = spec.align(data_off + s[Section.DATA].length, spec.SECTION_ALIGN)
-    low_off = spec.align(high_off + s[Section.HIGH].length, spec.SECTION_ALIGN)
-    return {
-        Section.INDEX: index_off,
-        Section.NAMES: names_off,
-        Section.META: meta_off,
-        Section.DATA: data_off,
-        Section.HIGH: high_off,
-        Section.LOW: low_off,
-    }
-
-
 def _check_header_crcs(pre: Preamble, header: bytes) -> None:
     """Step 10: CRCs of INDEX, NAMES, META; ``header`` holds file bytes [0, header_end)."""
     for which in (Section.INDEX, Section.NAMES, Section.META):
@@ -231,18 +206,6 @@ def _check_header_crcs(pre: Preamble, header: bytes) -> None:
             raise ChecksumError(
                 f"{which.name} CRC is {entry.crc:#010x}, computed {actual:#010x} (§3.2)"
             )
-
-
-def _numel(dims: tuple[int, ...]) -> int:
-    """Exact element count; LimitError over 2^48 (§10), independent of the order of dims."""
-    if any(d > spec.MAX_NUMEL for d in dims):
-        raise LimitError(f"dimension in {dims} exceeds 2^48 (§10)")
-    numel = 1
-    for d in dims:
-        numel *= d
-    if numel > spec.MAX_NUMEL:
-        raise LimitError(f"shape {dims} has {numel} elements, more than 2^48 (§10)")
-    return numel
 
 
 def _check_records(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
@@ -451,7 +414,7 @@ def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
                 any_zstd = True
         # 11b: element count
         shape = rec.shape
-        numel = _numel(shape)
+        numel = spec.numel(shape)
         # 11c: name
         if not 1 <= rec.name_length <= spec.MAX_NAME_LENGTH:
             raise InvalidNameError(f"{where}: name_length {rec.name_length} not in 1..1024 (§5)")
@@ -513,24 +476,14 @@ def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
     return tuple(infos)
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
 def _check_meta(raw: bytes) -> dict[str, Any]:
     """Step 12: META is a UTF-8 JSON object, no duplicate keys, depth <= 64 (§6)."""
     try:
         text = raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise MetadataError(f"META is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    # Depth first, without recursion: brackets outside strings, as a running sum.
-    skeleton = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
-    steps = (
-        (skeleton == ord("{")).astype(np.int64)
-        + (skeleton == ord("["))
-        - (skeleton == ord("}"))
-        - (skeleton == ord("]"))
-    )
-    if steps.size and int(np.cumsum(steps).max()) > spec.MAX_META_DEPTH:
+    # Depth first, without recursion, so that json.loads never meets a deep nest.
+    if spec.json_depth(raw) > spec.MAX_META_DEPTH:
         raise MetadataError(f"META nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -877,7 +830,7 @@ class NQFile:
                         f"{which.name} section CRC is {entry.crc:#010x}, computed {actual:#010x}"
                     )
             problems.extend(self._verify_padding(present))
-            qmin, qmax = -(1 << (self.n - 1)), (1 << (self.n - 1)) - 1
+            qmin, qmax = spec.code_range(self.n)
             for info in self._header.tensors:
                 for which in (Section.DATA, Section.HIGH, Section.LOW):
                     if which not in present or (
