@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from nqformat import bitpack
+from nqformat._atomic import AtomicFile
 from nqformat.container import spec
 from nqformat.container.spec import (
     BlobRef,
@@ -469,50 +470,27 @@ class NQWriter:
     def _finish(self) -> pathlib.Path:
         meta = self._meta_bytes()
         preamble, records = self._layout(meta)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self._dir, prefix=f".{self.path.name}.", suffix=".nq-tmp"
-        )
-        tmp = pathlib.Path(tmp_name)
-        try:
-            # mkstemp creates 0600; give the finished file the permissions a plain open() would.
-            if hasattr(os, "fchmod"):  # POSIX only
-                os.fchmod(fd, _DEFAULT_FILE_MODE & ~_current_umask())
-            with os.fdopen(fd, "wb") as out:
-                out.write(preamble.pack())
-                out.write(b"".join(r.pack() for r in records))
-                out.write(b"".join(self._names))
-                out.write(meta)
-                for which in (Section.DATA, Section.HIGH, Section.LOW):
-                    entry = preamble.section(which)
-                    gap = entry.offset - out.tell()
-                    if gap:
-                        out.write(bytes(gap))
-                    self._spools[which].copy_into(out)
-                if out.tell() != preamble.full_end:
-                    raise OSError(f"wrote {out.tell()} bytes, expected {preamble.full_end}")
-                out.flush()
-                os.fsync(out.fileno())
-                if self._hook is not None:
-                    self._hook("<close>")
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._fsync_dir()
+        with AtomicFile(self.path, suffix=".nq-tmp") as target:
+            out = target.file
+            out.write(preamble.pack())
+            out.write(b"".join(r.pack() for r in records))
+            out.write(b"".join(self._names))
+            out.write(meta)
+            for which in (Section.DATA, Section.HIGH, Section.LOW):
+                entry = preamble.section(which)
+                gap = entry.offset - out.tell()
+                if gap:
+                    out.write(bytes(gap))
+                self._spools[which].copy_into(out)
+            if out.tell() != preamble.full_end:
+                raise OSError(
+                    f"{self.path}: wrote {out.tell()} bytes, expected {preamble.full_end}"
+                )
+            target.sync()
+            if self._hook is not None:
+                self._hook("<close>")
         self.abort()  # releases the spools; the file is in place
         return self.path
-
-    def _fsync_dir(self) -> None:
-        try:
-            dfd = os.open(self._dir, os.O_RDONLY)
-        except OSError:
-            return  # e.g. platforms that cannot open directories
-        try:
-            os.fsync(dfd)
-        except OSError:
-            pass
-        finally:
-            os.close(dfd)
 
 
 def _check_range(name: str, what: str, arr: np.ndarray, lo: int, hi: int) -> None:
@@ -521,13 +499,3 @@ def _check_range(name: str, what: str, arr: np.ndarray, lo: int, hi: int) -> Non
     amin, amax = int(arr.min()), int(arr.max())
     if amin < lo or amax > hi:
         raise QuantizationError(f"{name}: {what} must lie in [{lo}, {hi}], got [{amin}, {amax}]")
-
-
-_DEFAULT_FILE_MODE = 0o666
-
-
-def _current_umask() -> int:
-    """The process umask (reading it means setting it; restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
