@@ -261,7 +261,7 @@ def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] 
     raw_len = {
         Section.DATA: np.where(
             nested,
-            np.uint64(spec.NESTED_PARAM_ARRAYS * 4) * dims[:, 0],
+            spec.params_length(dims[:, 0]),
             numel * _DTYPE_ITEMSIZE[dtype],
         ),
         Section.HIGH: spec.packed_length(numel, np.uint64(pre.h)),

@@ -38,6 +38,7 @@ __all__ = [
     "MIN_H",
     "MIN_N",
     "NESTED_PARAM_ARRAYS",
+    "PARAM_ITEMSIZE",
     "PREAMBLE_CRC_OFFSET",
     "PREAMBLE_SIZE",
     "RECORD_DTYPE",
@@ -69,6 +70,7 @@ __all__ = [
     "max_zstd_length",
     "numel",
     "packed_length",
+    "params_length",
     "raw_blob_length",
 ]
 
@@ -95,6 +97,7 @@ RECORD_SIZE = 160  # §4
 BLOB_REF_SIZE = 24  # §4
 MAX_DIMS = 8  # §4, §10
 NESTED_PARAM_ARRAYS = 4  # §4.2, §7.2: scale_full, offset_full, scale_part, offset_part
+PARAM_ITEMSIZE = 4  # §4.2: each parameter array is float32[C]
 
 # --- §7.1 blob placement ------------------------------------------------------------------------
 BLOB_ALIGN = 64  # §7.1: every blob starts at a multiple of 64 bytes inside its section
@@ -256,6 +259,11 @@ def packed_length(count: int, width: int) -> int:
     return (count * width + 7) // 8
 
 
+def params_length(channels: int) -> int:
+    """Bytes of a NESTED tensor's DATA blob: four float32 arrays of ``channels`` (§4.2)."""
+    return NESTED_PARAM_ARRAYS * PARAM_ITEMSIZE * channels
+
+
 def numel(dims: Sequence[int]) -> int:
     """Exact element count of a shape; LimitError over 2^48 (§10), whatever the order of dims."""
     if any(d > MAX_NUMEL for d in dims):
@@ -288,14 +296,13 @@ def canonical_offsets(lengths: Sequence[int]) -> tuple[int, ...]:
 def raw_blob_length(
     kind: Kind, which: Section, dtype: DType, dims: tuple[int, ...], n: int, h: int
 ) -> int:
-    """Uncompressed length of a blob (§4.2); ``which`` is DATA, HIGH or LOW."""
-    count = 1
-    for d in dims:
-        count *= d
+    """Uncompressed length of a blob (§4.2); ``which`` is DATA, HIGH or LOW. ``dims`` must
+    already be within the limits (LimitError otherwise, as :func:`numel`)."""
+    count = numel(dims)
     if kind is Kind.RAW:
         return count * dtype.itemsize if which is Section.DATA else 0
     if which is Section.DATA:
-        return NESTED_PARAM_ARRAYS * 4 * dims[0]
+        return params_length(dims[0])
     return packed_length(count, h if which is Section.HIGH else n - h + 1)
 
 
