@@ -118,7 +118,8 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
 
 
 def _about_target(exc: OSError, target: pathlib.Path) -> OSError:
-    """The same OS error, naming ``target`` instead of the temporary file."""
+    """The same OS error, naming ``target`` instead of the temporary file (an error without an
+    errno is one of ours and already says what it is about)."""
     if exc.errno is None:
-        return OSError(f"{target}: {exc}")
+        return exc
     return type(exc)(exc.errno, exc.strerror, str(target))
