@@ -71,10 +71,14 @@ class NQFile:
     _PART_MAP = _PART_MAP  # the source's map keys, for nqformat.container.verify
     _LOW_MAP = _LOW_MAP
 
-    def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, verify: bool = True, source: ByteSource | None = None
+    ) -> None:
+        """``source`` serves the bytes instead of the local file at ``path`` (which then only
+        names the file in messages); the NQFile closes it."""
         self.path = pathlib.Path(path)
         self._verify_blobs = verify
-        self._src: ByteSource = FileSource(self.path)
+        self._src: ByteSource = FileSource(self.path) if source is None else source
         self._header: Header
         try:
             self.file_size = self._src.size
