@@ -21,7 +21,8 @@ import tracemalloc
 
 import numpy as np
 
-from nqformat.quant import StageTimes, nest, nest_quantize_timed
+from nqformat.quant import nest
+from nqformat.quant.nest import StageTimes, nest_quantize_timed
 
 STAGE_LABELS = {
     "affine": "affine (S, Z, X)",

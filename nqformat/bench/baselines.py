@@ -82,7 +82,7 @@ def load_baseline(module: Any, path: Path, width: int) -> Any:
     from safetensors.numpy import load_file
 
     from nqformat import bitpack
-    from nqformat.container.reader import _dequantize as dequantize
+    from nqformat.container.dequant import dequantize
     from nqformat.torch._tensors import to_torch, writable_view
 
     arrays = load_file(str(path))

@@ -4,11 +4,11 @@ the JSON object and the report (the report's hand-written notes section is kept)
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nqformat._atomic import AtomicFile
 from nqformat.bench.cases import MIB, REQUIRED_KEYS
 from nqformat.bench.text import fmt, rss_cell, verdict
 
@@ -355,7 +355,7 @@ def write_outputs(result: dict[str, Any], json_path: Path | None, md_path: Path 
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once (the shared atomic-write helper)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with AtomicFile(path) as out:
+        out.file.write(text.encode("utf-8"))
