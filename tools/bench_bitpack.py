@@ -8,10 +8,12 @@ the width's range: the worst case for the lookup-table paths), and compares them
 * naive: a plain numpy decoder (one uint64 window per group of 8, then shift, mask and sign
   extend each of the 8 fields), the obvious vectorised implementation.
 
-Each figure is the median of ``--reps`` timed runs after one warm-up run. ``unpack`` is timed
-both into a preallocated ``out=`` array and with a fresh result array (page faults included),
-and once more single-threaded in CPU time (``time.thread_time``), which estimates an idle core
-when other jobs share the machine; the load average is recorded for the same reason.
+The measurement is ``nqformat.bench.unpack.bench_width`` (``nqtool bench`` records the same);
+this script prints it for every width. Each figure is the median of ``--reps`` timed runs
+after one warm-up run. ``unpack`` is timed both into a preallocated ``out=`` array and with a
+fresh result array (page faults included), and once more single-threaded in CPU time
+(``time.thread_time``), which estimates an idle core when other jobs share the machine; the load
+average is recorded for the same reason.
 
     python tools/bench_bitpack.py --count 33554432 --json bench.json
 """
@@ -21,79 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from nqformat.bitpack import pack, packed_size, unpack
-
-
-def _median_seconds(
-    fn: Callable[[], object], reps: int, clock: Callable[[], float] = time.perf_counter
-) -> float:
-    fn()  # warm-up: tables, thread pool, page faults of preallocated buffers
-    times = []
-    for _ in range(reps):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return statistics.median(times)
-
-
-def naive_unpack(buf: np.ndarray, width: int, count: int) -> np.ndarray:
-    """Straightforward numpy decoder: uint64 window per group, 8 shift-and-mask passes."""
-    n_groups = -(-count // 8)
-    padded = np.zeros(n_groups * width + 8, dtype=np.uint8)
-    padded[: buf.size] = buf
-    windows = np.ndarray((n_groups,), dtype="<u8", buffer=padded, strides=(width,))
-    out = np.empty((n_groups, 8), dtype=np.int8)
-    mask = np.uint64((1 << width) - 1)
-    for j in range(8):
-        field = (windows >> np.uint64(j * width)) & mask
-        out[:, j] = field.astype(np.uint8).view(np.int8)
-    flat = out.reshape(-1)[:count]
-    shift = np.int8(8 - width)
-    return (flat << shift) >> shift
-
-
-def bench_width(width: int, count: int, reps: int, threads: int | None, naive: bool) -> dict:
-    rng = np.random.default_rng(width)
-    lo, hi = -(1 << (width - 1)), 1 << (width - 1)
-    codes = rng.integers(lo, hi, size=count, dtype=np.int8)
-    packed = pack(codes, width)
-    if not np.array_equal(unpack(packed, width, count), codes):
-        raise SystemExit(f"width {width}: unpack(pack(x)) != x")
-    out = np.empty(count, dtype=np.int8)
-    copy_dst = np.empty_like(packed)
-
-    t_copy = _median_seconds(lambda: np.copyto(copy_dst, packed), reps)
-    t_out = _median_seconds(lambda: unpack(packed, width, count, out=out, threads=threads), reps)
-    t_new = _median_seconds(lambda: unpack(packed, width, count, threads=threads), reps)
-    t_pack = _median_seconds(lambda: pack(codes, width, threads=threads), reps)
-    # CPU time of one thread: what an idle core would take, even when others share the machine.
-    t_cpu = _median_seconds(
-        lambda: unpack(packed, width, count, out=out, threads=1), reps, time.thread_time
-    )
-    result = {
-        "packed_bytes": packed_size(count, width),
-        "memcpy_bytes_per_s": packed.size / t_copy,
-        "unpack_elements_per_s": count / t_out,
-        "unpack_alloc_elements_per_s": count / t_new,
-        "unpack_vs_memcpy": t_out / t_copy,
-        "pack_elements_per_s": count / t_pack,
-        "unpack_1thread_cpu_time_elements_per_s": count / t_cpu,
-    }
-    if naive:
-        if not np.array_equal(naive_unpack(packed, width, count), codes):
-            raise SystemExit(f"width {width}: naive baseline is wrong")
-        t_naive = _median_seconds(lambda: naive_unpack(packed, width, count), reps)
-        result["naive_unpack_elements_per_s"] = count / t_naive
-        result["speedup_vs_naive"] = t_naive / t_out
-    return result
+from nqformat.bench.unpack import bench_width
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,19 +29,13 @@ Agreement over a few hundred views of 37 photos is a fidelity measure, not Image
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# one implementation of the photo pool: this table and docs/accuracy.md measure on the same views
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from accuracy_table import (
+from nqformat.bench.photos import (
     DataConfig,
     agreement,
     centre_views,
@@ -52,7 +46,6 @@ from accuracy_table import (
     pool_images,
     ten_views,
 )
-
 from nqformat.quant import (
     activation_moments,
     nest_quantize,

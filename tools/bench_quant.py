@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nqformat.quant import StageTimes, nest, nest_quantize_timed
+from nqformat.quant import nest
+from nqformat.quant.nest import StageTimes, nest_quantize_timed
 
 STAGE_LABELS = {
     "affine": "affine (S, Z, X)",

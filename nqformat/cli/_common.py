@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import pathlib
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,9 +19,14 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INVALID_FILE",
     "EXIT_USAGE",
+    "TORCH_EXTRA_INSTALL",
+    "check_output_dir",
+    "check_output_path",
     "fail",
     "human_errors",
+    "process_seconds",
     "require_file",
+    "require_torch_extra",
 ]
 
 #: exit codes shared by every nqtool command
@@ -27,6 +35,9 @@ EXIT_USAGE = 2  # click's own code for bad arguments
 EXIT_INVALID_FILE = 3  # the input is not a valid .nq file (spec §11 error; verify's deep checks)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: how to get what convert, eval and bench need (pyproject.toml's ``torch`` extra)
+TORCH_EXTRA_INSTALL = 'pip install "nqformat[torch]"'
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
@@ -41,6 +52,59 @@ def require_file(path: os.PathLike[str] | str) -> None:
         fail(f"{path}: no such file")
     if os.path.isdir(path):
         fail(f"{path}: is a directory, expected a .nq file")
+
+
+def check_output_path(path: pathlib.Path, force: bool) -> None:
+    """Fail with one line where ``path`` cannot be written (a directory, a missing or read-only
+    parent, an existing file without ``force``): before any slow work, not after it."""
+    if path.is_dir():
+        fail(f"{path}: is a directory; give a file name with -o")
+    check_output_dir(path.parent, path)
+    if path.exists() and not force:
+        fail(f"{path}: exists; pass --force to overwrite it")
+
+
+def check_output_dir(directory: pathlib.Path, path: pathlib.Path | None = None) -> None:
+    """Fail with one line where no file can be created in ``directory`` (``path``: the file
+    meant, named in the message)."""
+    what = f"{path}: " if path is not None else ""
+    if not directory.exists():
+        fail(f"{what}directory {directory} does not exist")
+    if not directory.is_dir():
+        fail(f"{what}{directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        fail(f"{what}cannot write in {directory} (permission denied)")
+
+
+#: where process_seconds counts from when the kernel cannot say (time of the first CLI import)
+_IMPORTED_AT = time.time()
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (interpreter start, imports included), from
+    ``/proc/self/stat`` where there is one; else since the CLI was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            # field 22 (starttime, clock ticks after boot) follows the parenthesised command name
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time() - _IMPORTED_AT
+
+
+def require_torch_extra(command: str, *modules: str) -> None:
+    """Fail with the install command where ``torch`` (or another of ``modules`` the torch extra
+    brings) cannot be imported, before ``command`` does any work."""
+    for name in ("torch", *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            fail(
+                f"nqtool {command} needs the torch extra ({name} cannot be imported: {exc}); "
+                f"install it with: {TORCH_EXTRA_INSTALL}"
+            )
 
 
 def _debug() -> bool:

@@ -1,39 +1,20 @@
 """``nqtool bench``: the paper's resource tables measured on this machine, as ratios to baselines.
 
-Thin: the measurements live in ``tools/bench_resources.py`` (they need a source checkout, torch,
-the model zoos and safetensors); this module parses options, shows progress on stderr, prints the
-table and writes the JSON object and the markdown report.
+Thin: the measurements live in the ``nqformat.bench`` package (they need the torch extra and
+safetensors); this module parses options, shows progress on stderr, prints the table and writes
+the JSON object and the markdown report.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import shlex
-import sys
-from types import ModuleType
 
 import click
 
-from nqformat.cli._common import fail, human_errors
+from nqformat.cli._common import human_errors, require_torch_extra
 
 __all__ = ["bench"]
-
-#: tools/bench_resources.py, relative to the repository root (two levels above this package)
-_TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "bench_resources.py"
-
-
-def _load_tool() -> ModuleType:
-    """Import the heavy part from the checkout; a clear error where it is missing."""
-    if not _TOOL.is_file():
-        fail(f"{_TOOL} not found: nqtool bench runs from a source checkout of nqformat")
-    spec = importlib.util.spec_from_file_location("nqformat_bench_resources", _TOOL)
-    if spec is None or spec.loader is None:
-        fail(f"cannot import {_TOOL}")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def _command_line(quick: bool, json_path: pathlib.Path | None, md_path: pathlib.Path | None) -> str:
@@ -85,17 +66,19 @@ def bench(
     Every time is a ratio to the baseline a user would otherwise pick (a separate INT-n or INT-h
     model in safetensors, loaded with the same dequantization code), measured in the same run.
     """
-    tool = _load_tool()
+    require_torch_extra("bench", "safetensors")
+    from nqformat import bench as harness
+
     command = _command_line(quick, json_path, md_path)
-    options = tool.BenchOptions(quick=quick, workdir=workdir, command=command)
+    options = harness.BenchOptions(quick=quick, workdir=workdir, command=command)
 
     def progress(line: str) -> None:
         if not quiet:
             click.echo(line, err=True)
 
-    result = tool.run_bench(options, progress=progress)
-    tool.write_outputs(result, json_path, md_path)
-    click.echo(tool.render_text(result))
+    result = harness.run_bench(options, progress=progress)
+    harness.write_outputs(result, json_path, md_path)
+    click.echo(harness.render_text(result))
     for path in (json_path, md_path):
         if path is not None:
             click.echo(f"wrote {path}")

@@ -1,4 +1,7 @@
-"""``nqtool eval``: top-1/top-5 of the part-bit and full-bit models on an ImageFolder tree.
+"""``nqtool eval``: top-1/top-5 of the part-bit and full-bit models on labelled images.
+
+The images are an ImageFolder tree (DIR/<class>/<image>) or, with ``--labels-from-filename``, a
+flat folder whose file names end in the class index (foolbox's ``imagenet_00_243.jpg``: 243).
 
 torch, torchvision and the runtime are imported inside the command only, so the rest of nqtool
 stays torch-free. The preprocessing is the one the file's META records for its source model.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -16,13 +20,20 @@ from typing import Any
 
 import click
 
-from nqformat.cli._common import EXIT_USAGE, fail, human_errors, require_file
+from nqformat.cli._common import (
+    EXIT_USAGE,
+    fail,
+    human_errors,
+    require_file,
+    require_torch_extra,
+)
 
 __all__ = [
     "EvalResult",
     "Preprocess",
     "eval_cmd",
     "imagenet_synset_index",
+    "label_from_filename",
     "parse_class_index",
     "preprocess_from_meta",
 ]
@@ -37,6 +48,8 @@ DEFAULT_INTERPOLATION = "bilinear"
 TOPK = (1, 5)
 #: --limit draws its images with this seed, so a limited run is the same every time.
 LIMIT_SEED = 0
+#: --labels-from-filename: the class index is the last ``_<digits>`` of the file's stem
+LABEL_IN_NAME = re.compile(r"_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,13 @@ def parse_class_index(path: pathlib.Path) -> dict[str, int]:
     return index
 
 
+def label_from_filename(path: pathlib.Path) -> int | None:
+    """The class index a file name carries as its last ``_<digits>`` (``imagenet_00_243.jpg``:
+    243, the way foolbox names its ImageNet samples); None where the name carries none."""
+    match = LABEL_IN_NAME.search(pathlib.Path(path).stem)
+    return int(match.group(1)) if match else None
+
+
 def imagenet_synset_index() -> dict[str, int]:
     """WordNet synset id (n01440764, ...) -> standard ImageNet-1k index, from timm (offline)."""
     from timm.data import ImageNetInfo
@@ -206,7 +226,63 @@ def _dataset(data: pathlib.Path, preprocess: Preprocess, mapping: dict[str, int]
     return dataset
 
 
-def _run(model: Any, loader: Any, mode: str, num_images: int) -> EvalResult:
+class _FlatLabelled:
+    """A flat folder of images labelled by their file names (a map-style torch dataset)."""
+
+    def __init__(self, data: pathlib.Path, preprocess: Preprocess, pattern: str) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        files = sorted(
+            p for p in data.glob(pattern) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+        )
+        if not files:
+            raise click.ClickException(
+                f"{data}: no images ({', '.join(IMG_EXTENSIONS[:3])}, ...) matching {pattern!r} "
+                "directly in the folder"
+            )
+        labels = [label_from_filename(p) for p in files]
+        unlabelled = [p.name for p, label in zip(files, labels, strict=True) if label is None]
+        if unlabelled:
+            raise click.ClickException(
+                f"{len(unlabelled)} image(s) of {data} carry no class index in their name "
+                f"(expected NAME_<index>.jpg, e.g. imagenet_00_243.jpg), e.g. {unlabelled[0]}"
+            )
+        self.samples = [(p, int(label)) for p, label in zip(files, labels, strict=True)]
+        self.classes = sorted({str(label) for _, label in self.samples})
+        self.transform = preprocess.transform()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from torchvision.datasets.folder import default_loader
+
+        path, label = self.samples[i]
+        return self.transform(default_loader(str(path))), label
+
+
+def _check_folders_fit(folders: int, data: pathlib.Path, classes: int) -> None:
+    """Folders indexed in sorted order are the model's classes only if there are as many."""
+    if folders == classes:
+        return
+    raise click.ClickException(
+        f"{data} has {folders} class folder(s) but the model has {classes} classes, so the "
+        "folders in sorted order cannot be its class indices; say how they map with "
+        "--imagenet-synsets (folders named n01440764, ...), --class-index FILE, or use "
+        "--labels-from-filename for a flat folder of NAME_<index>.jpg files"
+    )
+
+
+def _run(
+    model: Any,
+    loader: Any,
+    mode: str,
+    num_images: int,
+    sorted_folders: tuple[int, pathlib.Path] | None = None,
+) -> EvalResult:
+    """Top-1/top-5 counts of ``model`` over ``loader``. ``sorted_folders``: (number of class
+    folders, DATA) when the folders are indexed in sorted order, checked against the model's
+    classes on the first batch, before any count is reported."""
     import torch
     from rich.console import Console
     from rich.progress import (
@@ -237,10 +313,13 @@ def _run(model: Any, loader: Any, mode: str, num_images: int) -> EvalResult:
                     f"the model returned shape {tuple(logits.shape)}, expected (batch, classes)"
                 )
             classes = logits.shape[1]
+            if sorted_folders is not None:
+                _check_folders_fit(*sorted_folders, classes)
+                sorted_folders = None  # the first batch decides
             if int(targets.max()) >= classes:
                 raise click.ClickException(
                     f"class index {int(targets.max())} but the model has {classes} classes; "
-                    "check --class-index / --imagenet-synsets"
+                    "check --class-index / --imagenet-synsets / --labels-from-filename"
                 )
             k = min(max(TOPK), classes)
             best = logits.topk(k, dim=1).indices
@@ -258,7 +337,8 @@ def _run(model: Any, loader: Any, mode: str, num_images: int) -> EvalResult:
     "--data",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path),
-    help="ImageFolder tree: DIR/<class folder>/<image>.",
+    help="ImageFolder tree DIR/<class folder>/<image>, or a flat folder with "
+    "--labels-from-filename.",
 )
 @click.option(
     "--mode",
@@ -277,6 +357,19 @@ def _run(model: Any, loader: Any, mode: str, num_images: int) -> EvalResult:
     is_flag=True,
     help="Folders are ImageNet synset ids (n01440764, ...): map them to the standard 0..999.",
 )
+@click.option(
+    "--labels-from-filename",
+    is_flag=True,
+    help="DATA is a flat folder of images whose names end in the class index, NAME_<index>.jpg "
+    "(as foolbox names its ImageNet samples: imagenet_00_243.jpg is class 243).",
+)
+@click.option(
+    "--pattern",
+    default="*",
+    show_default=True,
+    help="With --labels-from-filename: only the images whose names match this glob "
+    "(foolbox's folder also holds CIFAR and MNIST samples: --pattern 'imagenet_*').",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option(
@@ -292,6 +385,8 @@ def eval_cmd(
     mode: str,
     class_index: pathlib.Path | None,
     imagenet_synsets: bool,
+    labels_from_filename: bool,
+    pattern: str,
     batch_size: int,
     workers: int,
     limit: int | None,
@@ -301,13 +396,22 @@ def eval_cmd(
 
     DATA is an ImageFolder tree. Its folders are indexed in sorted order unless --class-index or
     --imagenet-synsets says how they map to the model's classes (needed for any subset of
-    ImageNet). The preprocessing is the one recorded in the file's META.
+    ImageNet); sorted folders that cannot be the model's classes are an error. With
+    --labels-from-filename DATA is a flat folder and each file name carries its class index.
+    The preprocessing is the one recorded in the file's META.
     """
     import nqformat
 
     require_file(file)
-    if class_index is not None and imagenet_synsets:
-        fail("give --class-index or --imagenet-synsets, not both", EXIT_USAGE)
+    chosen = [class_index is not None, imagenet_synsets, labels_from_filename]
+    if sum(chosen) > 1:
+        fail(
+            "give one of --class-index, --imagenet-synsets, --labels-from-filename, not both",
+            EXIT_USAGE,
+        )
+    if pattern != "*" and not labels_from_filename:
+        fail("--pattern selects files of a flat folder: give --labels-from-filename", EXIT_USAGE)
+    require_torch_extra("eval", "torchvision")
     with nqformat.open(file) as f:
         meta = f.metadata
         part_only = f.part_only
@@ -326,7 +430,12 @@ def eval_cmd(
 
     import nqformat.torch as nqtorch
 
-    dataset = _dataset(data, preprocess, mapping)
+    if labels_from_filename:
+        dataset: Any = _FlatLabelled(data, preprocess, pattern)
+        sorted_folders = None
+    else:
+        dataset = _dataset(data, preprocess, mapping)
+        sorted_folders = (len(dataset.classes), data) if mapping is None else None
     total = len(dataset)
     if limit is not None and limit < total:
         generator = torch.Generator().manual_seed(LIMIT_SEED)
@@ -335,9 +444,14 @@ def eval_cmd(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
     num_images = len(dataset)
     if not as_json:
-        click.echo(f"data: {num_images} images in {len(_classes(dataset))} folders of {data}")
+        if labels_from_filename:
+            click.echo(
+                f"data: {num_images} images {pattern!r} in {data}, class index from each file name"
+            )
+        else:
+            click.echo(f"data: {num_images} images in {len(_classes(dataset))} folders of {data}")
         click.echo(f"preprocessing: {preprocess.describe()}")
-        if mapping is None:
+        if mapping is None and not labels_from_filename:
             click.echo("class index: folders in sorted order -> 0..k-1 (no --class-index given)")
     model_meta = meta.get("model")
     if isinstance(model_meta, dict) and model_meta.get("random_init") is True:
@@ -352,7 +466,7 @@ def eval_cmd(
     model = nqtorch.load(file, mode=first)
     try:
         model.eval()
-        results.append(_run(model, loader, first, num_images))
+        results.append(_run(model, loader, first, num_images, sorted_folders))
         if mode == "both":
             report = nqtorch.switch(model, "full")
             switch_info = {**asdict(report), "bytes_paged": report.bytes_paged}

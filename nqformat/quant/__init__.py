@@ -39,7 +39,3 @@ __all__ = [
     "squant_round",
     "to_integer_domain",
 ]
-
-# Benchmark hooks, not public API (not in __all__): they live in nqformat.quant.nest. Still
-# importable from here only because tools/bench_quant.py imports them so (owned elsewhere).
-from nqformat.quant.nest import StageTimes, nest_quantize_timed  # noqa: F401

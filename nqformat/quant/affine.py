@@ -1,6 +1,6 @@
 """Per-output-channel affine parameters of SQuant and the dequantization pairs stored in a file.
 
-The quantizer follows the reference's ZeroQ conventions (research note §1.1): ``S`` is the
+The quantizer follows the reference's ZeroQ conventions (docs/quantizer.md step 1): ``S`` is the
 *inverse* step and the zero point enters with a plus sign, ``W ≈ (q + Z) / S``. The file stores
 instead ``scale``/``offset`` pairs so that a reader dequantizes with one multiply and one add
 (spec/nq-v1.md §7.2); this module derives both.
@@ -21,7 +21,8 @@ __all__ = [
 
 F32 = np.float32
 
-#: Floor on a channel's max - min, so S stays finite for constant channels (research note §1.1).
+#: Floor on a channel's max - min, so S stays finite for constant channels (docs/quantizer.md
+#: step 1).
 MIN_RANGE = F32(1e-8)
 
 
@@ -58,7 +59,7 @@ def inherited_part_params(
     """The paper's part-bit pair: step ``2^l / S`` and offset ``Z / S``, l = low_bits.
 
     This is the reference's ``S_nest = S / 2^l``, ``Z_nest = Z / 2^l`` written as scale/offset:
-    ``(H + Z/2^l) / (S/2^l) = H * 2^l/S + Z/S`` (research note §2.1).
+    ``(H + Z/2^l) / (S/2^l) = H * 2^l/S + Z/S`` (docs/quantizer.md steps 3-5).
     """
     s64 = s.astype(np.float64)
     return (float(2**low_bits) / s64).astype(F32), (z.astype(np.float64) / s64).astype(F32)

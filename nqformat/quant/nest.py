@@ -2,7 +2,7 @@
 
 ``w_int = w_high * 2^l + w_low`` (l = n - h) holds exactly for every element. The full-bit model
 dequantizes ``w_int``; the part-bit model dequantizes ``w_high`` alone (``w_low`` treated as 0)
-with parameters of its own (research note §2.1, spec/nq-v1.md §7.2).
+with parameters of its own (docs/quantizer.md steps 3-5, spec/nq-v1.md §7.2).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _high_codes(
     k_stage: bool,
     c_stage: bool,
 ) -> np.ndarray:
-    """w_high (float32, integer-valued) from the n-bit codes q (research note §2.1)."""
+    """w_high (float32, integer-valued) from the n-bit codes q (docs/quantizer.md steps 3-5)."""
     hmin, hmax = spec.code_range(h)
     if rounding is Rounding.BITSHIFT:
         return np.floor(q * F32(2.0**-low_bits))

@@ -2,8 +2,9 @@
 
 The paper's part-bit model reuses the full-bit grid (step ``2^l/S``, offset ``Z/S``), which is
 biased: the high codes are rounded from the *integer* codes, and the top of each channel's range
-is clipped (research note §2.1). With ``w_high`` fixed we instead fit ``w ≈ a*H + b`` per output
-channel to the FP32 weights. The integer codes never change, only the two floats per channel.
+is clipped (docs/quantizer.md steps 3-5). With ``w_high`` fixed we instead fit ``w ≈ a*H + b``
+per output channel to the FP32 weights. The integer codes never change, only the two floats per
+channel.
 
 Optionally the fit minimises the expected output error instead of the weight error: with inputs
 of per-element mean ``μ`` and variance ``d`` (both broadcast over rows), the error of one output

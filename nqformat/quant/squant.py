@@ -1,6 +1,6 @@
 """SQuant adaptive rounding (E, K and C stages), vectorised and bit-exact with the reference.
 
-Terminology follows research note §1.2-§1.4. Every element starts at round-half-to-even; the K
+Terminology follows docs/quantizer.md step 2. Every element starts at round-half-to-even; the K
 stage then flips, in each kernel (the kh*kw taps of one input channel), the ``round(|Σ error|)``
 cheapest elements toward the other integer neighbour, and the C stage does the same over each
 output channel. Candidates, priorities and flip targets always refer to the *original* rounding.
@@ -118,7 +118,7 @@ def _flip_to_original_neighbour(
     tmin: int,
     tmax: int,
 ) -> None:
-    """Set r[idx] to the UPV/DNV value of the original rounding (research note §1.2)."""
+    """Set r[idx] to the UPV/DNV value of the original rounding (docs/quantizer.md step 2)."""
     xv = x[idx]
     r0 = np.rint(xv)
     e0 = r0 - xv

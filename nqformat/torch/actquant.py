@@ -3,7 +3,7 @@
 NestQuant (like SQuant) quantizes the *inputs* of Conv2d/Linear layers per tensor, with ranges
 calibrated on one random uniform [0, 1) batch (no data needed), run sequentially through the
 already weight-quantized network (the part-bit one in the reference's ``--nest`` setting). See
-/work/shared/research/squant-nestquant-algorithm.md §2.3. This module:
+docs/quantizer.md, "Activation ranges". This module:
 
 - ``calibrate(module, bits)`` computes the ranges and returns an :class:`ActCalibration`;
 - ``ActCalibration.to_metadata()`` / ``from_metadata()`` are the META key ``"activation"``;
@@ -47,21 +47,22 @@ __all__ = [
 
 #: META key under which the calibration is stored (spec/metadata.md).
 META_KEY = "activation"
-#: the reference forces the input of the last Conv2d/Linear to 8 bits (research note §2.3).
+#: the reference forces the input of the last Conv2d/Linear to 8 bits (docs/quantizer.md,
+#: "Activation ranges").
 LAST_LAYER_BITS = 8
 #: sigma the reference's scripts use per activation bit width (SQuant run.sh: 12/14/25 for
 #: 4/6/8 bits; NestQuant README: 25 at W8A8). Other widths need an explicit sigma.
 DEFAULT_SIGMA: dict[int, float] = {4: 12.0, 6: 14.0, 8: 25.0}
-#: below this width the sigma range is capped at max(A) (research note §2.3).
+#: below this width the sigma range is capped at max(A) (docs/quantizer.md, "Activation ranges").
 SIGMA_CAP_BELOW_BITS = 6
-#: signed tensors use sigma*std/1.25 (research note §2.3).
+#: signed tensors use sigma*std/1.25 (docs/quantizer.md, "Activation ranges").
 SIGNED_SIGMA_DIVISOR = 1.25
 #: the reference's calibration batch: torch.rand after manual_seed(0), not normalised.
 CALIBRATION_SEED = 0
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_INPUT_SHAPE: tuple[int, int, int] = (3, 224, 224)
 #: same floor the weight quantizer puts under (max - min), so a zero-width range gives a finite
-#: scale instead of inf/NaN (research note §1.1).
+#: scale instead of inf/NaN (docs/quantizer.md step 1).
 MIN_RANGE_WIDTH = 1e-8
 MIN_BITS, MAX_BITS = 2, 16
 
@@ -174,7 +175,8 @@ def _check_bits(bits: int) -> None:
 
 
 def fake_quantize(x: torch.Tensor, r: ActRange) -> torch.Tensor:
-    """Quantize-dequantize ``x`` with the reference's runtime formula (research note §2.3).
+    """Quantize-dequantize ``x`` with the reference's runtime formula (docs/quantizer.md,
+    "Activation ranges").
 
     S = (2^b-1)/(hi-lo), Z = round(S*lo) + (2^(b-1) if signed else 0),
     q = clamp(round(S*x - Z), qmin, qmax), x_hat = (q + Z)/S; float32, rounding half to even.
@@ -202,7 +204,7 @@ def compute_range(
 
     sigma > 0: alpha = sigma*std(A[A>0]) if A >= 0 (unsigned), sigma*std(A)/1.25 if signed, capped
     at max(A) below 6 bits; sigma == 0: alpha = percent/100 * max|A|. The reference gets NaN when
-    the std is undefined (fewer than two positive values, research note §6); here alpha falls back
+    the std is undefined (fewer than two positive values); here alpha falls back
     to max|A| instead, and the second value says so. An all-zero tensor gives the range [0, 0],
     which :func:`fake_quantize` treats as width 1e-8 (finite scale, zero maps to zero).
     """

@@ -22,6 +22,7 @@ import nqformat
 from nqformat.container import spec
 from nqformat.errors import NQError, QuantizationError
 from nqformat.quant import PartParams, Rounding, nest_quantize
+from nqformat.report import fp32_bytes
 from nqformat.torch._tensors import FLOAT_DTYPES, nq_dtype, to_numpy
 
 __all__ = [
@@ -183,7 +184,7 @@ def convert_model(
     start = time.perf_counter()
     kept_patterns = tuple(keep_float)
     sd = module.state_dict()
-    fp32 = 4 * sum(t.numel() for t in sd.values() if t.is_floating_point())
+    fp32 = fp32_bytes((t.numel(), t.is_floating_point()) for t in sd.values())
     h_rule = "explicit"
     if h == AUTO_H:
         h = auto_h(n, fp32)
