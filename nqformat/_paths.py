@@ -1,0 +1,117 @@
+"""Hostile paths: what the tools accept as input and replace as output (issue 11).
+
+A path given on the command line may name a FIFO (opening it blocks until a writer appears), a
+directory, a device node, or a symlink to any of them. Inputs must be regular files, checked
+with ``stat`` before anything opens them; outputs are replaced (``--force``) only where the path
+holds a regular file, never through a symlink or onto a FIFO or device. The writer's temporary
+files have a fixed naming scheme, so a kill inside a write leaves a file that the next write to
+the same directory can recognise and remove.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import stat
+import time
+
+from nqformat.errors import NQError
+
+__all__ = [
+    "STALE_TEMP_AGE_S",
+    "PathError",
+    "check_input_file",
+    "check_output_path",
+    "is_own_temp_name",
+    "remove_stale_temps",
+]
+
+#: a temp file of ours this old (seconds since its last change) belongs to no live writer:
+#: writers touch their temp file at least once per tensor and finish within minutes
+STALE_TEMP_AGE_S = 3600
+
+#: names the writer and extract give their temporary files (``tempfile.mkstemp`` with these
+#: prefixes/suffixes): ``.<target>.<random>.nq-tmp`` / ``.<target>.<random>.tmp``
+_OWN_TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.(?:nq-tmp|tmp)$")
+
+
+class PathError(NQError):
+    """A path the tools refuse: not a regular file, or not safe to replace."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_input_file(path: str | os.PathLike[str]) -> pathlib.Path:
+    """``path`` as a Path when it is (or links to) an existing regular file; PathError (or
+    FileNotFoundError) otherwise. Uses ``stat`` only: a FIFO is never opened, so never blocks."""
+    p = pathlib.Path(path)
+    st = os.stat(p)  # follows symlinks: a link to a regular file is a fine input
+    if not stat.S_ISREG(st.st_mode):
+        raise PathError(f"{p}: is {_kind(st.st_mode)}, expected a regular .nq file")
+    return p
+
+
+def check_output_path(path: str | os.PathLike[str], *, force: bool) -> pathlib.Path:
+    """May a tool write ``path``? Nothing there: yes. A regular file (not a symlink): only with
+    ``force``. A symlink, directory, FIFO, device or socket: never (PathError), because
+    replacing it would write through the link or destroy something that is not a model file."""
+    p = pathlib.Path(path)
+    try:
+        st = os.lstat(p)  # does not follow symlinks: the link itself is what would be replaced
+    except FileNotFoundError:
+        return p
+    if not stat.S_ISREG(st.st_mode):
+        raise PathError(f"{p}: is {_kind(st.st_mode)}; only a regular file can be replaced")
+    if not force:
+        raise PathError(f"{p}: exists; pass --force to overwrite it")
+    return p
+
+
+def is_own_temp_name(name: str) -> bool:
+    """True for a file name our writers give their temporary files."""
+    return _OWN_TEMP.match(name) is not None
+
+
+def remove_stale_temps(
+    directory: str | os.PathLike[str], *, max_age_s: float = STALE_TEMP_AGE_S
+) -> list[pathlib.Path]:
+    """Delete temp files of our own naming in ``directory`` not changed for ``max_age_s``
+    (left by a writer killed before its rename); returns what was removed. Only regular
+    files of our own naming owned by this user are touched; anything else is left alone."""
+    removed: list[pathlib.Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for entry in entries:
+        if not is_own_temp_name(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or (uid is not None and st.st_uid != uid):
+            continue
+        if now - st.st_mtime < max_age_s:
+            continue  # may belong to a writer still running
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(pathlib.Path(entry.path))
+    return removed
