@@ -669,8 +669,7 @@ def check_model_kwargs(zoo: Zoo, kwargs: Mapping[str, Any]) -> dict[str, Any]:
             )
             if not ok_type or not lo <= value <= hi:
                 raise MetadataError(
-                    f"META model.kwargs.{key} is {value!r}; must be {kind.__name__} in "
-                    f"[{lo}, {hi}]"
+                    f"META model.kwargs.{key} is {value!r}; must be {kind.__name__} in [{lo}, {hi}]"
                 )
         checked[key] = value
     return checked

@@ -19,6 +19,7 @@ __all__ = [
     "fail",
     "human_errors",
     "require_file",
+    "require_output",
 ]
 
 #: exit codes shared by every nqtool command
@@ -36,11 +37,29 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
 
 
 def require_file(path: os.PathLike[str] | str) -> None:
-    """Fail with one line when ``path`` is missing or not a regular file (before opening it)."""
+    """Fail with one line when ``path`` is missing or not a regular file, before opening it
+    (``stat`` only: a FIFO would block an open forever; a device never ends)."""
+    from nqformat._paths import PathError, check_input_file
+
     if not os.path.exists(path):
         fail(f"{path}: no such file")
     if os.path.isdir(path):
         fail(f"{path}: is a directory, expected a .nq file")
+    try:
+        check_input_file(path)
+    except (PathError, OSError) as exc:
+        fail(str(exc))
+
+
+def require_output(path: os.PathLike[str] | str, *, force: bool) -> None:
+    """Fail with one line unless a tool may write ``path``: nothing there, or a regular file
+    and ``force`` (never a symlink, FIFO, device or directory, whatever ``force`` says)."""
+    from nqformat._paths import PathError, check_output_path
+
+    try:
+        check_output_path(path, force=force)
+    except PathError as exc:
+        fail(str(exc))
 
 
 def _debug() -> bool:

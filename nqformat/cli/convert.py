@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from nqformat.cli._common import fail, human_errors
+from nqformat.cli._common import human_errors, require_output
 from nqformat.container.spec import MAX_N, MIN_N
 from nqformat.quant import PartParams, Rounding
 
@@ -230,8 +230,8 @@ def convert(
         raise click.UsageError("--act-sigma and --act-batch only apply with --act-bits")
     if isinstance(h, int) and not 1 <= h <= n - 1:
         raise click.BadParameter(f"h must be in 1..{n - 1} for n={n}, got {h}", param_hint="--h")
-    if output is not None and output.exists() and not force:
-        fail(f"{output}: exists; pass --force to overwrite it")
+    if output is not None:
+        require_output(output, force=force)  # --force replaces only a regular file
 
     from nqformat import zoo as zoo_mod
     from nqformat.torch import AUTO_H, auto_h, convert_model
@@ -255,8 +255,8 @@ def convert(
         )
     h_value = auto_h(n, model_meta["fp32_bytes"]) if h == AUTO_H else h
     out = output if output is not None else _default_output(spec.arch, n, int(h_value))
-    if output is None and out.exists() and not force:
-        fail(f"{out}: exists; pass --force to overwrite it (or choose another -o)")
+    if output is None:
+        require_output(out, force=force)
 
     bar = _progress(quiet, f"{spec.arch} INT({n}|{h_value})")
     callback = None
