@@ -31,9 +31,9 @@ __all__ = [
 #: writers touch their temp file at least once per tensor and finish within minutes
 STALE_TEMP_AGE_S = 3600
 
-#: names the writer and extract give their temporary files (``tempfile.mkstemp`` with these
-#: prefixes/suffixes): ``.<target>.<random>.nq-tmp`` / ``.<target>.<random>.tmp``
-_OWN_TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.(?:nq-tmp|tmp)$")
+#: names :class:`nqformat._atomic.AtomicFile` gives its temporary files (the writer's and
+#: extract's): ``.<target>.<16 hex digits>.nq-tmp`` or ``...tmp``
+_OWN_TEMP = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{16}\.(?:nq-tmp|tmp)$")
 
 
 class PathError(NQError):

@@ -342,8 +342,8 @@ def test_force_replaces_a_regular_file(tmp_path: pathlib.Path) -> None:
 def test_stale_temp_files_of_our_naming_are_removed_by_the_next_write(
     tmp_path: pathlib.Path,
 ) -> None:
-    stale = tmp_path / ".model.nq.k3j4h5g6.nq-tmp"  # what a writer killed in close() leaves
-    fresh = tmp_path / ".other.nq.a1b2c3d4.nq-tmp"  # may belong to a writer still running
+    stale = tmp_path / ".model.nq.0123456789abcdef.nq-tmp"  # what a writer killed in close() leaves
+    fresh = tmp_path / ".other.nq.a1b2c3d4e5f60718.nq-tmp"  # may belong to a writer still running
     foreign = tmp_path / ".model.nq.backup"  # not ours
     for p in (stale, fresh, foreign):
         p.write_bytes(b"partial")
@@ -356,7 +356,8 @@ def test_stale_temp_files_of_our_naming_are_removed_by_the_next_write(
 
 
 def test_own_temp_names_are_recognised() -> None:
-    assert _paths.is_own_temp_name(".model.nq.k3j4h5g6.nq-tmp")
-    assert _paths.is_own_temp_name(".part.nq.k3_4h5g6.tmp")
+    assert _paths.is_own_temp_name(".model.nq.0123456789abcdef.nq-tmp")
+    assert _paths.is_own_temp_name(".part.nq.0123456789abcdef.tmp")
+    assert not _paths.is_own_temp_name(".model.nq.0123456789ABCDEF.nq-tmp")
     assert not _paths.is_own_temp_name("model.nq")
     assert not _paths.is_own_temp_name(".model.nq.nq-tmp")
