@@ -42,26 +42,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: generous per-file bound on a shared 2-core machine; the issue's target is one second
 CHILD_TIMEOUT_S = 30
 
-#: fixed in the reader after the container split (issue 13) lands: expected to fail until then
-_READER_FIX = pytest.mark.xfail(strict=True, reason="reader hardening pending (phase 2)")
-_PHASE2 = {
-    "meta_escaped_quotes_256k",
-    "meta_escaped_quotes_16m",
-    "meta_one_long_string_16m",
-    "meta_empty_objects_16m",
-    "meta_values_over_limit",
-    "meta_integer_over_2_53",
-    "meta_1e999",
-    "meta_float_rounds_to_inf",
-    "compressed_claims_2_47_codes",
-    "compressed_raw_claims_2_40_bytes",
-    "decompression_bomb_1gib_within_budget",
-    "zero_size_nonzero_product_over_2_48",
-}
-_PY_SCENARIOS = [
-    pytest.param(s, id=s.name, marks=[_READER_FIX] if s.name in _PHASE2 else []) for s in SCENARIOS
-]
-
 
 def _scenario_file(tmp_path: pathlib.Path, scenario: Scenario) -> pathlib.Path:
     path = tmp_path / f"{scenario.name}.nq"
@@ -70,7 +50,7 @@ def _scenario_file(tmp_path: pathlib.Path, scenario: Scenario) -> pathlib.Path:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("scenario", _PY_SCENARIOS)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_python_reader_gives_format_error_or_data_within_bounds(
     scenario: Scenario, tmp_path: pathlib.Path
 ) -> None:
@@ -167,7 +147,6 @@ def test_python_reader_opens_colliding_names(colliding_file: pathlib.Path) -> No
 # --- a file truncated under an open reader -------------------------------------------------------
 
 
-@_READER_FIX
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("where", ["zero", "header_end", "part_end", "low"])
 def test_file_truncated_under_open_reader_is_a_truncated_error_not_sigbus(
@@ -182,9 +161,10 @@ def test_file_truncated_under_open_reader_is_a_truncated_error_not_sigbus(
             "part_end": f.part_end - 1,
             "low": f.part_end,
         }[where]
+    # "low": the reader opened a complete file, so LOW cut away is missing bytes, not a
+    # part-bit-only file
     got = run_bounded("truncate_while_open", path, timeout=CHILD_TIMEOUT_S, keep=keep)
-    expect = "error:part_only" if where == "low" else "error:truncated"
-    assert got.outcome == expect, got.stderr[-2000:]
+    assert got.outcome == "error:truncated", got.stderr[-2000:]
 
 
 # --- the torch loader: META model.kwargs ---------------------------------------------------------
@@ -338,7 +318,6 @@ def test_force_replaces_a_regular_file(tmp_path: pathlib.Path) -> None:
         assert f.part_only
 
 
-@_READER_FIX
 def test_stale_temp_files_of_our_naming_are_removed_by_the_next_write(
     tmp_path: pathlib.Path,
 ) -> None:
