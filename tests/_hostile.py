@@ -39,7 +39,9 @@ __all__ = [
     "Blob",
     "Rec",
     "colliding_names",
+    "fix_all_crcs",
     "forge",
+    "mutate",
     "run_bounded",
     "zstd_rle_frame",
 ]
@@ -156,6 +158,90 @@ def zstd_rle_frame(content_size: int, byte: int = 0) -> bytes:
     if rest:
         return head + rle(block, 0) * full + rle(rest, 1)
     return head + rle(block, 0) * (full - 1) + rle(block, 1)
+
+
+def fix_all_crcs(raw: bytes) -> bytes:
+    """``raw`` with every CRC its own header describes recomputed, wherever the bytes they
+    cover lie inside ``raw``: blob CRCs of the INDEX records, the six section CRCs, then the
+    preamble CRC (the same as the C fuzz harness). Mutants then get past the checksums."""
+    if len(raw) < spec.PREAMBLE_SIZE:
+        return raw
+    buf = bytearray(raw)
+    size = len(buf)
+    (count,) = struct.unpack_from("<I", buf, 12)
+    count = min(count, (size - spec.PREAMBLE_SIZE) // spec.RECORD_SIZE)
+    for k in range(count):
+        rec = spec.PREAMBLE_SIZE + spec.RECORD_SIZE * k
+        for ref in (rec + 80, rec + 104, rec + 128):
+            off, length = struct.unpack_from("<QQ", buf, ref)
+            if off <= size and length <= size - off:
+                struct.pack_into("<I", buf, ref + 16, spec.crc32(buf[off : off + length]))
+    for s in range(spec.SECTION_COUNT):
+        entry = spec.SECTION_TABLE_OFFSET + spec.SECTION_ENTRY_SIZE * s
+        off, length = struct.unpack_from("<QQ", buf, entry)
+        if off <= size and length <= size - off:
+            struct.pack_into("<I", buf, entry + 16, spec.crc32(buf[off : off + length]))
+    crc = spec.crc32(buf[: spec.PREAMBLE_CRC_OFFSET])
+    struct.pack_into("<I", buf, spec.PREAMBLE_CRC_OFFSET, crc)
+    return bytes(buf)
+
+
+def mutate(raw: bytes, rng: np.random.Generator) -> bytes:
+    """One random mutant of ``raw``: a few bit flips, byte sets, interesting integers written
+    into the header, a cut or a duplicated range; CRCs fixed in half of them."""
+    buf = bytearray(raw)
+    for _ in range(int(rng.integers(1, 4))):
+        op = int(rng.integers(0, 6))
+        if not buf:
+            break
+        # header bytes are where the structure is: aim there most of the time
+        hot = min(len(buf), 4096)
+        pos = int(rng.integers(0, hot if rng.random() < 0.8 else len(buf)))
+        if op == 0:
+            buf[pos] ^= 1 << int(rng.integers(0, 8))
+        elif op == 1:
+            buf[pos] = int(rng.integers(0, 256))
+        elif op == 2:
+            value = int(rng.choice(_INTERESTING))
+            width = int(rng.choice([1, 2, 4, 8]))
+            chunk = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+            buf[pos : pos + width] = chunk[: max(0, len(buf) - pos)]
+        elif op == 3:
+            del buf[int(rng.integers(0, len(buf) + 1)) :]
+        elif op == 4:
+            start = int(rng.integers(0, len(buf)))
+            piece = buf[start : start + int(rng.integers(1, 64))]
+            buf[pos:pos] = piece
+        else:
+            del buf[pos : pos + int(rng.integers(1, 64))]
+    out = bytes(buf)
+    return fix_all_crcs(out) if rng.random() < 0.5 else out
+
+
+_INTERESTING = [
+    0,
+    1,
+    2,
+    7,
+    8,
+    64,
+    127,
+    128,
+    255,
+    256,
+    4095,
+    4096,
+    1 << 16,
+    1 << 20,
+    1 << 31,
+    (1 << 32) - 1,
+    1 << 47,
+    1 << 48,
+    (1 << 48) + 1,
+    (1 << 63) - 1,
+    1 << 63,
+    (1 << 64) - 1,
+]
 
 
 _FNV_OFFSET = 0xCBF29CE484222325
