@@ -340,3 +340,20 @@ def test_own_temp_names_are_recognised() -> None:
     assert not _paths.is_own_temp_name(".model.nq.0123456789ABCDEF.nq-tmp")
     assert not _paths.is_own_temp_name("model.nq")
     assert not _paths.is_own_temp_name(".model.nq.nq-tmp")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("compressed_claims_2_47_codes", "layout"), ("compressed_raw_claims_2_40_bytes", "limit")],
+)
+def test_nqtool_verify_exits_3_on_declared_sizes(
+    name: str, code: str, tmp_path: pathlib.Path
+) -> None:
+    # 2^47 codes in a 12 KB file: refused at open (§8 minimum length); 2^40 bytes decompressed
+    # from 32 MiB of RLE blocks: over the default read budget, a problem verify reports
+    (scenario,) = [s for s in SCENARIOS if s.name == name]
+    path = _scenario_file(tmp_path, scenario)
+    res = _nqtool("verify", path, timeout=60)
+    assert res.returncode == 3, res.stderr
+    assert f"[{code}]" in res.stderr or "read budget" in res.stderr, res.stderr
