@@ -22,7 +22,7 @@ import secrets
 from types import TracebackType
 from typing import IO
 
-from nqformat._paths import remove_stale_temps
+from nqformat._paths import lock_temp, remove_stale_temps
 
 __all__ = ["AtomicFile", "fsync_dir"]
 
@@ -54,6 +54,7 @@ class AtomicFile:
                 raise _about_target(exc, self.target) from None
         else:
             raise FileExistsError(f"{self.target}: could not create a temporary file beside it")
+        lock_temp(fd)  # held until this process closes it or dies: the temp is in use
         self.temp_path = temp
         self.file: IO[bytes] = os.fdopen(fd, "wb")
         self._done = False

@@ -334,6 +334,44 @@ def test_stale_temp_files_of_our_naming_are_removed_by_the_next_write(
     assert fresh.exists() and foreign.exists()
 
 
+_KILL_IN_CLOSE = """
+import os, signal, sys
+import numpy as np
+from nqformat import NQWriter
+
+def hook(name):
+    if name == "<close>":  # the temp file is complete, the rename has not happened
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with NQWriter(sys.argv[1], n=8, h=4, metadata={}, _hook=hook) as w:
+    w.add_raw("x", np.arange(10, dtype=np.float32))
+"""
+
+
+def test_temp_file_of_a_writer_killed_in_close_is_removed_but_a_live_one_is_kept(
+    tmp_path: pathlib.Path,
+) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    target = tmp_path / "model.nq"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_IN_CLOSE, str(target)], env=env, check=False, timeout=60
+    )
+    assert proc.returncode == -9
+    (left,) = [p for p in tmp_path.iterdir() if _paths.is_own_temp_name(p.name)]
+    assert not target.exists()
+    live = tmp_path / ".other.nq.00112233445566ff.nq-tmp"  # a writer at work in this process
+    live.write_bytes(b"partial")
+    old = time.time() - 2 * _paths.UNLOCKED_TEMP_AGE_S
+    for p in (left, live):
+        os.utime(p, (old, old))
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        write_small(tmp_path / "next.nq")  # any atomic write to the directory cleans up
+        assert not left.exists()
+        assert live.exists()
+
+
 def test_own_temp_names_are_recognised() -> None:
     assert _paths.is_own_temp_name(".model.nq.0123456789abcdef.nq-tmp")
     assert _paths.is_own_temp_name(".part.nq.0123456789abcdef.tmp")
