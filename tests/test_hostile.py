@@ -31,10 +31,13 @@ from _hostile import (
     meta_file,
     run_bounded,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_c_reader import _runner, c_reader_bins  # noqa: F401 - fixture
 
 import nqformat
 from nqformat import _paths
+from nqformat.container import spec
 from nqformat.container.spec import DType, Kind
 from nqformat.errors import MetadataError
 
@@ -395,3 +398,55 @@ def test_nqtool_verify_exits_3_on_declared_sizes(
     res = _nqtool("verify", path, timeout=60)
     assert res.returncode == 3, res.stderr
     assert f"[{code}]" in res.stderr or "read budget" in res.stderr, res.stderr
+
+
+# --- the linear META scan (spec.json_shape) -----------------------------------------------------
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.sampled_from('ab"\\\\/\\n{}[],:\\u00e9\\U0001f600 ')),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet='a"\\\\{', max_size=3), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+def _shape_of(value: object, depth: int = 1) -> tuple[int, int]:
+    """(depth, values and member names) of a parsed JSON value, the slow obvious way."""
+    if isinstance(value, dict):
+        inner = [_shape_of(v, depth + 1) for v in value.values()]
+        return max([depth, *(d for d, _ in inner)]), 1 + len(value) + sum(c for _, c in inner)
+    if isinstance(value, list):
+        inner = [_shape_of(v, depth + 1) for v in value]
+        return max([depth, *(d for d, _ in inner)]), 1 + sum(c for _, c in inner)
+    return depth - 1, 1
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    obj=st.dictionaries(st.text(max_size=3), _json_values, max_size=5),
+    indent=st.sampled_from([None, 1]),
+    chunk=st.integers(1, 9),
+)
+def test_json_shape_counts_depth_and_values_exactly_across_chunk_boundaries(
+    obj: dict, indent: int | None, chunk: int, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    raw = json.dumps(obj, indent=indent, ensure_ascii=bool(chunk % 2)).encode()
+    expect = _shape_of(obj)
+    monkeypatch_module.setattr(spec, "_JSON_SCAN_CHUNK", chunk)
+    got = spec.json_shape(raw)
+    monkeypatch_module.undo()
+    assert (got.depth, got.values) == expect
+    assert spec.json_shape(raw) == got  # one chunk
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> pytest.MonkeyPatch:
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()

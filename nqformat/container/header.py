@@ -45,7 +45,7 @@ from nqformat.errors import (
     UnsupportedVersionError,
 )
 
-__all__ = ["Header", "TensorInfo", "parse_header"]
+__all__ = ["Header", "TensorInfo", "check_meta", "parse_header"]
 
 #: ``read(offset, length)``: file bytes (see :class:`~nqformat.container.source.ByteSource`)
 ReadFn = Callable[[int, int], bytes]
@@ -462,7 +462,7 @@ def _meta_float(text: str) -> float:
     return value
 
 
-def _check_meta(raw: bytes) -> dict[str, Any]:
+def check_meta(raw: bytes) -> dict[str, Any]:
     """Step 12: META is a UTF-8 JSON object, no duplicate keys, depth <= 64, at most 2^20
     values and member names, numbers in range (§6). Depth and size are found by a linear scan
     first (:func:`spec.json_shape`), so the parser never meets a deep nest and never builds
@@ -519,5 +519,5 @@ def parse_header(preamble: bytes, read: ReadFn, size: int) -> Header:
     _check_header_crcs(pre, header)
     tensors = _check_records(pre, header)
     meta = pre.sections[Section.META]
-    metadata = _check_meta(header[meta.offset : meta.end])
+    metadata = check_meta(header[meta.offset : meta.end])
     return Header(pre, tensors, metadata, header_end, part_only=size < pre.full_end)

@@ -412,8 +412,8 @@ def _blob_cost(info: TensorInfo, which: Section, n: int, h: int) -> int:
 def _read_cost(info: TensorInfo, mode: str, n: int, h: int) -> int:
     """Upper bound on the bytes ``read`` allocates (§10 read budget): the blobs it reads, the
     int8 code buffers and int16 recomposition (full), and the float32 result."""
-    if info.kind is Kind.RAW:
-        return _blob_cost(info, Section.DATA, n, h) + info.numel * info.dtype.itemsize
+    if info.kind is Kind.RAW:  # the result is an array over the blob's bytes, no copy
+        return _blob_cost(info, Section.DATA, n, h)
     cost = _blob_cost(info, Section.DATA, n, h) + _blob_cost(info, Section.HIGH, n, h)
     cost += info.numel * (1 + 4)  # H codes, float32 values
     if mode == "full":

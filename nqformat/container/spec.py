@@ -378,6 +378,9 @@ def json_shape(raw: bytes) -> JsonShape:
             delim = quote & (before % 2 == 0)
         else:
             delim = quote
+            if backslashes % 2 and chunk.size and quote[0]:
+                delim = quote.copy()
+                delim[0] = False  # escaped by the backslashes that end the previous chunk
         # strings: a byte is inside one when an odd number of delimiters precede it (exclusive)
         parity = np.cumsum(delim, dtype=np.int32) - delim + np.int32(in_string)
         outside = parity % 2 == 0
