@@ -22,6 +22,8 @@ import secrets
 from types import TracebackType
 from typing import IO
 
+from nqformat._paths import lock_temp, remove_stale_temps
+
 __all__ = ["AtomicFile", "fsync_dir"]
 
 _NEW_FILE_MODE = 0o666  # what open(path, "w") asks for; the kernel then applies the umask
@@ -39,6 +41,7 @@ class AtomicFile:
     def __init__(self, target: str | os.PathLike[str], *, suffix: str = ".tmp") -> None:
         self.target = pathlib.Path(target)
         directory = self.target.parent if str(self.target.parent) else pathlib.Path(".")
+        remove_stale_temps(directory)  # left by a writer killed before its rename (issue 11)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         for _ in range(_NAME_TRIES):
             temp = directory / f".{self.target.name}.{secrets.token_hex(8)}{suffix}"
@@ -51,6 +54,7 @@ class AtomicFile:
                 raise _about_target(exc, self.target) from None
         else:
             raise FileExistsError(f"{self.target}: could not create a temporary file beside it")
+        lock_temp(fd)  # held until this process closes it or dies: the temp is in use
         self.temp_path = temp
         self.file: IO[bytes] = os.fdopen(fd, "wb")
         self._done = False

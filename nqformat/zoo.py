@@ -43,10 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nqformat.errors import ModelSourceError
+from nqformat.errors import MetadataError, ModelSourceError
 
 __all__ = [
     "DEFAULT_SEED",
+    "MODEL_KWARGS",
     "PACKAGED_WEIGHTS",
     "RANDOM_INIT",
     "ModelSourceError",
@@ -54,6 +55,7 @@ __all__ = [
     "PackagedWeights",
     "Zoo",
     "build",
+    "check_model_kwargs",
     "data_config",
     "download_reachable",
     "fp32_bytes",
@@ -400,6 +402,7 @@ def instantiate(model_meta: Mapping[str, Any]) -> nn.Module:
             f"{zoo} in this environment has no model {arch!r} (file written with "
             f"{zoo} {model_meta.get('versions', {}).get(zoo.value, '?')})"
         )
+    kwargs = check_model_kwargs(zoo, kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEFAULT_SEED)  # placeholder weights are overwritten; keep them cheap
         return _construct(ModelSpec(zoo, arch, kwargs)).eval()
@@ -681,3 +684,68 @@ def _sha256(path: pathlib.Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- META model.kwargs from an untrusted file (issue 11) ----------------------------------------
+
+#: the constructor keywords a file's META may pass, per zoo, each with its allowed values: an
+#: (int, lo, hi) range, a (float, lo, hi) range or a frozenset of strings. Anything else is
+#: refused, in particular every keyword that names a file or a download (timm's
+#: ``checkpoint_path``, ``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``...):
+#: a file must never make the loader read another file or reach the network.
+MODEL_KWARGS: dict[Zoo, dict[str, tuple[Any, ...]]] = {
+    Zoo.PYTORCHCV: {
+        "num_classes": (int, 1, 100_000),
+        "in_channels": (int, 1, 64),
+    },
+    Zoo.TIMM: {
+        "num_classes": (int, 1, 100_000),
+        "in_chans": (int, 1, 64),
+        "drop_rate": (float, 0.0, 1.0),
+        "drop_path_rate": (float, 0.0, 1.0),
+        "global_pool": (frozenset({"", "avg", "max", "avgmax", "catavgmax", "token", "map"}),),
+    },
+}
+
+
+def check_model_kwargs(zoo: Zoo, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The META ``model.kwargs`` of a file, checked against :data:`MODEL_KWARGS` before any
+    constructor sees them (MetadataError otherwise). ``pretrained: false`` is dropped (the
+    loader never downloads: the weights come from the file); ``pretrained: true`` is refused."""
+    if not isinstance(kwargs, Mapping):
+        raise MetadataError(f"META model.kwargs must be an object, got {type(kwargs).__name__}")
+    allowed = MODEL_KWARGS[zoo]
+    checked: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "pretrained":
+            if value is not False:
+                raise MetadataError(
+                    f"META model.kwargs.pretrained is {value!r}: a file cannot ask for a "
+                    "download; its weights are in the file"
+                )
+            continue
+        rule = allowed.get(key)
+        if rule is None:
+            raise MetadataError(
+                f"META model.kwargs has {key!r}, which {zoo} models are not built with here "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
+        if isinstance(rule[0], frozenset):
+            if not isinstance(value, str) or value not in rule[0]:
+                raise MetadataError(
+                    f"META model.kwargs.{key} is {value!r}; allowed: {sorted(rule[0])}"
+                )
+        else:
+            kind, lo, hi = rule
+            # bool is an int in Python; a float kwarg also takes an integer literal such as 0
+            ok_type = (
+                isinstance(value, int) and not isinstance(value, bool)
+                if kind is int
+                else isinstance(value, int | float) and not isinstance(value, bool)
+            )
+            if not ok_type or not lo <= value <= hi:
+                raise MetadataError(
+                    f"META model.kwargs.{key} is {value!r}; must be {kind.__name__} in [{lo}, {hi}]"
+                )
+        checked[key] = value
+    return checked

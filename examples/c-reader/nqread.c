@@ -65,6 +65,17 @@ static const unsigned char NQ_MAGIC[8] = {0x89, 'N', 'Q', 'F', 0x0D, 0x0A, 0x1A,
 #define NQ_MAX_NUMEL (UINT64_C(1) << 48)                 /* §10 */
 #define NQ_MAX_OFFSET (UINT64_C(0x7FFFFFFFFFFFFFFF))     /* §10: 2^63 - 1 */
 #define NQ_MAX_JSON_DEPTH 64u                            /* §6 */
+#define NQ_MAX_JSON_VALUES (UINT64_C(1) << 20)           /* §6, §10: values + member names */
+#define NQ_ZSTD_MAX_RATIO UINT64_C(32768) /* §8: no zstd frame is shorter than raw / 32768 */
+/* §6: integers in META have magnitude <= 2^53 (16 digits) */
+#define NQ_JSON_INT_MAX "9007199254740992"
+/* §6: a number with a fraction or exponent must round to a finite binary64, i.e. be below
+ * 2^1024 - 2^970 (the midpoint between DBL_MAX and 2^1024, which rounds up to infinity). */
+static const char NQ_JSON_FLOAT_LIMIT[] =
+    "17976931348623158079372897140530341507993413271003782693617377898044496829276475094664901"
+    "79775872070963302864166928879109465555478519404026306574886715058206819089020007083836762"
+    "73854845817711531764475730270069855571366959622842914819860834936475292719074168444365510"
+    "704342711559699508093042880177904174497792";
 
 /* Section table entries in their fixed order (§3.2). */
 enum { SEC_INDEX, SEC_NAMES, SEC_META, SEC_DATA, SEC_HIGH, SEC_LOW };
@@ -317,6 +328,7 @@ struct json {
     const unsigned char *s;
     size_t n, i;
     unsigned depth;
+    uint64_t values; /* values and member names seen so far (§6 limit) */
     struct keyref *keys; /* stack of keys of the objects being parsed */
     size_t nkeys, capkeys;
     unsigned char *arena; /* unescaped key bytes, same stack discipline */
@@ -475,27 +487,95 @@ static int j_digits(struct json *j)
     return j->i > start;
 }
 
+/* §6 number ranges: an integer (no fraction, no exponent) has magnitude <= 2^53; any other
+ * number must round to a finite binary64. Decided on the digits, exactly, in linear time. */
+static int j_number_range(struct json *j, size_t i0, size_t i1, size_t f0, size_t f1,
+                          int64_t exp, int is_int)
+{
+    size_t p, k, nlim = sizeof NQ_JSON_FLOAT_LIMIT - 1;
+    int64_t d;
+    int in_int = 1;
+    if (is_int) {
+        size_t len = i1 - i0;
+        if (len > sizeof NQ_JSON_INT_MAX - 1 ||
+            (len == sizeof NQ_JSON_INT_MAX - 1 && memcmp(j->s + i0, NQ_JSON_INT_MAX, len) > 0))
+            return fail(NQ_METADATA, "META integer at byte %zu is outside +-2^53 (§6)", i0);
+        return 0;
+    }
+    /* d: decimal exponent of the first significant digit (value in [10^d, 10^(d+1))) */
+    for (p = i0; p < i1 && j->s[p] == '0'; p++)
+        ;
+    if (p < i1) {
+        d = (int64_t)(i1 - p - 1) + exp;
+    } else {
+        for (p = f0; p < f1 && j->s[p] == '0'; p++)
+            ;
+        if (p == f1)
+            return 0; /* the value is zero */
+        d = exp - (int64_t)(p - f0 + 1);
+        in_int = 0;
+    }
+    if (d < (int64_t)nlim - 1)
+        return 0; /* below 10^308 < DBL_MAX */
+    if (d == (int64_t)nlim - 1) {
+        /* as many integer digits as the limit: compare the significant digits with it */
+        for (k = 0; k < nlim; k++) {
+            unsigned c = '0', lim = (unsigned char)NQ_JSON_FLOAT_LIMIT[k];
+            if (in_int && p == i1)
+                in_int = 0, p = f0;
+            if (in_int ? p < i1 : p < f1)
+                c = j->s[p++];
+            if (c != lim) {
+                if (c < lim)
+                    return 0;
+                break;
+            }
+        }
+        /* equal in all 309 digits (or larger): the value rounds to infinity */
+    }
+    return fail(NQ_METADATA, "META number at byte %zu does not round to a finite binary64 (§6)",
+                i0);
+}
+
 static int j_number(struct json *j)
 {
+    size_t i0, i1, f0 = 0, f1 = 0;
+    int64_t exp = 0;
+    int is_int = 1, neg = 0;
     if (j->s[j->i] == '-')
         j->i++;
+    i0 = j->i;
     if (j->i < j->n && j->s[j->i] == '0')
         j->i++;
     else if (!(j->i < j->n && j->s[j->i] >= '1' && j->s[j->i] <= '9') || !j_digits(j))
         return j_err(j, "invalid number");
+    i1 = j->i;
     if (j->i < j->n && j->s[j->i] == '.') {
         j->i++;
+        f0 = j->i;
         if (!j_digits(j))
             return j_err(j, "invalid fraction");
+        f1 = j->i;
+        is_int = 0;
     }
     if (j->i < j->n && (j->s[j->i] == 'e' || j->s[j->i] == 'E')) {
         j->i++;
         if (j->i < j->n && (j->s[j->i] == '+' || j->s[j->i] == '-'))
-            j->i++;
-        if (!j_digits(j))
+            neg = j->s[j->i++] == '-';
+        if (!(j->i < j->n && j->s[j->i] >= '0' && j->s[j->i] <= '9'))
             return j_err(j, "invalid exponent");
+        while (j->i < j->n && j->s[j->i] >= '0' && j->s[j->i] <= '9') {
+            if (exp < INT64_C(1000000000)) /* saturate: any larger exponent decides alike */
+                exp = exp * 10 + (j->s[j->i] - '0');
+            j->i++;
+        }
+        if (neg)
+            exp = -exp;
+        is_int = 0;
     }
-    return 0;
+    if (f1 == 0)
+        f0 = f1 = i1; /* no fraction digits */
+    return j_number_range(j, i0, i1, f0, f1, exp, is_int);
 }
 
 static int j_literal(struct json *j, const char *word)
@@ -508,6 +588,16 @@ static int j_literal(struct json *j, const char *word)
 }
 
 static int j_value(struct json *j);
+
+/* §6: at most 2^20 values and member names in META, so that a reader's parsed form of it stays
+ * small whatever the 16 MiB hold (a value is an object, array, string, number or literal). */
+static int j_count(struct json *j)
+{
+    if (++j->values > NQ_MAX_JSON_VALUES)
+        return fail(NQ_METADATA, "META has more than %" PRIu64 " values and member names (§6)",
+                    NQ_MAX_JSON_VALUES);
+    return 0;
+}
 
 static int j_object(struct json *j)
 {
@@ -526,6 +616,8 @@ static int j_object(struct json *j)
         j_ws(j);
         if (j->i >= j->n || j->s[j->i] != '"')
             return j_err(j, "expected a string key");
+        if (j_count(j))
+            return -1;
         ref.off = j->alen;
         if (j_string(j, 1))
             return -1;
@@ -602,6 +694,8 @@ static int j_value(struct json *j)
     j_ws(j);
     if (j->i >= j->n)
         return j_err(j, "unexpected end of text");
+    if (j_count(j))
+        return -1;
     switch (j->s[j->i]) {
     case '{': return j_object(j);
     case '[': return j_array(j);
@@ -627,7 +721,7 @@ static int meta_validate(const unsigned char *s, size_t n)
     j_ws(&j);
     if (j.i >= j.n || s[j.i] != '{') /* also rejects a byte order mark (RFC 8259 §8.1) */
         rc = j_err(&j, "the top-level value is not an object");
-    else if ((rc = j_object(&j)) == 0) {
+    else if ((rc = j_count(&j)) == 0 && (rc = j_object(&j)) == 0) {
         j_ws(&j);
         if (j.i != j.n)
             rc = j_err(&j, "trailing characters after the object");
@@ -772,37 +866,16 @@ static void parse_blob(const unsigned char *p, struct blob *b)
     b->codec = p[20];
 }
 
-/* Name set for the duplicate check: open addressing over record indices (+1; 0 = empty). */
-struct nameset {
-    uint32_t *slot;
-    uint64_t mask;
-};
+/* Duplicate names (§5, §11 step 11.11), found by sorting record indices by (name, index) and
+ * comparing neighbours: O(n log n) whatever the names are, so no set of names can make the
+ * check slow (a hash table degrades to quadratic time on names that collide in its hash). */
+static const struct reader *g_sort_reader; /* qsort has no context argument in C99 */
 
-static uint64_t fnv1a(const unsigned char *p, size_t n)
-{
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    size_t i;
-    for (i = 0; i < n; i++)
-        h = (h ^ p[i]) * UINT64_C(0x100000001b3);
-    return h;
-}
+static int name_index_cmp(const void *a, const void *b);
 
-/* Returns the index of an earlier record with the same name, or -1 after inserting record i. */
-static long nameset_insert(struct nameset *s, const struct reader *r, uint32_t i)
-{
-    const struct tensor *t = &r->tensors[i];
-    const unsigned char *name = r->names + t->name_offset;
-    uint64_t k = fnv1a(name, t->name_length) & s->mask;
-    while (s->slot[k]) {
-        const struct tensor *o = &r->tensors[s->slot[k] - 1];
-        if (o->name_length == t->name_length &&
-            memcmp(r->names + o->name_offset, name, t->name_length) == 0)
-            return (long)(s->slot[k] - 1);
-        k = (k + 1) & s->mask;
-    }
-    s->slot[k] = i + 1;
-    return -1;
-}
+/* Among records [0, m), the smallest index whose name equals an earlier record's; -1 if none
+ * (then *first is untouched), else *first is that earlier record. -2 when out of memory. */
+static long first_duplicate(const struct reader *r, uint32_t m, uint32_t *first);
 
 /* Placement cursor of one data section (§7.1). */
 struct cursor {
@@ -829,15 +902,18 @@ static int place_blob(const struct reader *r, int sec, struct cursor *c, struct 
                         "record %" PRIu32 ": %s blob is %" PRIu64 " bytes, expected %" PRIu64
                         " (§4.2)",
                         rec, which, b->length, raw);
-    } else { /* zstd, §8: 1 <= length <= raw + raw/128 + 1024 */
+    } else { /* zstd, §8: max(1, ceil(raw/32768)) <= length <= raw + raw/128 + 1024 */
+        uint64_t least = raw / NQ_ZSTD_MAX_RATIO + (raw % NQ_ZSTD_MAX_RATIO != 0);
+        if (least < 1)
+            least = 1;
         if (!add_u64(raw, raw / NQ_ZSTD_SLACK_DIV, &bound) ||
             !add_u64(bound, NQ_ZSTD_SLACK_ADD, &bound))
             bound = UINT64_MAX;
-        if (b->length < 1 || b->length > bound)
+        if (b->length < least || b->length > bound)
             return fail(NQ_LAYOUT,
                         "record %" PRIu32 ": compressed %s blob is %" PRIu64
-                        " bytes, allowed 1..%" PRIu64 " (§8)",
-                        rec, which, b->length, bound);
+                        " bytes, allowed %" PRIu64 "..%" PRIu64 " (§8)",
+                        rec, which, b->length, least, bound);
     }
     if (!add_u64(b->offset, b->length, &end) || end > sec_end)
         return fail(NQ_LAYOUT, "record %" PRIu32 ": %s blob runs past the end of %s (§7.1)", rec,
@@ -850,13 +926,12 @@ static int place_blob(const struct reader *r, int sec, struct cursor *c, struct 
 
 /* §11 step 11 for one record. */
 static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, uint64_t *name_cur,
-                        struct nameset *ns, struct cursor cur[3], int *any_zstd)
+                        struct cursor cur[3], int *any_zstd, int *named)
 {
     struct tensor *t = &r->tensors[i];
     const struct blob *used[3];
     unsigned nused, k;
     uint64_t raw, end;
-    long dup;
 
     t->name_offset = le64(rec);
     t->name_length = le32(rec + 8);
@@ -916,19 +991,28 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
         if (used[k]->codec == NQ_CODEC_ZSTD)
             *any_zstd = 1;
     }
-    /* 11.7 every dimension and numel <= 2^48 (§4, §10); a zero dimension makes numel 0 */
-    t->numel = 1;
-    for (k = 0; k < t->ndim; k++) {
-        if (t->dims[k] > NQ_MAX_NUMEL)
-            return fail(NQ_LIMIT, "record %" PRIu32 ": dims[%u] = %" PRIu64 " is over 2^48 (§10)",
-                        i, k, t->dims[k]);
-        if (t->dims[k] == 0)
-            t->numel = 0;
-    }
-    if (t->numel) {
+    /* 11.7 every dimension, and the product of the nonzero dimensions, <= 2^48 (§4, §10); a
+     * zero dimension makes numel 0 */
+    {
+        uint64_t prod = 1;
+        int zero = 0;
         for (k = 0; k < t->ndim; k++)
-            if (!mul_u64(t->numel, t->dims[k], &t->numel) || t->numel > NQ_MAX_NUMEL)
-                return fail(NQ_LIMIT, "record %" PRIu32 ": more than 2^48 elements (§10)", i);
+            if (t->dims[k] > NQ_MAX_NUMEL)
+                return fail(NQ_LIMIT,
+                            "record %" PRIu32 ": dims[%u] = %" PRIu64 " is over 2^48 (§10)", i, k,
+                            t->dims[k]);
+        for (k = 0; k < t->ndim; k++) {
+            if (t->dims[k] == 0) {
+                zero = 1;
+                continue;
+            }
+            if (!mul_u64(prod, t->dims[k], &prod) || prod > NQ_MAX_NUMEL)
+                return fail(NQ_LIMIT,
+                            "record %" PRIu32 ": the nonzero dimensions multiply to more than "
+                            "2^48 (§4, §10)",
+                            i);
+        }
+        t->numel = zero ? 0 : prod;
     }
     /* 11.8 name length */
     if (t->name_length < 1 || t->name_length > NQ_MAX_NAME)
@@ -944,11 +1028,9 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
     /* 11.10 UTF-8 */
     if (!utf8_valid(r->names + t->name_offset, t->name_length))
         return fail(NQ_INVALID_NAME, "record %" PRIu32 ": name is not valid UTF-8 (§5)", i);
-    /* 11.11 duplicate */
-    dup = nameset_insert(ns, r, i);
-    if (dup >= 0)
-        return fail(NQ_DUPLICATE_NAME, "records %ld and %" PRIu32 " are both named \"%.*s\" (§5)",
-                    dup, i, (int)t->name_length, (const char *)r->names + t->name_offset);
+    /* 11.11 duplicate: checked for all named records at once by the caller (first_duplicate),
+     * which reports it ahead of any later failure, as the order of §11 requires */
+    *named = 1;
     /* 11.12 blob placement and lengths (§4.2, §7.1, §8), in the order data, high, low */
     if (t->kind == NQ_KIND_RAW) {
         raw = t->numel * DTYPES[t->dtype].size; /* <= 2^51, cannot wrap */
@@ -969,11 +1051,52 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
     return 0;
 }
 
+static int name_index_cmp(const void *a, const void *b)
+{
+    const struct tensor *x = &g_sort_reader->tensors[*(const uint32_t *)a];
+    const struct tensor *y = &g_sort_reader->tensors[*(const uint32_t *)b];
+    size_t m = x->name_length < y->name_length ? x->name_length : y->name_length;
+    int c = memcmp(g_sort_reader->names + x->name_offset, g_sort_reader->names + y->name_offset, m);
+    if (c)
+        return c;
+    if (x->name_length != y->name_length)
+        return (x->name_length > y->name_length) - (x->name_length < y->name_length);
+    return (*(const uint32_t *)a > *(const uint32_t *)b) - (*(const uint32_t *)a < *(const uint32_t *)b);
+}
+
+static long first_duplicate(const struct reader *r, uint32_t m, uint32_t *first)
+{
+    uint32_t *idx, k, group = 0;
+    long best = -1;
+    if (m < 2)
+        return -1;
+    idx = malloc((size_t)m * sizeof *idx);
+    if (!idx)
+        return -2;
+    for (k = 0; k < m; k++)
+        idx[k] = k;
+    g_sort_reader = r;
+    qsort(idx, m, sizeof *idx, name_index_cmp);
+    /* in a run of equal names the first entry is the earliest record; each later one is a
+     * duplicate of it */
+    for (k = 1; k < m; k++) {
+        const struct tensor *x = &r->tensors[idx[k - 1]], *y = &r->tensors[idx[k]];
+        if (x->name_length == y->name_length &&
+            memcmp(r->names + x->name_offset, r->names + y->name_offset, x->name_length) == 0) {
+            if (best < 0 || (long)idx[k] < best)
+                best = (long)idx[k], *first = idx[group];
+        } else {
+            group = k;
+        }
+    }
+    free(idx);
+    return best;
+}
+
 static int nq_open(struct reader *r, const char *path)
 {
     unsigned char p[NQ_PREAMBLE_SIZE];
-    uint64_t v, t, want, header_len;
-    struct nameset ns = {NULL, 0};
+    uint64_t v, want, header_len;
     struct cursor cur[3];
     uint64_t name_cur = 0;
     int any_zstd = 0, k;
@@ -1100,23 +1223,38 @@ static int nq_open(struct reader *r, const char *path)
     r->names = r->header + (r->sec[SEC_NAMES].offset - NQ_PREAMBLE_SIZE);
     /* 11 */
     r->tensors = calloc(r->count ? r->count : 1, sizeof *r->tensors);
-    for (t = 1; t < 2 * (uint64_t)r->count; t <<= 1)
-        ;
-    ns.mask = t - 1;
-    ns.slot = calloc((size_t)t, sizeof *ns.slot);
-    if (!r->tensors || !ns.slot) {
-        free(ns.slot);
+    if (!r->tensors)
         return fail(NQ_IO, "out of memory");
-    }
     memset(cur, 0, sizeof cur);
-    for (i = 0; i < r->count; i++) {
-        if (check_record(r, i, r->header + (uint64_t)NQ_RECORD_SIZE * i, &name_cur, &ns, cur,
-                         &any_zstd)) {
-            free(ns.slot);
-            return -1;
+    {
+        /* Records are checked in order up to the first failure; then the names of every record
+         * that got as far as step 11.11 are checked for duplicates. A duplicate is reported in
+         * place of that failure: it belongs to an earlier record, or to the failing record
+         * itself at a step before 11.12 (§11 order). */
+        uint32_t named_count = r->count, first = 0;
+        int failed = 0;
+        long dup;
+        for (i = 0; i < r->count; i++) {
+            int named = 0;
+            if (check_record(r, i, r->header + (uint64_t)NQ_RECORD_SIZE * i, &name_cur, cur,
+                             &any_zstd, &named)) {
+                failed = 1;
+                named_count = i + (uint32_t)named;
+                break;
+            }
         }
+        dup = first_duplicate(r, named_count, &first);
+        if (dup == -2)
+            return fail(NQ_IO, "out of memory");
+        if (dup >= 0) {
+            const struct tensor *d = &r->tensors[dup];
+            return fail(NQ_DUPLICATE_NAME,
+                        "records %" PRIu32 " and %ld are both named \"%.*s\" (§5)", first, dup,
+                        (int)d->name_length, (const char *)r->names + d->name_offset);
+        }
+        if (failed)
+            return -1;
     }
-    free(ns.slot);
     if (name_cur != r->sec[SEC_NAMES].length)
         return fail(NQ_LAYOUT, "names use %" PRIu64 " bytes but NAMES.length is %" PRIu64 " (§5)",
                     name_cur, r->sec[SEC_NAMES].length);

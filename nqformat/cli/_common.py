@@ -26,6 +26,7 @@ __all__ = [
     "human_errors",
     "process_seconds",
     "require_file",
+    "require_output",
     "require_torch_extra",
 ]
 
@@ -47,11 +48,29 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
 
 
 def require_file(path: os.PathLike[str] | str) -> None:
-    """Fail with one line when ``path`` is missing or not a regular file (before opening it)."""
+    """Fail with one line when ``path`` is missing or not a regular file, before opening it
+    (``stat`` only: a FIFO would block an open forever; a device never ends)."""
+    from nqformat._paths import PathError, check_input_file
+
     if not os.path.exists(path):
         fail(f"{path}: no such file")
     if os.path.isdir(path):
         fail(f"{path}: is a directory, expected a .nq file")
+    try:
+        check_input_file(path)
+    except (PathError, OSError) as exc:
+        fail(str(exc))
+
+
+def require_output(path: os.PathLike[str] | str, *, force: bool) -> None:
+    """Fail with one line unless a tool may write ``path``: nothing there, or a regular file
+    and ``force`` (never a symlink, FIFO, device or directory, whatever ``force`` says)."""
+    from nqformat._paths import PathError, check_output_path
+
+    try:
+        check_output_path(path, force=force)
+    except PathError as exc:
+        fail(str(exc))
 
 
 def check_output_path(path: pathlib.Path, force: bool) -> None:
@@ -60,8 +79,7 @@ def check_output_path(path: pathlib.Path, force: bool) -> None:
     if path.is_dir():
         fail(f"{path}: is a directory; give a file name with -o")
     check_output_dir(path.parent, path)
-    if path.exists() and not force:
-        fail(f"{path}: exists; pass --force to overwrite it")
+    require_output(path, force=force)  # --force replaces only a regular file
 
 
 def check_output_dir(directory: pathlib.Path, path: pathlib.Path | None = None) -> None:

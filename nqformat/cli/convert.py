@@ -16,7 +16,6 @@ import click
 from nqformat.cli._common import (
     check_output_dir,
     check_output_path,
-    fail,
     human_errors,
     process_seconds,
     require_torch_extra,
@@ -266,8 +265,8 @@ def convert(
         )
     h_value = auto_h(n, model_meta["fp32_bytes"]) if h == AUTO_H else h
     out = output if output is not None else _default_output(spec.arch, n, int(h_value))
-    if output is None and out.exists() and not force:
-        fail(f"{out}: exists; pass --force to overwrite it (or choose another -o)")
+    if output is None:
+        check_output_path(out, force)  # --h auto: the name is known only now
 
     bar = _progress(quiet, f"{spec.arch} INT({n}|{h_value})")
     callback = None

@@ -13,7 +13,13 @@ import pathlib
 import click
 
 from nqformat._atomic import AtomicFile
-from nqformat.cli._common import EXIT_INVALID_FILE, fail, human_errors, require_file
+from nqformat.cli._common import (
+    EXIT_INVALID_FILE,
+    fail,
+    human_errors,
+    require_file,
+    require_output,
+)
 
 __all__ = ["copy_prefix", "extract"]
 
@@ -89,11 +95,9 @@ def extract(file: pathlib.Path, part: bool, output: pathlib.Path, force: bool) -
     require_file(file)
     if output.is_dir():
         fail(f"{output}: is a directory; give a file name with -o")
-    if output.exists():
-        if output.resolve() == file.resolve():
-            fail(f"{output}: is the input file; write the extract somewhere else")
-        if not force:
-            fail(f"{output}: exists; pass --force to overwrite it")
+    if output.exists() and output.resolve() == file.resolve():
+        fail(f"{output}: is the input file; write the extract somewhere else")
+    require_output(output, force=force)
     if not output.parent.is_dir():
         fail(f"{output.parent}: no such directory")
     with nqformat.open(file) as f:

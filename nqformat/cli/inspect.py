@@ -10,7 +10,30 @@ import click
 
 from nqformat.cli._common import human_errors, require_file
 
-__all__ = ["inspect_cmd", "inspect_data"]
+__all__ = ["inspect_cmd", "inspect_data", "printable"]
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (terminal escape sequences, control and
+    format characters, unpaired surrogates) written as a Python-style escape, and backslashes
+    doubled so that the escapes are unambiguous: names and META strings come from the file,
+    and a name must not be able to drive the terminal (issue 11)."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def _meta_get(meta: Any, *keys: str) -> Any:
@@ -164,7 +187,7 @@ def _render(data: dict[str, Any], layers: bool) -> str:
         ),
     ]
     width = max(len(k) for k, _ in overview)
-    out += [f"{k.ljust(width)}  {v}" for k, v in overview]
+    out += [f"{k.ljust(width)}  {printable(v)}" for k, v in overview]
     if data["random_init"] is True:
         out.append(
             click.style(
@@ -279,7 +302,7 @@ def _render(data: dict[str, Any], layers: bool) -> str:
                 ("name", "kind", "shape", "dtype", "data", "high", "low"),
                 [
                     (
-                        t["name"],
+                        printable(t["name"]),
                         t["kind"] + (" (zstd)" if t["compressed"] else ""),
                         "x".join(str(d) for d in t["shape"]) or "scalar",
                         t["dtype"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from nqformat.errors import (
     UnsupportedVersionError,
 )
 
-__all__ = ["Header", "TensorInfo", "parse_header"]
+__all__ = ["Header", "TensorInfo", "check_meta", "parse_header"]
 
 #: ``read(offset, length)``: file bytes (see :class:`~nqformat.container.source.ByteSource`)
 ReadFn = Callable[[int, int], bytes]
@@ -230,15 +231,16 @@ def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] 
         any_zstd = any_zstd or bool((codec == Codec.ZSTD).any())
     if any_zstd != flags_zstd:
         return None
-    # 11b: element counts, each partial product kept <= 2^48 (a zero dim after a large prefix
-    # is left to the record walk, which multiplies exactly)
+    # 11b: element counts: the product of the nonzero dims, each partial product kept <= 2^48
+    # (§4, §10), and 0 where a used dim is 0
     if (dims > spec.MAX_NUMEL).any():
         return None
     numel = np.ones(count, dtype=np.uint64)
-    for d in np.where(past, np.uint64(1), dims).T:
-        if (numel > spec.MAX_NUMEL // np.maximum(d, np.uint64(1))).any():
+    for d in np.where(past | (dims == 0), np.uint64(1), dims).T:
+        if (numel > spec.MAX_NUMEL // d).any():
             return None
         numel *= d
+    numel[((dims == 0) & ~past).any(axis=1)] = 0
     # 11c: names, back to back in NAMES, valid UTF-8, distinct
     lengths = recs["name_length"].astype(np.int64)
     if ((lengths < 1) | (lengths > spec.MAX_NAME_LENGTH)).any():
@@ -287,7 +289,9 @@ def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] 
             return None
         packed = ~plain
         limit = spec.max_zstd_length(expect_len[packed])
-        if ((length[packed] < 1) | (length[packed] > limit)).any():
+        ratio = np.uint64(spec.ZSTD_MAX_RATIO)  # ceil division; raw lengths are <= 2^51
+        least = np.maximum((expect_len[packed] + ratio - np.uint64(1)) // ratio, np.uint64(1))
+        if ((length[packed] < least) | (length[packed] > limit)).any():
             return None
         if (int(end[-1]) if end.size else section.offset) != section.end:
             return None
@@ -406,10 +410,13 @@ def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
                     f"{where} {name!r}: {which.name} blob is {ref.length} bytes, expected "
                     f"{raw_len} (§4.2)"
                 )
-            if ref.codec == Codec.ZSTD and not 1 <= ref.length <= spec.max_zstd_length(raw_len):
+            if ref.codec == Codec.ZSTD and not (
+                spec.min_zstd_length(raw_len) <= ref.length <= spec.max_zstd_length(raw_len)
+            ):
                 raise LayoutError(
                     f"{where} {name!r}: zstd {which.name} blob of {ref.length} bytes for "
-                    f"{raw_len} raw bytes (§8)"
+                    f"{raw_len} raw bytes: no zstd frame is shorter than 1/{spec.ZSTD_MAX_RATIO} "
+                    "of its content, nor much longer (§8)"
                 )
             section = pre.sections[which]
             if ref.end > section.end:
@@ -435,15 +442,43 @@ def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
     return tuple(infos)
 
 
-def _check_meta(raw: bytes) -> dict[str, Any]:
-    """Step 12: META is a UTF-8 JSON object, no duplicate keys, depth <= 64 (§6)."""
+#: digits of the largest META integer magnitude, 2^53 (§6): a longer integer is out of range
+#: without converting it (int() of a long digit string is quadratic, and refused past 4300)
+_META_INT_DIGITS = len(str(spec.MAX_META_INT))
+
+
+def _meta_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    value = int(text) if digits <= _META_INT_DIGITS else spec.MAX_META_INT + 1
+    if abs(value) > spec.MAX_META_INT:
+        raise MetadataError(f"META integer {text[:40]}... is outside +-2^53 (§6)")
+    return value
+
+
+def _meta_float(text: str) -> float:
+    value = float(text)  # correctly rounded, linear in the length
+    if not math.isfinite(value):
+        raise MetadataError(f"META number {text[:40]} does not round to a finite binary64 (§6)")
+    return value
+
+
+def check_meta(raw: bytes) -> dict[str, Any]:
+    """Step 12: META is a UTF-8 JSON object, no duplicate keys, depth <= 64, at most 2^20
+    values and member names, numbers in range (§6). Depth and size are found by a linear scan
+    first (:func:`spec.json_shape`), so the parser never meets a deep nest and never builds
+    more than 2^20 objects, whatever the 16 MiB hold."""
     try:
         text = raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise MetadataError(f"META is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    # Depth first, without recursion, so that json.loads never meets a deep nest.
-    if spec.json_depth(raw) > spec.MAX_META_DEPTH:
+    shape = spec.json_shape(raw)
+    if shape.depth > spec.MAX_META_DEPTH:
         raise MetadataError(f"META nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
+    if shape.values > spec.MAX_META_VALUES:
+        raise MetadataError(
+            f"META has {shape.values} values and member names, more than {spec.MAX_META_VALUES} "
+            "(§6)"
+        )
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         obj: dict[str, Any] = {}
@@ -457,7 +492,13 @@ def _check_meta(raw: bytes) -> dict[str, Any]:
         raise MetadataError(f"META contains {name}, which is not JSON (RFC 8259)")
 
     try:
-        value = json.loads(text, object_pairs_hook=pairs, parse_constant=no_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=pairs,
+            parse_constant=no_constant,
+            parse_int=_meta_int,
+            parse_float=_meta_float,
+        )
     except MetadataError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -478,5 +519,5 @@ def parse_header(preamble: bytes, read: ReadFn, size: int) -> Header:
     _check_header_crcs(pre, header)
     tensors = _check_records(pre, header)
     meta = pre.sections[Section.META]
-    metadata = _check_meta(header[meta.offset : meta.end])
+    metadata = check_meta(header[meta.offset : meta.end])
     return Header(pre, tensors, metadata, header_end, part_only=size < pre.full_end)

@@ -26,9 +26,15 @@ from nqformat.container.dequant import Scratch as _Scratch
 from nqformat.container.dequant import dequantize as _dequantize
 from nqformat.container.dequant import zstd_decompress as _zstd_decompress
 from nqformat.container.header import Header, TensorInfo, parse_header
-from nqformat.container.source import ByteSource, FileSource
+from nqformat.container.source import ByteSource, FileSource, crc_range
 from nqformat.container.spec import Codec, Kind, Section
-from nqformat.errors import ChecksumError, NQError, PartOnlyError, TensorNotFoundError
+from nqformat.errors import (
+    ChecksumError,
+    LimitError,
+    NQError,
+    PartOnlyError,
+    TensorNotFoundError,
+)
 
 __all__ = [
     "ChannelParams",
@@ -72,12 +78,19 @@ class NQFile:
     _LOW_MAP = _LOW_MAP
 
     def __init__(
-        self, path: str | os.PathLike[str], *, verify: bool = True, source: ByteSource | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        verify: bool = True,
+        source: ByteSource | None = None,
+        max_bytes: int = spec.DEFAULT_READ_BUDGET,
     ) -> None:
         """``source`` serves the bytes instead of the local file at ``path`` (which then only
-        names the file in messages); the NQFile closes it."""
+        names the file in messages); the NQFile closes it. ``max_bytes`` is the read budget
+        (§10): the most one read of one tensor may allocate."""
         self.path = pathlib.Path(path)
         self._verify_blobs = verify
+        self.max_bytes = int(max_bytes)
         self._src: ByteSource = FileSource(self.path) if source is None else source
         self._header: Header
         try:
@@ -205,6 +218,7 @@ class NQFile:
             raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
         if out is not None:
             _check_out(out, info)
+        self._check_budget(info, _read_cost(info, mode, self.n, self.h), f"read({mode!r})")
         if info.kind is Kind.RAW:
             data = self._blob(info, Section.DATA)
             stored = np.frombuffer(data, dtype=info.dtype.np_dtype).reshape(info.shape)
@@ -228,6 +242,7 @@ class NQFile:
         info = self._nested(name)
         if part not in ("high", "low", "full"):
             raise NQError(f"part must be 'high', 'low' or 'full', got {part!r}")
+        self._check_budget(info, _codes_cost(info, part, self.n, self.h), f"codes({part!r})")
         if part == "high":
             return self._unpack(info, Section.HIGH, self.h)
         if part == "low":
@@ -253,7 +268,11 @@ class NQFile:
         low = self._pre.sections[Section.LOW]
         self._src.map(_LOW_MAP, low.offset, low.end)
         if self._verify_blobs and low.length:
-            actual = spec.crc32(self._src.view(_LOW_MAP, low.offset, low.length))
+            try:
+                actual = crc_range(self._src, _LOW_MAP, low.offset, low.length)
+            except BaseException:
+                self._src.unmap(_LOW_MAP)
+                raise
             if actual != low.crc:
                 self._src.unmap(_LOW_MAP)
                 raise ChecksumError(
@@ -334,6 +353,9 @@ class NQFile:
             ref, key = info.low, _LOW_MAP
             if not self.low_resident:
                 self.page_in_low()
+        raw_len = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, self.n, self.h)
+        # the stored bytes and (codec 1) the decompressed ones, before either is allocated
+        self._check_budget(info, _blob_cost(info, which, self.n, self.h), which.name)
         stored = self._src.view(key, ref.offset, ref.length)
         if force_check or (self._verify_blobs and (info.index, which) not in self._checked):
             actual = spec.crc32(stored)
@@ -346,9 +368,16 @@ class NQFile:
             self._checked.add((info.index, which))
         if ref.codec == Codec.NONE:
             return stored
-        raw_len = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, self.n, self.h)
         what = f"{info.name!r} {which.name}" if named else which.name
         return memoryview(_zstd_decompress(stored, raw_len, what))
+
+    def _check_budget(self, info: TensorInfo, nbytes: int, what: str) -> None:
+        """LimitError, before anything is allocated, when ``nbytes`` exceed the read budget."""
+        if nbytes > self.max_bytes:
+            raise LimitError(
+                f"{info.name!r}: {what} needs {nbytes:,} bytes, more than the read budget of "
+                f"{self.max_bytes:,} (§10; pass max_bytes= to nqformat.open to raise it)"
+            )
 
     def _unpack(
         self, info: TensorInfo, which: Section, width: int, out: np.ndarray | None = None
@@ -373,6 +402,32 @@ class NQFile:
         return scratch
 
 
+def _blob_cost(info: TensorInfo, which: Section, n: int, h: int) -> int:
+    """Bytes one blob costs a read: its stored bytes, plus the decompressed ones (codec 1)."""
+    ref = {Section.DATA: info.data, Section.HIGH: info.high, Section.LOW: info.low}[which]
+    raw = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, n, h)
+    return ref.length + (raw if ref.codec != Codec.NONE else 0)
+
+
+def _read_cost(info: TensorInfo, mode: str, n: int, h: int) -> int:
+    """Upper bound on the bytes ``read`` allocates (§10 read budget): the blobs it reads, the
+    int8 code buffers and int16 recomposition (full), and the float32 result."""
+    if info.kind is Kind.RAW:  # the result is an array over the blob's bytes, no copy
+        return _blob_cost(info, Section.DATA, n, h)
+    cost = _blob_cost(info, Section.DATA, n, h) + _blob_cost(info, Section.HIGH, n, h)
+    cost += info.numel * (1 + 4)  # H codes, float32 values
+    if mode == "full":
+        cost += _blob_cost(info, Section.LOW, n, h) + info.numel * (1 + 2)  # L codes, q
+    return cost
+
+
+def _codes_cost(info: TensorInfo, part: str, n: int, h: int) -> int:
+    """Upper bound on the bytes ``codes`` allocates (§10 read budget)."""
+    high = _blob_cost(info, Section.HIGH, n, h) + info.numel
+    low = _blob_cost(info, Section.LOW, n, h) + info.numel
+    return {"high": high, "low": low, "full": high + low + 2 * info.numel}[part]
+
+
 def _check_out(out: object, info: TensorInfo) -> None:
     """``read(out=...)`` needs an array it can write the tensor's values into as they are."""
     if not isinstance(out, np.ndarray):
@@ -386,7 +441,11 @@ def _check_out(out: object, info: TensorInfo) -> None:
         raise NQError(f"out for {info.name!r} must be writeable and C-contiguous")
 
 
-def open(path: str | os.PathLike[str], *, verify: bool = True) -> NQFile:
+def open(
+    path: str | os.PathLike[str], *, verify: bool = True, max_bytes: int = spec.DEFAULT_READ_BUDGET
+) -> NQFile:
     """Open a ``.nq`` file lazily (a context manager). ``verify`` checks each blob's CRC when
-    it is first read and ``LOW.crc`` when LOW is paged in; the header is always checked."""
-    return NQFile(path, verify=verify)
+    it is first read and ``LOW.crc`` when LOW is paged in; the header is always checked.
+    ``max_bytes`` is the read budget (spec §10, default 4 GiB): a read of one tensor that would
+    allocate more raises LimitError (code ``limit``) before allocating anything."""
+    return NQFile(path, verify=verify, max_bytes=max_bytes)

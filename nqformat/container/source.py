@@ -1,22 +1,28 @@
 """The reader's file layer: every byte a :class:`~nqformat.container.reader.NQFile` sees comes
 through a :class:`ByteSource`.
 
-:class:`FileSource` serves a local file with ``pread`` and read-only mmaps of whole ranges (the
-reader maps ``[DATA.offset, part_end)`` at open and LOW only when it is paged in). It counts every
-byte requested, so that tests can prove the part-bit model never touches LOW. Another source (an
-HTTP range reader, say) only has to implement the same small interface.
+:class:`FileSource` serves a local file with ``pread`` only: a "map" is a window the reader
+may read (``[DATA.offset, part_end)`` from open, LOW only once it is paged in), and every view
+is a bounded ``pread`` into memory of its own. It never memory-maps the file, because a mapping
+of bytes another process then truncates kills the reader with SIGBUS on the next access (spec
+§10: a file that changes while it is open); a read past the file's current end is a
+:class:`~nqformat.errors.TruncatedError` instead. It counts every byte requested, so that tests
+can prove the part-bit model never touches LOW. Another source (an HTTP range reader, say) only
+has to implement the same small interface.
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 from typing import Protocol
 
-from nqformat.errors import LayoutError
+from nqformat.container import spec
+from nqformat.errors import LayoutError, TruncatedError
 
-__all__ = ["ByteSource", "FileSource"]
+__all__ = ["CRC_CHUNK", "ByteSource", "FileSource", "crc_range"]
+
+#: bytes per view when a whole section's CRC is computed: bounds that check's memory
+CRC_CHUNK = 16 << 20
 
 
 class ByteSource(Protocol):
@@ -46,7 +52,7 @@ class ByteSource(Protocol):
 
 
 class FileSource:
-    """A local file: ``os.pread`` plus read-only mmaps of whole ranges (see :class:`ByteSource`)."""
+    """A local file, read with ``os.pread`` only (see :class:`ByteSource` and the module doc)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -55,7 +61,7 @@ class FileSource:
         except OSError:
             os.close(self._fd)
             raise
-        self._maps: dict[str, tuple[int, int, mmap.mmap | memoryview]] = {}
+        self._maps: dict[str, tuple[int, int]] = {}
         self.bytes_read = 0
         self.max_end = 0
 
@@ -73,31 +79,28 @@ class FileSource:
         return b"".join(chunks)
 
     def map(self, key: str, start: int, end: int) -> None:
-        """Map file bytes [start, end) read-only under ``key`` (nothing is read yet)."""
-        if end <= start:
-            self._maps[key] = (start, end, memoryview(b""))
-            return
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(self._fd, end - base, access=mmap.ACCESS_READ, offset=base)
-        self._maps[key] = (base, end, mapped)
+        """Let ``view`` read file bytes [start, end) under ``key`` (nothing is read yet)."""
+        self._maps[key] = (start, end)
 
     def unmap(self, key: str) -> None:
-        entry = self._maps.pop(key, None)
-        if entry is not None and isinstance(entry[2], mmap.mmap):
-            # arrays may still view it; the mapping then goes away with the last of them
-            with contextlib.suppress(BufferError):
-                entry[2].close()
+        self._maps.pop(key, None)
 
     def mapped(self, key: str) -> bool:
         return key in self._maps
 
     def view(self, key: str, offset: int, length: int) -> memoryview:
-        """Zero-copy view of file bytes [offset, offset+length) inside map ``key``."""
-        base, end, mapped = self._maps[key]
-        if offset < base or offset + length > end:
+        """File bytes [offset, offset+length) inside window ``key``, read now; TruncatedError
+        when the file no longer has them (it was cut while open, §10)."""
+        start, end = self._maps[key]
+        if offset < start or offset + length > end:
             raise LayoutError(f"bytes [{offset}, {offset + length}) lie outside map {key}")
-        self._count(offset, length)
-        return memoryview(mapped)[offset - base : offset - base + length]
+        data = self.pread(offset, length)
+        if len(data) != length:
+            raise TruncatedError(
+                f"the file ends at {offset + len(data)} but bytes up to {offset + length} were "
+                "there when it was opened: it was truncated while open (§10)"
+            )
+        return memoryview(data)
 
     def _count(self, offset: int, length: int) -> None:
         self.bytes_read += length
@@ -109,6 +112,18 @@ class FileSource:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def crc_range(src: ByteSource, key: str, offset: int, length: int) -> int:
+    """CRC-32 of bytes [offset, offset+length) of window ``key``, read in pieces of at most
+    :data:`CRC_CHUNK` bytes, so a whole-section check never holds the section in memory."""
+    crc = 0
+    end = offset + length
+    while offset < end:
+        step = min(CRC_CHUNK, end - offset)
+        crc = spec.crc32(src.view(key, offset, step), crc)
+        offset += step
+    return crc
 
 
 def _pread(fd: int, length: int, offset: int) -> bytes:

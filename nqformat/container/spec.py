@@ -9,7 +9,6 @@ reported precisely.
 from __future__ import annotations
 
 import enum
-import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -23,13 +22,16 @@ __all__ = [
     "BLOB_ALIGN",
     "BLOB_REF_DTYPE",
     "BLOB_REF_SIZE",
+    "DEFAULT_READ_BUDGET",
     "FORMAT_VERSION",
     "INDEX_OFFSET",
     "MAGIC",
     "MAX_DIMS",
     "MAX_HEADER_END",
     "MAX_META_DEPTH",
+    "MAX_META_INT",
     "MAX_META_LENGTH",
+    "MAX_META_VALUES",
     "MAX_N",
     "MAX_NAME_LENGTH",
     "MAX_NUMEL",
@@ -49,12 +51,14 @@ __all__ = [
     "SECTION_TABLE_OFFSET",
     "VERSION_MAJOR",
     "VERSION_MINOR",
+    "ZSTD_MAX_RATIO",
     "ZSTD_SLACK_BYTES",
     "ZSTD_SLACK_DIVISOR",
     "BlobRef",
     "Codec",
     "DType",
     "IncompatFlag",
+    "JsonShape",
     "Kind",
     "Preamble",
     "Section",
@@ -67,7 +71,9 @@ __all__ = [
     "crc32",
     "header_end",
     "json_depth",
+    "json_shape",
     "max_zstd_length",
+    "min_zstd_length",
     "numel",
     "packed_length",
     "params_length",
@@ -105,15 +111,23 @@ BLOB_ALIGN = 64  # §7.1: every blob starts at a multiple of 64 bytes inside its
 # --- §8 compression -----------------------------------------------------------------------------
 ZSTD_SLACK_DIVISOR = 128  # §8: stored length <= raw + raw // 128 + 1024
 ZSTD_SLACK_BYTES = 1024  # §8
+#: §8: no zstd frame regenerates more than 32768 bytes per stored byte (a block of at most
+#: 128 KiB costs at least 4 bytes), so a codec-1 blob is at least ceil(raw / 32768) bytes
+ZSTD_MAX_RATIO = 32768
 
 # --- §10 limits ---------------------------------------------------------------------------------
 MAX_TENSOR_COUNT = 1 << 20  # §10: 1,048,576
 MAX_HEADER_END = 256 << 20  # §10: preamble + INDEX + NAMES + META <= 256 MiB
 MAX_META_LENGTH = 16 << 20  # §6, §10: 16 MiB
 MAX_META_DEPTH = 64  # §6: JSON nesting depth
+MAX_META_VALUES = 1 << 20  # §6, §10: values and member names in META
+MAX_META_INT = 1 << 53  # §6: largest magnitude of a META integer
 MAX_NAME_LENGTH = 1024  # §5, §10
 MAX_NUMEL = 1 << 48  # §10
 MAX_OFFSET = (1 << 63) - 1  # §10: any offset or length
+#: §10 read budget: the Python reader's default bound on the bytes one read allocates; real
+#: models' largest tensors are far below it (ResNet-101's largest: 9 MiB of float32)
+DEFAULT_READ_BUDGET = 4 << 30
 
 
 class Kind(enum.IntEnum):
@@ -265,15 +279,20 @@ def params_length(channels: int) -> int:
 
 
 def numel(dims: Sequence[int]) -> int:
-    """Exact element count of a shape; LimitError over 2^48 (§10), whatever the order of dims."""
+    """Exact element count of a shape; LimitError when a dimension, or the product of the
+    nonzero dimensions, exceeds 2^48 (§4, §10), whatever the order of dims. (A zero-size tensor
+    must still have a shape an array library with 64-bit sizes can represent.)"""
     if any(d > MAX_NUMEL for d in dims):
         raise LimitError(f"dimension in {tuple(dims)} exceeds 2^48 (§10)")
-    count = 1
+    nonzero = 1
     for d in dims:
-        count *= d
-    if count > MAX_NUMEL:
-        raise LimitError(f"shape {tuple(dims)} has {count} elements, more than 2^48 (§10)")
-    return count
+        nonzero *= d or 1
+    if nonzero > MAX_NUMEL:
+        raise LimitError(
+            f"shape {tuple(dims)}: its nonzero dimensions multiply to {nonzero}, more than 2^48 "
+            "(§4, §10)"
+        )
+    return 0 if 0 in dims else nonzero
 
 
 def header_end(tensor_count: int, names_length: int, meta_length: int) -> int:
@@ -306,26 +325,102 @@ def raw_blob_length(
     return packed_length(count, h if which is Section.HIGH else n - h + 1)
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+@dataclass(frozen=True)
+class JsonShape:
+    """What :func:`json_shape` learns of a JSON text without parsing it."""
+
+    depth: int  # deepest nesting of objects and arrays (§6: at most 64)
+    values: int  # values and member names (§6: at most 2^20)
+
+
+#: bytes of the JSON text scanned per step: bounds the scan's temporary arrays (~40 bytes each)
+_JSON_SCAN_CHUNK = 1 << 20
+_BACKSLASH, _QUOTE = ord("\\"), ord('"')
+#: bytes that open a value outside strings: '{', '[', a number's first character, or the one
+#: letter of true/false/null that no other literal contains (opening quotes are counted apart)
+_VALUE_START = np.zeros(256, dtype=bool)
+_VALUE_START[list(b"{[-0123456789tfn")] = True
+#: bytes that continue a number (so that only its first character counts)
+_NUMBER_PART = np.zeros(256, dtype=bool)
+_NUMBER_PART[list(b"-+.0123456789eE")] = True
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)
+_DEPTH_STEP[[ord("{"), ord("[")]] = 1
+_DEPTH_STEP[[ord("}"), ord("]")]] = -1
+
+
+def json_shape(raw: bytes) -> JsonShape:
+    """Depth and value count of the JSON text ``raw`` (§6), in one linear vectorised pass with
+    bounded temporaries and no regular expression: safe on any input, valid JSON or not.
+
+    A quote is a string delimiter when an even number of backslashes precede it; bytes between
+    delimiters are inside a string. Outside strings, brackets give the depth as a running sum,
+    and every opening quote, '{', '[', first number character and t/f/n starts one value or
+    member name. On valid JSON both numbers are exact; on invalid JSON they are whatever the
+    scan finds, which is harmless since the parser then rejects the text anyway."""
+    data = np.frombuffer(raw, dtype=np.uint8)
+    depth = max_depth = values = 0
+    in_string = False  # whether the chunk starts inside a string
+    backslashes = 0  # backslashes that end the previous chunk
+    prev_number = False  # whether the previous chunk ends inside a number
+    for start in range(0, data.size, _JSON_SCAN_CHUNK):
+        chunk = data[start : start + _JSON_SCAN_CHUNK]
+        quote = chunk == _QUOTE
+        is_bs = chunk == _BACKSLASH
+        last_other = np.empty(0, dtype=np.int32)
+        if is_bs.any():
+            # run of backslashes ending just before each byte: i - 1 - (last non-backslash < i)
+            idx = np.arange(chunk.size, dtype=np.int32)
+            last_other = np.maximum.accumulate(np.where(is_bs, np.int32(-1), idx))
+            before = np.empty(chunk.size, dtype=np.int32)
+            before[0] = backslashes
+            before[1:] = idx[:-1] - last_other[:-1]
+            before[1:] += np.where(last_other[:-1] < 0, np.int32(backslashes), np.int32(0))
+            delim = quote & (before % 2 == 0)
+        else:
+            delim = quote
+            if backslashes % 2 and chunk.size and quote[0]:
+                delim = quote.copy()
+                delim[0] = False  # escaped by the backslashes that end the previous chunk
+        # strings: a byte is inside one when an odd number of delimiters precede it (exclusive)
+        parity = np.cumsum(delim, dtype=np.int32) - delim + np.int32(in_string)
+        outside = parity % 2 == 0
+        opening = delim & outside
+        steps = np.where(outside, _DEPTH_STEP[chunk], np.int8(0))
+        running = np.cumsum(steps, dtype=np.int32) + np.int32(depth)
+        if running.size:
+            max_depth = max(max_depth, int(running.max()))
+            depth = int(running[-1])
+        number_part = _NUMBER_PART[chunk] & outside
+        prev = np.empty(chunk.size, dtype=bool)
+        prev[0] = prev_number
+        prev[1:] = number_part[:-1]
+        digit_start = _VALUE_START[chunk] & outside & ~prev
+        values += int(np.count_nonzero(opening)) + int(np.count_nonzero(digit_start))
+        in_string = bool((int(np.count_nonzero(delim)) + in_string) % 2)
+        if last_other.size:
+            trailing = chunk.size - 1 - int(last_other[-1])
+            backslashes = trailing + (backslashes if last_other[-1] < 0 else 0)
+        else:
+            backslashes = 0
+        prev_number = bool(number_part[-1])
+    return JsonShape(max_depth, values)
 
 
 def json_depth(raw: bytes) -> int:
-    """Nesting depth of the JSON text ``raw`` (objects and arrays; §6 allows 64), computed
-    without recursion as the running sum of brackets outside strings, so that it is safe on any
-    input, valid JSON or not."""
-    skeleton = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
-    steps = (
-        (skeleton == ord("{")).astype(np.int64)
-        + (skeleton == ord("["))
-        - (skeleton == ord("}"))
-        - (skeleton == ord("]"))
-    )
-    return int(np.cumsum(steps).max()) if steps.size else 0
+    """Nesting depth of the JSON text ``raw`` (objects and arrays; §6 allows 64); see
+    :func:`json_shape`."""
+    return json_shape(raw).depth
 
 
 def max_zstd_length(raw_length: int) -> int:
     """Largest stored length a codec-1 blob of ``raw_length`` may have (§8)."""
     return raw_length + raw_length // ZSTD_SLACK_DIVISOR + ZSTD_SLACK_BYTES
+
+
+def min_zstd_length(raw_length: int) -> int:
+    """Smallest stored length a codec-1 blob of ``raw_length`` may have (§8): no zstd frame is
+    shorter, so a shorter blob cannot be what it claims."""
+    return max(1, -(-raw_length // ZSTD_MAX_RATIO))
 
 
 # --- fixed-width structures ---------------------------------------------------------------------

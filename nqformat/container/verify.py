@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nqformat.container import spec
+from nqformat.container.source import crc_range
 from nqformat.container.spec import Kind, Section
 from nqformat.errors import NQError
 
@@ -68,7 +69,7 @@ def find_problems(f: NQFile) -> list[Problem]:
         for which in present:
             entry = pre.sections[which]
             key = f._LOW_MAP if which is Section.LOW else f._PART_MAP
-            actual = spec.crc32(src.view(key, entry.offset, entry.length))
+            actual = crc_range(src, key, entry.offset, entry.length)
             if actual != entry.crc:
                 problems.append(
                     Problem(

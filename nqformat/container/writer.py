@@ -23,6 +23,7 @@ import numpy as np
 from nqformat import bitpack
 from nqformat._atomic import AtomicFile
 from nqformat.container import spec
+from nqformat.container.header import check_meta
 from nqformat.container.spec import (
     BlobRef,
     Codec,
@@ -461,10 +462,9 @@ class NQWriter:
         )
         meta["format"] = fmt
         raw = canonical_json(meta)
-        if spec.json_depth(raw) > spec.MAX_META_DEPTH:  # the reader's own check (§6)
-            raise MetadataError(f"metadata nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
         if len(raw) > spec.MAX_META_LENGTH:
             raise MetadataError(f"metadata is {len(raw)} bytes; the limit is 16 MiB (§6)")
+        check_meta(raw)  # the reader's own check (§6): depth, size, number ranges
         return raw
 
     def _finish(self) -> pathlib.Path:
