@@ -1,0 +1,189 @@
+"""A small static file server with byte ranges, for tests, examples and benchmarks.
+
+It serves the files of one folder on 127.0.0.1 (stdlib ``http.server``, HTTP/1.1 keep-alive),
+honours one ``Range: bytes=a-b`` per request with 206 and ``Content-Range`` (RFC 9110 §14),
+sends ``ETag``/``Last-Modified`` derived from the file's size and mtime (as nginx does), and
+logs every response with the bytes of body it sent, so a test can prove what a client
+transferred. It can also simulate a slow link (a rate limit and a round-trip delay per request
+and per new connection) and misbehave on purpose (ignore Range, claim a Content-Encoding).
+
+Not a production server: it exists so that the HTTP path is tested against real sockets.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.server
+import pathlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+__all__ = ["Logged", "RangeServer", "serve"]
+
+LOOPBACK = "127.0.0.1"
+_CHUNK = 64 * 1024
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_SOCKET_TIMEOUT_S = 30.0  # a stalled client cannot hold a server thread forever
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One response: the file asked for, the Range header (or None), status, body bytes sent."""
+
+    name: str
+    range: str | None
+    status: int
+    sent: int
+
+
+@dataclass
+class RangeServer:
+    """Settings and log of a running server (see :func:`serve`). Change the settings at any
+    time; they apply to the next request."""
+
+    root: pathlib.Path
+    url: str = ""
+    rate_bytes_per_s: float | None = None  # None: as fast as loopback goes
+    rtt_s: float = 0.0  # added before each response and on each new connection
+    honour_range: bool = True
+    content_encoding: str | None = None
+    log: list[Logged] = field(default_factory=list)
+    connections: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url_of(self, name: str) -> str:
+        return f"{self.url}/{name}"
+
+    def bytes_sent(self) -> int:
+        with self._lock:
+            return sum(e.sent for e in self.log)
+
+    def requests(self) -> list[Logged]:
+        with self._lock:
+            return list(self.log)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.log.clear()
+            self.connections = 0
+
+
+def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a client's pool reuses the connection
+        timeout = _SOCKET_TIMEOUT_S
+
+        def setup(self) -> None:
+            super().setup()
+            with state._lock:
+                state.connections += 1
+            if state.rtt_s:
+                time.sleep(state.rtt_s)  # the TCP handshake of a new connection
+
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def do_GET(self) -> None:
+            self._serve(body=True)
+
+        def _serve(self, *, body: bool) -> None:
+            name = self.path.lstrip("/").split("?", 1)[0]
+            path = (state.root / name).resolve()
+            if state.rtt_s:
+                time.sleep(state.rtt_s)  # request up, first byte down
+            if not name or path.parent != state.root.resolve() or not path.is_file():
+                self._empty(404, name)
+                return
+            stat = path.stat()
+            size = stat.st_size
+            etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
+            header = self.headers.get("Range")
+            start, end, status = 0, size, 200
+            if header is not None and state.honour_range:
+                m = _RANGE.match(header.strip())
+                if m is None:
+                    self._empty(416, name, size)
+                    return
+                start = int(m.group(1))
+                end = min(int(m.group(2)) + 1, size) if m.group(2) else size
+                if start >= size or end <= start:
+                    self._empty(416, name, size)
+                    return
+                status = 206
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Accept-Ranges", "bytes" if state.honour_range else "none")
+            self.send_header("Content-Length", str(end - start))
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
+            if state.content_encoding:
+                self.send_header("Content-Encoding", state.content_encoding)
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            self.end_headers()
+            sent = 0
+            try:
+                if body:
+                    sent = self._copy(path, start, end)
+            finally:
+                with state._lock:
+                    state.log.append(Logged(name, header, status, sent))
+
+        def _copy(self, path: pathlib.Path, start: int, end: int) -> int:
+            sent = 0
+            began = time.perf_counter()
+            with path.open("rb") as f:
+                f.seek(start)
+                while sent < end - start:
+                    chunk = f.read(min(_CHUNK, end - start - sent))
+                    if not chunk:
+                        break
+                    try:
+                        self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        break  # the client went away (for instance after a Range error)
+                    sent += len(chunk)
+                    if state.rate_bytes_per_s:
+                        due = began + sent / state.rate_bytes_per_s
+                        delay = due - time.perf_counter()
+                        if delay > 0:
+                            time.sleep(delay)
+            return sent
+
+        def _empty(self, status: int, name: str, size: int | None = None) -> None:
+            self.send_response(status)
+            if size is not None:
+                self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            with state._lock:
+                state.log.append(Logged(name, self.headers.get("Range"), status, 0))
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # the log above is the record; stderr noise helps nobody
+
+    return Handler
+
+
+@contextmanager
+def serve(root: str | pathlib.Path, **settings: object) -> Iterator[RangeServer]:
+    """Serve the files of folder ``root`` on 127.0.0.1:<ephemeral> until the block ends.
+    ``settings`` are :class:`RangeServer` fields (``rate_bytes_per_s``, ``rtt_s``, ...)."""
+    state = RangeServer(pathlib.Path(root), **settings)  # type: ignore[arg-type]
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True  # never outlives the process, even if the client crashes
+    thread.start()
+    host, port = server.server_address[:2]
+    state.url = f"http://{host}:{port}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=_SOCKET_TIMEOUT_S)
