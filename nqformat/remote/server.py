@@ -51,6 +51,8 @@ class RangeServer:
     rtt_s: float = 0.0  # added before each response and on each new connection
     honour_range: bool = True
     content_encoding: str | None = None
+    fail_next: int = 0  # answer this many next requests with 503 (to test retries)
+    cut_next: int | None = None  # close the next response after this many body bytes
     log: list[Logged] = field(default_factory=list)
     connections: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -98,6 +100,12 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             if not name or path.parent != state.root.resolve() or not path.is_file():
                 self._empty(404, name)
                 return
+            with state._lock:
+                fail, state.fail_next = state.fail_next > 0, max(state.fail_next - 1, 0)
+                cut, state.cut_next = state.cut_next, None
+            if fail:
+                self._empty(503, name)
+                return
             stat = path.stat()
             size = stat.st_size
             etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
@@ -128,7 +136,9 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             sent = 0
             try:
                 if body:
-                    sent = self._copy(path, start, end)
+                    sent = self._copy(path, start, end if cut is None else min(end, start + cut))
+                if cut is not None:
+                    self.close_connection = True  # the client sees a body cut short
             finally:
                 with state._lock:
                     state.log.append(Logged(name, header, status, sent))

@@ -118,6 +118,12 @@ class RemoteSource(FileSource):
             self._stream.close()
             self._stream = None
 
+    def __enter__(self) -> RemoteSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         super().close()
         self._close_remote()
