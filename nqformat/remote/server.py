@@ -55,18 +55,31 @@ class RangeServer:
     cut_next: int | None = None  # close the next response after this many body bytes
     log: list[Logged] = field(default_factory=list)
     connections: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Condition = field(default_factory=threading.Condition)
+    _in_flight: int = 0  # responses begun and not yet logged
 
     def url_of(self, name: str) -> str:
         return f"{self.url}/{name}"
 
     def bytes_sent(self) -> int:
-        with self._lock:
-            return sum(e.sent for e in self.log)
+        return sum(e.sent for e in self.requests())
 
     def requests(self) -> list[Logged]:
+        """The log, once every response already begun is logged (a client can have read a
+        whole body before the server thread gets to record it)."""
         with self._lock:
+            self._lock.wait_for(lambda: self._in_flight == 0, timeout=_SOCKET_TIMEOUT_S)
             return list(self.log)
+
+    def _begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _record(self, entry: Logged) -> None:
+        with self._lock:
+            self.log.append(entry)
+            self._in_flight -= 1
+            self._lock.notify_all()
 
     def clear(self) -> None:
         with self._lock:
@@ -93,34 +106,38 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             self._serve(body=True)
 
         def _serve(self, *, body: bool) -> None:
+            state._begin()
+            entry = Logged(self.path, self.headers.get("Range"), 500, 0)
+            try:
+                entry = self._respond(body)
+            finally:
+                state._record(entry)
+
+        def _respond(self, body: bool) -> Logged:
             name = self.path.lstrip("/").split("?", 1)[0]
             path = (state.root / name).resolve()
+            header = self.headers.get("Range")
             if state.rtt_s:
                 time.sleep(state.rtt_s)  # request up, first byte down
             if not name or path.parent != state.root.resolve() or not path.is_file():
-                self._empty(404, name)
-                return
+                return self._empty(404, name)
             with state._lock:
                 fail, state.fail_next = state.fail_next > 0, max(state.fail_next - 1, 0)
                 cut, state.cut_next = state.cut_next, None
             if fail:
-                self._empty(503, name)
-                return
+                return self._empty(503, name)
             stat = path.stat()
             size = stat.st_size
             etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
-            header = self.headers.get("Range")
             start, end, status = 0, size, 200
             if header is not None and state.honour_range:
                 m = _RANGE.match(header.strip())
                 if m is None:
-                    self._empty(416, name, size)
-                    return
+                    return self._empty(416, name, size)
                 start = int(m.group(1))
                 end = min(int(m.group(2)) + 1, size) if m.group(2) else size
                 if start >= size or end <= start:
-                    self._empty(416, name, size)
-                    return
+                    return self._empty(416, name, size)
                 status = 206
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
@@ -134,14 +151,11 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
             self.end_headers()
             sent = 0
-            try:
-                if body:
-                    sent = self._copy(path, start, end if cut is None else min(end, start + cut))
-                if cut is not None:
-                    self.close_connection = True  # the client sees a body cut short
-            finally:
-                with state._lock:
-                    state.log.append(Logged(name, header, status, sent))
+            if body:
+                sent = self._copy(path, start, end if cut is None else min(end, start + cut))
+            if cut is not None:
+                self.close_connection = True  # the client sees a body cut short
+            return Logged(name, header, status, sent)
 
         def _copy(self, path: pathlib.Path, start: int, end: int) -> int:
             sent = 0
@@ -164,14 +178,13 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
                             time.sleep(delay)
             return sent
 
-        def _empty(self, status: int, name: str, size: int | None = None) -> None:
+        def _empty(self, status: int, name: str, size: int | None = None) -> Logged:
             self.send_response(status)
             if size is not None:
                 self.send_header("Content-Range", f"bytes */{size}")
             self.send_header("Content-Length", "0")
             self.end_headers()
-            with state._lock:
-                state.log.append(Logged(name, self.headers.get("Range"), status, 0))
+            return Logged(name, self.headers.get("Range"), status, 0)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # the log above is the record; stderr noise helps nobody
