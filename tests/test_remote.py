@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -36,6 +38,34 @@ def site(tmp_path: pathlib.Path) -> Iterator[RangeServer]:
 @pytest.fixture
 def cache_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "cache"
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), b""
+
+
+def test_server_answers_ranges_with_206_and_the_rest_as_http_says(site: RangeServer) -> None:
+    data = (site.root / "m.nq").read_bytes()
+    url = site.url_of("m.nq")
+    status, headers, body = _get(url, {"Range": "bytes=10-19"})
+    assert (status, body, headers["Content-Range"]) == (
+        206,
+        data[10:20],
+        f"bytes 10-19/{len(data)}",
+    )
+    status, headers, body = _get(url, {"Range": f"bytes={len(data) - 5}-"})
+    assert (status, body) == (206, data[-5:])
+    assert _get(url)[::2] == (200, data)
+    status, headers, _ = _get(url, {"Range": f"bytes={len(data)}-"})
+    assert (status, headers["Content-Range"]) == (416, f"bytes */{len(data)}")
+    assert _get(url, {"Range": "bytes=0-1,5-6"})[0] == 416
+    assert _get(site.url_of("../m.nq"))[0] == 404
+    assert [e.sent for e in site.requests()] == [10, 5, len(data), 0, 0, 0]
 
 
 def _open_part(src: RemoteSource) -> tuple[int, int, int]:
