@@ -84,6 +84,10 @@ class RemoteSource(FileSource):
         """Bytes of the file held locally (from the start)."""
         return self._have
 
+    def forget(self) -> None:
+        """Drop the cached prefix and validators (after :meth:`close`)."""
+        self._entry.reset()
+
     def advise(self, start: int, end: int) -> None:
         """A sequential read of ``[start, end)`` follows: fetch it as one request."""
         self._advised = max(self._advised, min(end, self._size))
