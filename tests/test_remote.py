@@ -10,6 +10,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nqformat.container import spec
 from nqformat.container.reader import parse_header
@@ -248,3 +250,21 @@ def test_file_shorter_than_a_preamble_is_served_as_it_is(site: RangeServer) -> N
     (site.root / "short.nq").write_bytes(b"NQ")
     with RemoteSource(site.url_of("short.nq"), cache=False) as src:
         assert src.size == 2 and src.pread(0, spec.PREAMBLE_SIZE) == b"NQ"
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(reads=st.lists(st.tuples(st.integers(0, 20_000), st.integers(0, 4_000)), max_size=8))
+def test_any_sequence_of_reads_returns_the_file_bytes(
+    site: RangeServer, reads: list[tuple[int, int]]
+) -> None:
+    data = (site.root / "m.nq").read_bytes()
+    with RemoteSource(site.url_of("m.nq"), cache=False) as src:
+        for offset, length in reads:
+            assert src.pread(offset, length) == data[offset : offset + length]
+        # one prefix, fetched once: the preamble at open, then up to the furthest byte read
+        furthest = max((o + n for o, n in reads), default=0)
+        assert src.bytes_fetched == min(max(furthest, spec.PREAMBLE_SIZE), len(data))
