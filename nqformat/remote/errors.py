@@ -3,7 +3,7 @@ that arrives intact but is malformed still raises the format's own errors (spec 
 
 from __future__ import annotations
 
-from nqformat.errors import NQError
+from nqformat.errors import RemoteError  # the root, so that nqformat.RemoteError catches all
 
 __all__ = [
     "ContentEncodingError",
@@ -11,15 +11,6 @@ __all__ = [
     "RemoteChangedError",
     "RemoteError",
 ]
-
-
-class RemoteError(NQError):
-    """Fetching a ``.nq`` file over HTTP failed (network, status, or a broken promise of the
-    server). ``url`` is the file's address."""
-
-    def __init__(self, message: str, url: str = "") -> None:
-        super().__init__(message)
-        self.url = url
 
 
 class RangeNotSupportedError(RemoteError):
