@@ -199,3 +199,20 @@ def test_torch_load_url_part_then_switch_fetches_prefix_then_low_only(
     ]
     nqt.close(model)
     nqt.close(reference)
+
+
+def test_switch_on_a_served_part_only_file_is_a_part_only_error(site: RangeServer) -> None:
+    pytest.importorskip("torch")
+    import nqformat.torch as nqt
+    from nqformat.errors import PartOnlyError
+    from tests._torch_models import tiny
+
+    full = site.root / "tiny.nq"
+    nqt.convert_model(tiny(), full, n=8, h=6, rounding="rtn")
+    with nqformat.open(full) as f:
+        part_end = f.part_end
+    (site.root / "tiny.part.nq").write_bytes(full.read_bytes()[:part_end])
+    model = nqt.load(site.url_of("tiny.part.nq"), mode="part", module=tiny(seed=1))
+    with pytest.raises(PartOnlyError, match=r"http://127\.0\.0\.1:\d+/tiny\.part\.nq"):
+        nqt.switch(model, "full")
+    nqt.close(model)
