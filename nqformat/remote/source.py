@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 from collections.abc import Iterator
 
 from nqformat.container import spec
@@ -50,6 +51,7 @@ class RemoteSource(FileSource):
         self._stream_end = 0
         self._advised = 0
         self._append = -1
+        self._lock = threading.Lock()  # one writer extends the prefix; readers of it wait
         try:
             self._append = os.open(self._entry.data, os.O_WRONLY | os.O_APPEND)
             self._have = self._entry.prefix_length()
@@ -102,6 +104,12 @@ class RemoteSource(FileSource):
 
     def _ensure(self, end: int) -> None:
         """Extend the local prefix to ``min(end, size)`` bytes."""
+        if self._have >= min(end, self._size):
+            return  # already local: no lock on the common path
+        with self._lock:
+            self._extend(end)
+
+    def _extend(self, end: int) -> None:
         end = min(end, self._size)
         while self._have < end:
             if self._stream is None:
