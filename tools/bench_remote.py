@@ -102,7 +102,8 @@ def run_model(name: str, folder: pathlib.Path, server: Any, repeat: int) -> list
     def record(case: str, seconds: float, sent: int, size: int, label: int) -> None:
         row = rows.setdefault(case, {"model": name, "case": case, "seconds": [], "bytes": sent})
         row["seconds"].append(seconds)
-        row.update(bytes=sent, file_bytes=size, label=label)
+        requests = len(server.requests())
+        row.update(bytes=sent, requests=requests, file_bytes=size, label=label)
 
     for _ in range(repeat):
         for case in ("nq part", "nq full", "int8 safetensors"):
