@@ -216,3 +216,30 @@ def test_switch_on_a_served_part_only_file_is_a_part_only_error(site: RangeServe
     with pytest.raises(PartOnlyError, match=r"http://127\.0\.0\.1:\d+/tiny\.part\.nq"):
         nqt.switch(model, "full")
     nqt.close(model)
+
+
+def test_a_torch_model_can_upgrade_layer_by_layer_as_low_streams_in(site: RangeServer) -> None:
+    torch = pytest.importorskip("torch")
+    import nqformat.torch as nqt
+    from tests._torch_models import tiny
+
+    path = site.root / "tiny.nq"
+    nqt.convert_model(tiny(), path, n=8, h=6, rounding="rtn")
+    reference = nqt.load(path, mode="full", module=tiny(seed=2))
+    model = nqt.load(site.url_of("tiny.nq"), mode="part", module=tiny(seed=1))
+    f = nqt.runtime(model).file
+    site.clear()
+    params = model.state_dict()
+    upgraded = []
+    for name, error in f.stream_low():  # the recipe of docs/remote.md
+        assert error is None
+        with torch.no_grad():
+            params[name].copy_(torch.from_numpy(f.read(name, "full")))
+        upgraded.append(name)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(model(x), reference(x))  # every layer upgraded from its streamed blob
+    assert len(site.requests()) == 1 and upgraded
+    nqt.switch(model, "full")  # LOW is resident now: no further request
+    assert len(site.requests()) == 1 and torch.equal(model(x), reference(x))
+    nqt.close(model)
+    nqt.close(reference)
