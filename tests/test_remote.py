@@ -268,3 +268,26 @@ def test_any_sequence_of_reads_returns_the_file_bytes(
         # one prefix, fetched once: the preamble at open, then up to the furthest byte read
         furthest = max((o + n for o, n in reads), default=0)
         assert src.bytes_fetched == min(max(furthest, spec.PREAMBLE_SIZE), len(data))
+
+
+def test_two_openers_of_one_url_share_the_cached_prefix_without_fetching_twice(
+    site: RangeServer, cache_dir: pathlib.Path
+) -> None:
+    data = (site.root / "m.nq").read_bytes()
+    url = site.url_of("m.nq")
+    with (
+        RemoteSource(url, cache_dir=cache_dir) as a,
+        RemoteSource(url, cache_dir=cache_dir) as b,
+    ):
+        assert a.pread(0, 5000) == data[:5000]
+        assert b.pread(0, 8000) == data[:8000]  # b fetches only what a has not
+        assert a.pread(7000, 2000) == data[7000:9000]  # and a only what b has not
+        assert b.pread(0, len(data)) == data
+        assert a.pread(0, len(data)) == data
+    assert [e.range for e in site.requests()] == [
+        "bytes=0-255",
+        "bytes=256-4999",
+        "bytes=5000-7999",
+        "bytes=8000-8999",
+        f"bytes=9000-{len(data) - 1}",
+    ]

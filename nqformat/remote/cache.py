@@ -9,7 +9,9 @@ must come from the same version (else :class:`~nqformat.remote.errors.RemoteChan
 a fresh start when nothing was read yet). The file's own CRCs check the bytes when the reader
 uses them.
 
-One process at a time per URL: two processes appending to one entry are not coordinated.
+Several openers of one URL (threads, processes) share the entry: whoever extends the prefix
+holds the entry's lock (``flock``; on systems without it, only openers in one process are
+coordinated) and first rereads how long the prefix already is.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 
 from nqformat.remote.http import Validators
 
@@ -28,6 +32,13 @@ __all__ = ["CacheEntry", "default_cache_dir"]
 
 _DATA = "data"
 _META = "meta.json"
+_LOCK = "lock"
+_PROCESS_LOCK = threading.Lock()  # where flock is missing: at least one process is safe
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -57,6 +68,20 @@ class CacheEntry:
         self.data = self.folder / _DATA
         self.data.touch(exist_ok=True)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the entry's lock (exclusive, across processes where ``flock`` exists)."""
+        if fcntl is None:
+            with _PROCESS_LOCK:
+                yield
+            return
+        fd = os.open(self.folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def validators(self) -> Validators | None:
         """The stored validators, or None if there are none (or they are for another URL)."""
         try:
@@ -78,10 +103,13 @@ class CacheEntry:
         return self.data.stat().st_size
 
     def reset(self) -> None:
-        """Forget the cached bytes and validators (another version of the file)."""
+        """Forget the cached bytes and validators (another version of the file). The data file
+        is replaced, not truncated: another opener may still map the old one."""
         with contextlib.suppress(FileNotFoundError):
             (self.folder / _META).unlink()
-        os.truncate(self.data, 0)
+        fresh = self.folder / f".{_DATA}.{os.getpid()}.{threading.get_ident()}"
+        fresh.write_bytes(b"")
+        os.replace(fresh, self.data)
 
     def discard_if_temporary(self) -> None:
         if self.temporary:

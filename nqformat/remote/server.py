@@ -192,13 +192,23 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that hangs up (after refusing a response) is not news
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 @contextmanager
 def serve(root: str | pathlib.Path, **settings: object) -> Iterator[RangeServer]:
     """Serve the files of folder ``root`` on 127.0.0.1:<ephemeral> until the block ends.
     ``settings`` are :class:`RangeServer` fields (``rate_bytes_per_s``, ``rtt_s``, ...)."""
     state = RangeServer(pathlib.Path(root), **settings)  # type: ignore[arg-type]
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), _handler(state))
-    server.daemon_threads = True
+    server = _Server((LOOPBACK, 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True  # never outlives the process, even if the client crashes
     thread.start()

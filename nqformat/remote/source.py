@@ -41,28 +41,32 @@ class RemoteSource(FileSource):
         root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.url = url
         self._entry = CacheEntry(url, root if cache else None, temporary=not cache)
-        expect = self._entry.validators()
-        if expect is None or self._entry.prefix_length() > expect.size:
-            self._entry.reset()
-            expect = None
-        self.from_cache = expect is not None and self._entry.prefix_length() > 0
-        self._client = HTTPRangeClient(url, expect=expect, timeout=timeout, retries=retries)
         self._stream: Iterator[bytes] | None = None
+        self._stream_pos = 0  # file offset of the next byte the open request delivers
         self._stream_end = 0
         self._advised = 0
         self._append = -1
-        self._lock = threading.Lock()  # one writer extends the prefix; readers of it wait
+        self._lock = threading.Lock()  # one thread of this opener extends the prefix at a time
+        self._client: HTTPRangeClient | None = None
         try:
-            self._append = os.open(self._entry.data, os.O_WRONLY | os.O_APPEND)
-            self._have = self._entry.prefix_length()
-            if expect is None:
-                # first contact: the preamble's request also tells the file's size (Content-
-                # Range) and its validators, which pin every later request to this version
-                self._size = 1 << 62  # not known yet; the response clips the range
-                self._ensure(spec.PREAMBLE_SIZE)
-            assert self._client.validators is not None
-            self._size = self._client.validators.size
-            self._entry.save_validators(self._client.validators)
+            with self._entry.locked():
+                expect = self._entry.validators()
+                if expect is None or self._entry.prefix_length() > expect.size:
+                    self._entry.reset()
+                    expect = None
+                self.from_cache = expect is not None and self._entry.prefix_length() > 0
+                self._client = HTTPRangeClient(url, expect=expect, timeout=timeout, retries=retries)
+                self._append = os.open(self._entry.data, os.O_WRONLY | os.O_APPEND)
+                self._have = self._entry.prefix_length()
+                if expect is None:
+                    # first contact: the preamble's request also tells the file's size
+                    # (Content-Range) and its validators, which pin every later request to
+                    # this version
+                    self._size = 1 << 62  # not known yet; the response clips the range
+                    self._extend_locked(spec.PREAMBLE_SIZE)
+                assert self._client.validators is not None
+                self._size = self._client.validators.size
+                self._entry.save_validators(self._client.validators)
             super().__init__(self._entry.data)
         except BaseException:
             self._close_remote()
@@ -71,14 +75,17 @@ class RemoteSource(FileSource):
 
     @property
     def validators(self) -> Validators | None:
+        assert self._client is not None
         return self._client.validators
 
     @property
     def bytes_fetched(self) -> int:
+        assert self._client is not None
         return self._client.bytes_received
 
     @property
     def requests(self) -> int:
+        assert self._client is not None
         return self._client.requests
 
     @property
@@ -88,7 +95,8 @@ class RemoteSource(FileSource):
 
     def forget(self) -> None:
         """Drop the cached prefix and validators (after :meth:`close`)."""
-        self._entry.reset()
+        with self._entry.locked():
+            self._entry.reset()
 
     def advise(self, start: int, end: int) -> None:
         """A sequential read of ``[start, end)`` follows: fetch it as one request."""
@@ -106,15 +114,23 @@ class RemoteSource(FileSource):
         """Extend the local prefix to ``min(end, size)`` bytes."""
         if self._have >= min(end, self._size):
             return  # already local: no lock on the common path
-        with self._lock:
-            self._extend(end)
+        with self._lock, self._entry.locked():
+            self._extend_locked(end)
 
-    def _extend(self, end: int) -> None:
+    def _extend_locked(self, end: int) -> None:
+        """:meth:`_ensure`, holding the entry's lock."""
+        assert self._client is not None
+        # another opener of this URL may have extended the shared prefix meanwhile
+        self._have = os.fstat(self._append).st_size
+        if self._stream is not None and self._stream_pos != self._have:
+            self._stream.close()  # it would deliver bytes the prefix already has
+            self._stream = None
         end = min(end, self._size)
         while self._have < end:
             if self._stream is None:
                 self._stream_end = max(end, self._advised)
                 self._stream = self._client.stream(self._have, self._stream_end)
+                self._stream_pos = self._have
             chunk = next(self._stream, None)
             if chunk is None:  # this request is done
                 self._stream = None
@@ -126,6 +142,7 @@ class RemoteSource(FileSource):
                 written = os.write(self._append, view)
                 view = view[written:]
             self._have += len(chunk)
+            self._stream_pos += len(chunk)
         if self._stream is not None and self._have >= self._stream_end:
             self._stream.close()
             self._stream = None
@@ -147,5 +164,6 @@ class RemoteSource(FileSource):
         if self._append >= 0:
             os.close(self._append)
             self._append = -1
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
         self._entry.discard_if_temporary()
