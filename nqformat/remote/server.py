@@ -16,6 +16,7 @@ import email.utils
 import http.server
 import pathlib
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -196,8 +197,6 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: object, client_address: object) -> None:
-        import sys
-
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # a client that hangs up (after refusing a response) is not news
         super().handle_error(request, client_address)  # type: ignore[arg-type]
