@@ -8,7 +8,8 @@ INDEX every blob CRC), so a prefix of another version is never extended.
 
 The bytes go to ``.OUT.download`` next to OUT (kept when interrupted: the next run resumes it),
 are verified as a ``.nq`` file of their own (``NQFile.verify``: every CRC present, padding,
-codes), and only then renamed over OUT: OUT is never a half file.
+codes), and only then renamed over OUT: OUT is never a half file. (Not ``nqformat._atomic``'s
+AtomicFile: its temporary is discarded on failure, while this one is the resume state.)
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def fetch(
     """Download the .nq file at URL (http/https), or with --part only its part-bit prefix;
     completes an earlier part-bit-only or interrupted download instead of starting over."""
     import nqformat
+    from nqformat._atomic import fsync_dir
     from nqformat.container import spec
     from nqformat.container.reader import parse_header
     from nqformat.remote import is_url
@@ -145,6 +147,7 @@ def fetch(
                 EXIT_INVALID_FILE,
             )
         os.replace(work, out)
+        fsync_dir(out.parent)  # the rename itself survives a crash
     finally:
         client.close()
     fetched = client.bytes_received
