@@ -186,6 +186,12 @@ def test_content_encoding_is_a_clear_error(site: RangeServer) -> None:
         RemoteSource(site.url_of("m.nq"), cache=False)
 
 
+def test_response_longer_than_its_range_is_a_clear_error(site: RangeServer) -> None:
+    site.overrun = 100
+    with pytest.raises(RangeNotSupportedError, match="not the range it claims"):
+        RemoteSource(site.url_of("m.nq"), cache=False)
+
+
 def test_file_replaced_between_requests_is_a_clear_error(
     site: RangeServer, tmp_path: pathlib.Path
 ) -> None:

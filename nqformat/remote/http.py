@@ -120,9 +120,13 @@ class HTTPRangeClient:
                 _, stop, _ = _content_range(resp.headers.get("Content-Range"))  # type: ignore[misc]
                 end = min(end, stop)
                 for chunk in resp.stream(CHUNK, decode_content=False):
+                    if len(chunk) > end - pos:  # never more than asked, whatever is sent
+                        chunk = chunk[: end - pos]
                     pos += len(chunk)
                     self.bytes_received += len(chunk)
                     yield chunk
+                    if pos >= end:
+                        break
                 if pos < end:
                     raise _Truncated()
             except (_Urllib3Error, _Truncated, OSError) as exc:
@@ -135,10 +139,10 @@ class HTTPRangeClient:
                     ) from None
                 time.sleep(self.backoff * 2 ** (failures - 1))
             finally:
-                if pos >= end:
-                    resp.release_conn()  # fully read: the connection goes back to the pool
+                if pos >= end and resp.length_remaining == 0:
+                    resp.release_conn()  # body fully read: the connection goes back to the pool
                 else:
-                    resp.close()
+                    resp.close()  # unread bytes on it: never reuse it
 
     def _open(self, start: int, end: int) -> urllib3.BaseHTTPResponse | None:
         """One checked 206 response for ``[start, end)``; None if the server says 416 for a
@@ -200,6 +204,13 @@ class HTTPRangeClient:
             raise RangeNotSupportedError(
                 f"{self.url}: asked for bytes [{start}, {end}) but the server answered "
                 f"Content-Range {resp.headers.get('Content-Range')!r}",
+                self.url,
+            )
+        length = resp.headers.get("Content-Length")
+        if length is not None and length.strip() != str(got[1] - got[0]):
+            raise RangeNotSupportedError(
+                f"{self.url}: Content-Range {resp.headers['Content-Range']!r} but Content-Length "
+                f"{length}: the response is not the range it claims",
                 self.url,
             )
         seen = Validators(got[2], resp.headers.get("ETag"), resp.headers.get("Last-Modified"))

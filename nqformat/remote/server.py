@@ -54,6 +54,7 @@ class RangeServer:
     content_encoding: str | None = None
     fail_next: int = 0  # answer this many next requests with 503 (to test retries)
     cut_next: int | None = None  # close the next response after this many body bytes
+    overrun: int = 0  # send this many bytes past every range (Content-Length says so too)
     log: list[Logged] = field(default_factory=list)
     connections: int = 0
     _lock: threading.Condition = field(default_factory=threading.Condition)
@@ -143,7 +144,9 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Accept-Ranges", "bytes" if state.honour_range else "none")
-            self.send_header("Content-Length", str(end - start))
+            # a broken server, on purpose: more bytes than the range (and a matching length)
+            end_sent = min(end + state.overrun, size) if status == 206 else end
+            self.send_header("Content-Length", str(end_sent - start))
             self.send_header("ETag", etag)
             self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
             if state.content_encoding:
@@ -153,7 +156,7 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             sent = 0
             if body:
-                sent = self._copy(path, start, end if cut is None else min(end, start + cut))
+                sent = self._copy(path, start, end_sent if cut is None else min(end, start + cut))
             if cut is not None:
                 self.close_connection = True  # the client sees a body cut short
             return Logged(name, header, status, sent)
