@@ -7,7 +7,10 @@ logs every response with the bytes of body it sent, so a test can prove what a c
 transferred. It can also simulate a slow link (a rate limit and a round-trip delay per request
 and per new connection) and misbehave on purpose (ignore Range, claim a Content-Encoding).
 
-Not a production server: it exists so that the HTTP path is tested against real sockets.
+Not a production server: it exists so that the HTTP path is tested against real sockets, and
+to try a URL locally (``python -m http.server`` ignores ``Range``, which the client refuses)::
+
+    python -m nqformat.remote.server FOLDER [--port 8000] [--mbit 20] [--rtt-ms 100]
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Logged", "RangeServer", "serve"]
 
@@ -206,11 +210,12 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextmanager
-def serve(root: str | pathlib.Path, **settings: object) -> Iterator[RangeServer]:
-    """Serve the files of folder ``root`` on 127.0.0.1:<ephemeral> until the block ends.
-    ``settings`` are :class:`RangeServer` fields (``rate_bytes_per_s``, ``rtt_s``, ...)."""
-    state = RangeServer(pathlib.Path(root), **settings)  # type: ignore[arg-type]
-    server = _Server((LOOPBACK, 0), _handler(state))
+def serve(root: str | pathlib.Path, port: int = 0, **settings: Any) -> Iterator[RangeServer]:
+    """Serve the files of folder ``root`` on 127.0.0.1:``port`` (0: an ephemeral one) until the
+    block ends. ``settings`` are :class:`RangeServer` fields (``rate_bytes_per_s``, ``rtt_s``,
+    ...)."""
+    state = RangeServer(pathlib.Path(root), **settings)
+    server = _Server((LOOPBACK, port), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True  # never outlives the process, even if the client crashes
     thread.start()
@@ -222,3 +227,24 @@ def serve(root: str | pathlib.Path, **settings: object) -> Iterator[RangeServer]
         server.shutdown()
         server.server_close()
         thread.join(timeout=_SOCKET_TIMEOUT_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve a folder on 127.0.0.1 with byte ranges.")
+    parser.add_argument("folder", type=pathlib.Path)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--mbit", type=float, help="rate limit, Mbit/s (default: none)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="added per request")
+    args = parser.parse_args(argv)
+    rate = args.mbit * 1e6 / 8 if args.mbit else None
+    with serve(args.folder, args.port, rate_bytes_per_s=rate, rtt_s=args.rtt_ms / 1000) as srv:
+        print(f"serving {args.folder} at {srv.url}/ (Ctrl-C stops)", flush=True)
+        with suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
