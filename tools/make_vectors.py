@@ -739,7 +739,8 @@ def invalid_vectors() -> list[InvalidVector]:
             lambda b: _flip(b[E], pre(b).section(Section.META).end),
             "verify",
         ),
-        # streamed LOW (added after the first release of the vectors: appended, never inserted), blob by blob (spec §7.1, §11 step 13)
+        # streamed LOW, blob by blob (spec §7.1, §11 step 13); added after the first release
+        # of the vectors, so appended at the end of the list, never inserted
         v(
             "streamed_low_section_crc",
             "checksum",
