@@ -21,6 +21,7 @@ __all__ = [
     "NQFormatError",
     "PartOnlyError",
     "QuantizationError",
+    "RemoteError",
     "TensorNotFoundError",
     "TruncatedError",
     "UnsupportedFeatureError",
@@ -102,6 +103,16 @@ class TensorNotFoundError(NQError, KeyError):
 
 class ModelSourceError(NQError):
     """A model name, weights file or download that cannot give the requested model."""
+
+
+class RemoteError(NQError):
+    """Fetching a ``.nq`` file by URL failed: the network, an HTTP status, or a server breaking
+    a promise progressive loading needs (subclasses in :mod:`nqformat.remote.errors`). ``url`` is
+    the file's address. A file that arrives intact but is malformed raises its spec §11 error."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
 
 
 #: spec §11 code -> exception class, for manifests and other-language readers.

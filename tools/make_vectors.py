@@ -301,6 +301,10 @@ class InvalidVector:
     when: str = "open"  # "open" | "read" | "verify"
     tensor: str | None = None
     mode: str | None = None
+    # streamed LOW (spec §11 step 13): tensors whose LOW blob checks (-> the .npy of their
+    # full-bit values), tensors whose LOW blob fails its CRC, and the error (or None) when LOW
+    # is complete and LOW.crc is checked
+    streamed_low: dict[str, Any] | None = None
 
 
 def _flip(raw: bytes, offset: int, mask: int = 0x01) -> bytes:
@@ -735,6 +739,44 @@ def invalid_vectors() -> list[InvalidVector]:
             lambda b: _flip(b[E], pre(b).section(Section.META).end),
             "verify",
         ),
+        # streamed LOW, blob by blob (spec §7.1, §11 step 13); added after the first release
+        # of the vectors, so appended at the end of the list, never inserted
+        v(
+            "streamed_low_section_crc",
+            "checksum",
+            "LOW.crc wrong (preamble CRC fixed), every LOW blob intact: a whole-LOW reader "
+            "rejects full-bit reads; a streaming reader may use each blob, then rejects LOW "
+            "when it is complete",
+            lambda b: replace_section(
+                b[M], Section.LOW, crc=preamble_of(b[M]).section(Section.LOW).crc ^ 1
+            ),
+            "read",
+            "conv.weight",
+            "full",
+            streamed_low={
+                "usable": {
+                    "conv.weight": "valid/n8h6_model/0.full_f32.npy",
+                    "fc.weight": "valid/n8h6_model/1.full_f32.npy",
+                },
+                "rejected": [],
+                "complete": "checksum",
+            },
+        ),
+        v(
+            "streamed_low_blob_checksum",
+            "checksum",
+            "a byte of fc.weight's LOW blob changed (its blob CRC not fixed, LOW.crc fixed): "
+            "a streaming reader uses conv.weight's blob and rejects fc.weight's",
+            lambda b: fix_crcs(_flip(b[M], record_of(b[M], 1).low.offset), data=True),
+            "read",
+            "fc.weight",
+            "full",
+            streamed_low={
+                "usable": {"conv.weight": "valid/n8h6_model/0.full_f32.npy"},
+                "rejected": ["fc.weight"],
+                "complete": None,
+            },
+        ),
     ]
 
 
@@ -826,6 +868,8 @@ def build(tmp: pathlib.Path) -> tuple[dict[str, bytes], dict[str, Any]]:
         }
         if inv.when == "read":
             item["tensor"], item["mode"] = inv.tensor, inv.mode
+        if inv.streamed_low is not None:
+            item["streamed_low"] = inv.streamed_low
         manifest["invalid"].append(item)
     files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     return files, manifest
@@ -840,6 +884,21 @@ def _rewrite_meta_any_length(vec: ValidVector, meta: dict[str, Any], tmp: pathli
     return path.read_bytes()
 
 
+def _only_adds(old: bytes, new: bytes) -> bool:
+    """True if manifest ``new`` lists every entry of ``old`` unchanged, in the same place, and
+    more entries after them (vectors were added, none changed)."""
+    before, after = json.loads(old), json.loads(new)
+    if before == after or set(before) != set(after):
+        return False
+    for key, value in before.items():
+        if isinstance(value, list):
+            if after[key][: len(value)] != value:
+                return False
+        elif after[key] != value:
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "spec" / "vectors")
@@ -850,7 +909,10 @@ def main(argv: list[str] | None = None) -> int:
     for rel, data in sorted(files.items()):
         path = args.out / rel
         if path.exists():
-            if path.read_bytes() == data:
+            if rel == "manifest.json" and _only_adds(path.read_bytes(), data):
+                path.write_bytes(data)  # the index grows with new vectors; old entries stay
+                written += 1
+            elif path.read_bytes() == data:
                 same += 1
             else:
                 differ.append(rel)

@@ -17,6 +17,7 @@ _COMMANDS: dict[str, str] = {
     "extract": "nqformat.cli.extract:extract",
     "eval": "nqformat.cli.evaluate:eval_cmd",
     "bench": "nqformat.cli.bench:bench",
+    "fetch": "nqformat.cli.fetch:fetch",
 }
 
 

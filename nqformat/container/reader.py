@@ -13,7 +13,7 @@ import difflib
 import os
 import pathlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -88,6 +88,8 @@ class NQFile:
         """``source`` serves the bytes instead of the local file at ``path`` (which then only
         names the file in messages); the NQFile closes it. ``max_bytes`` is the read budget
         (§10): the most one read of one tensor may allocate."""
+        #: the http(s) address when opened by URL (``path`` is then the URL as a Path)
+        self.url = path if isinstance(path, str) and _is_url(path) else None
         self.path = pathlib.Path(path)
         self._verify_blobs = verify
         self.max_bytes = int(max_bytes)
@@ -105,8 +107,14 @@ class NQFile:
         self._pre = pre
         self._by_name = {t.name: t for t in self._header.tensors}
         self._checked: set[tuple[int, Section]] = set()
+        self._streamed_low: dict[int, bytes] = {}  # record index -> LOW blob checked alone
         self._scratch_local = threading.local()
         self._closed = False
+
+    @property
+    def _where(self) -> str | pathlib.Path:
+        """The file as messages name it: its URL, else its path."""
+        return self.url or self.path
 
     # --- attributes -----------------------------------------------------------------------------
 
@@ -179,7 +187,7 @@ class NQFile:
         except KeyError:
             close = difflib.get_close_matches(str(name), self._by_name, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise TensorNotFoundError(f"no tensor {name!r} in {self.path}{hint}") from None
+            raise TensorNotFoundError(f"no tensor {name!r} in {self._where}{hint}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
@@ -258,14 +266,11 @@ class NQFile:
     def page_in_low(self) -> int:
         """Map LOW and check ``LOW.crc`` (when verifying); returns the bytes paged in."""
         self._check_open()
-        if self.part_only:
-            raise PartOnlyError(
-                f"{self.path} is a part-bit-only file ({self.file_size} of {self.full_end} bytes):"
-                " it has no LOW section, so only mode='part' is available (§9)"
-            )
+        self._check_has_low()
         if self.low_resident:
             return 0
         low = self._pre.sections[Section.LOW]
+        self._drop_streamed_low()  # the whole section supersedes blobs checked alone
         self._src.map(_LOW_MAP, low.offset, low.end)
         if self._verify_blobs and low.length:
             try:
@@ -279,10 +284,62 @@ class NQFile:
                     f"LOW CRC is {low.crc:#010x}, computed {actual:#010x}: the full-bit data is "
                     "corrupt (§11 step 13)"
                 )
-            for info in self._header.tensors:
-                if info.kind is Kind.NESTED:
-                    self._checked.discard((info.index, Section.LOW))
         return low.length
+
+    def stream_low(
+        self, names: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, ChecksumError | None]]:
+        """Page LOW in blob by blob, to use it while it arrives (spec §11 step 13, streamed LOW).
+
+        Yields ``(name, None)`` for each NESTED tensor (in record order, or only ``names``) as
+        soon as its LOW blob is in and its own CRC matches: ``read(name, "full")`` then uses that
+        blob, before the rest of LOW exists. A blob whose CRC is wrong yields ``(name, error)``
+        and that tensor stays part-bit. Streaming all of LOW (no ``names``) ends by checking
+        ``LOW.crc``: LOW is then resident as after :meth:`page_in_low`, or, if the CRC is wrong,
+        every blob streamed is dropped and :class:`ChecksumError` raised. Over HTTP all of LOW
+        is one range request consumed as it arrives; ``names`` fetch LOW up to their blobs."""
+        self._check_open()
+        self._check_has_low()
+        if self.low_resident:
+            return
+        nested = [t for t in self._header.tensors if t.kind is Kind.NESTED]
+        if names is not None:
+            wanted = {self._nested(name).index for name in names}
+            nested = [t for t in nested if t.index in wanted]
+        low = self._pre.sections[Section.LOW]
+        advise = getattr(self._src, "advise", None)  # a remote source reads ahead; a file need not
+        if advise is not None and nested:
+            advise(nested[0].low.offset, low.end if names is None else nested[-1].low.end)
+        for info in nested:
+            ref = info.low
+            stored = self._src.pread(ref.offset, ref.length)
+            if self._verify_blobs and (actual := spec.crc32(stored)) != ref.crc:
+                yield (
+                    info.name,
+                    ChecksumError(
+                        f"{info.name!r}: LOW blob CRC is {ref.crc:#010x}, computed {actual:#010x}: "
+                        "this tensor stays part-bit (§11 step 13)"
+                    ),
+                )
+                continue
+            self._streamed_low[info.index] = stored
+            self._checked.add((info.index, Section.LOW))
+            yield info.name, None
+        if names is None:
+            self.page_in_low()  # LOW.crc now; on failure no streamed blob stays in use
+
+    def _check_has_low(self) -> None:
+        if self.part_only:
+            raise PartOnlyError(
+                f"{self._where} is a part-bit-only file ({self.file_size} of {self.full_end} "
+                "bytes): it has no LOW section, so only mode='part' is available (§9)"
+            )
+
+    def _drop_streamed_low(self) -> None:
+        for info in self._header.tensors:
+            if info.kind is Kind.NESTED:
+                self._checked.discard((info.index, Section.LOW))
+        self._streamed_low.clear()
 
     def release_buffers(self) -> None:
         """Drop the code buffers ``read`` reuses (up to four bytes per element of the largest
@@ -290,7 +347,9 @@ class NQFile:
         self._scratch_local = threading.local()
 
     def release_low(self) -> int:
-        """Unmap LOW again; returns the bytes released (0 if it was not resident)."""
+        """Unmap LOW again (and drop streamed LOW blobs); returns the bytes released (0 if LOW
+        was not resident)."""
+        self._drop_streamed_low()
         if not self.low_resident:
             return 0
         self._src.unmap(_LOW_MAP)
@@ -323,7 +382,7 @@ class NQFile:
     def __repr__(self) -> str:
         mode = "part-only" if self.part_only else "full"
         return (
-            f"<NQFile {str(self.path)!r} n={self.n} h={self.h} tensors={len(self)} {mode}"
+            f"<NQFile {str(self._where)!r} n={self.n} h={self.h} tensors={len(self)} {mode}"
             f"{' closed' if self._closed else ''}>"
         )
 
@@ -331,7 +390,7 @@ class NQFile:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise NQError(f"{self.path} is closed")
+            raise NQError(f"{self._where} is closed")
 
     def _nested(self, name: str) -> TensorInfo:
         info = self.info(name)
@@ -351,12 +410,15 @@ class NQFile:
             ref, key = info.high, _PART_MAP
         else:
             ref, key = info.low, _LOW_MAP
-            if not self.low_resident:
+            if not self.low_resident and info.index not in self._streamed_low:
                 self.page_in_low()
         raw_len = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, self.n, self.h)
         # the stored bytes and (codec 1) the decompressed ones, before either is allocated
         self._check_budget(info, _blob_cost(info, which, self.n, self.h), which.name)
-        stored = self._src.view(key, ref.offset, ref.length)
+        if which is Section.LOW and not self.low_resident:
+            stored = memoryview(self._streamed_low[info.index])  # checked alone (stream_low)
+        else:
+            stored = self._src.view(key, ref.offset, ref.length)
         if force_check or (self._verify_blobs and (info.index, which) not in self._checked):
             actual = spec.crc32(stored)
             if actual != ref.crc:
@@ -441,11 +503,31 @@ def _check_out(out: object, info: TensorInfo) -> None:
         raise NQError(f"out for {info.name!r} must be writeable and C-contiguous")
 
 
+def _is_url(path: str) -> bool:
+    from nqformat.remote import is_url  # the package only: no HTTP client is imported
+
+    return is_url(path)
+
+
 def open(
-    path: str | os.PathLike[str], *, verify: bool = True, max_bytes: int = spec.DEFAULT_READ_BUDGET
+    path: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    max_bytes: int = spec.DEFAULT_READ_BUDGET,
+    **remote: Any,
 ) -> NQFile:
     """Open a ``.nq`` file lazily (a context manager). ``verify`` checks each blob's CRC when
     it is first read and ``LOW.crc`` when LOW is paged in; the header is always checked.
     ``max_bytes`` is the read budget (spec §10, default 4 GiB): a read of one tensor that would
-    allocate more raises LimitError (code ``limit``) before allocating anything."""
+    allocate more raises LimitError (code ``limit``) before allocating anything.
+
+    An ``http://`` or ``https://`` URL is read with byte-range requests through an on-disk
+    cache (:func:`nqformat.remote.open_url`, which takes the ``remote`` options ``cache``,
+    ``cache_dir``, ``timeout``, ``retries``)."""
+    if isinstance(path, str) and _is_url(path):
+        from nqformat.remote import open_url
+
+        return open_url(path, verify=verify, max_bytes=max_bytes, **remote)
+    if remote:
+        raise TypeError(f"options {sorted(remote)} apply to http(s) URLs only")
     return NQFile(path, verify=verify, max_bytes=max_bytes)

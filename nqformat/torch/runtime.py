@@ -159,6 +159,9 @@ def load(
 ) -> nn.Module:
     """Load a ``.nq`` file as an nn.Module holding the part-bit or the full-bit model.
 
+    ``path`` may be an http(s) URL (``nqformat.open`` fetches byte ranges, docs/remote.md):
+    part mode then downloads ``[0, part_end)`` only, and :func:`switch` to full fetches LOW.
+
     Without ``module`` the architecture is rebuilt from META ``model`` (zoo, arch, kwargs;
     nothing is downloaded) and returned in eval mode; with ``module`` the weights are loaded
     into it in place. Every state-dict entry must match a tensor of the file by name and shape.
@@ -212,7 +215,7 @@ def _reopen_if_completed(handle: NQRuntime) -> None:
     old = handle.file
     if not old.part_only:
         return
-    new = nqformat.open(old.path, verify=handle.verify)
+    new = nqformat.open(old.url or old.path, verify=handle.verify)  # a URL stays a URL
     if new.part_only:
         new.close()
         old.page_in_low()  # raises PartOnlyError with the reader's message
