@@ -152,8 +152,8 @@ def dequantize_packed(
 ) -> np.ndarray:
     """float32[count] values of a NESTED tensor from its packed codes (§7.2, §7.3).
 
-    ``high``: the HIGH blob (``h``-bit codes), ``low``: the LOW blob (``lbits + 1``-bit codes) for the
-    full-bit model or None for the part-bit one; any buffer (bytes, memoryview of a mapping,
+    ``high``: the HIGH blob (``h``-bit codes), ``low``: the LOW blob (``lbits + 1``-bit codes)
+    for the full-bit model or None for the part-bit one; any buffer (bytes, memoryview of a mapping,
     uint8 array): nothing is copied. ``rows`` is ``dims[0]`` (output channels) and
     ``scale``/``offset`` are that mode's float32[rows] parameters; element ``i`` belongs to
     channel ``i // (count // rows)``. Written into ``out`` (float32, ``count`` elements,

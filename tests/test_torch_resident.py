@@ -1,0 +1,208 @@
+"""The codes-resident runtime (resident="codes"): same outputs, bit for bit, as the float runtime
+in the same mode, after any sequence of (per-layer) switches, with no float32 weight kept."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from _torch_models import NESTED, tiny
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nqformat
+import nqformat.torch as nqt
+from nqformat import zoo
+from nqformat.errors import NQError, PartOnlyError
+from nqformat.torch.resident import CodesRuntime
+
+N, H = 8, 5
+LAYERS = sorted(name.rpartition(".")[0] for name in NESTED)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("resident") / "tiny.nq"
+    return nqt.convert_model(tiny(), path, n=N, h=H).path
+
+
+@pytest.fixture(scope="module")
+def zoo_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    module, meta = zoo.build(zoo.resolve("test_vit"), random_init=True, seed=5)
+    path = tmp_path_factory.mktemp("resident") / "vit.nq"
+    return nqt.convert_model(module, path, n=N, h=H, metadata={"model": meta}).path
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(-1), b.view(-1))
+
+
+def _float_reference(path: pathlib.Path, modes: dict[str, str]) -> torch.nn.Module:
+    """A float-runtime module holding, layer by layer, the model ``modes`` names."""
+    part = nqt.load(path, "part", module=tiny(seed=3))
+    full = nqt.load(path, "full", module=tiny(seed=4))
+    state = part.state_dict()
+    for layer, mode in modes.items():
+        if mode == "full":
+            state[f"{layer}.weight"] = full.state_dict()[f"{layer}.weight"]
+    ref = tiny(seed=5)
+    ref.load_state_dict(state)
+    nqt.close(part)
+    nqt.close(full)
+    return ref
+
+
+@pytest.mark.parametrize("mode", ["part", "full"])
+@pytest.mark.parametrize("cache_bytes", [0, 256, None])
+def test_outputs_and_state_dict_equal_the_float_runtime(tiny_file, mode, cache_bytes) -> None:
+    ref = nqt.load(tiny_file, mode, module=tiny(seed=1))
+    codes = nqt.load(
+        tiny_file, mode, module=tiny(seed=2), resident="codes", cache_bytes=cache_bytes
+    )
+    with torch.no_grad():
+        assert _same(codes(_x()), ref(_x()))
+        assert _same(codes(_x(1)), ref(_x(1)))  # again: from the cache or dequantized anew
+    with torch.inference_mode():
+        assert _same(codes(_x(2)), ref(_x(2)))
+    assert _same(codes(_x(3)), ref(_x(3)))  # autograd on: a fresh tensor per forward
+    want, got = ref.state_dict(), codes.state_dict()
+    assert want.keys() == got.keys()
+    assert all(_same(got[k], want[k]) for k in want)
+    assert nqt.modes(codes) == dict.fromkeys(LAYERS, mode)
+    nqt.close(ref)
+    nqt.close(codes)
+
+
+def test_no_float32_weight_is_kept_between_forwards(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    names = {n for n, _ in model.named_parameters()}
+    assert not names & NESTED  # nested weights are not parameters any more
+    handle = nqt.runtime(model)
+    assert isinstance(handle, CodesRuntime)
+    with torch.no_grad():
+        model(_x())
+    assert handle.cached_bytes == 0
+    nqt.close(model)
+
+
+def test_cache_keeps_at_most_cache_bytes_least_recently_used_first(tiny_file) -> None:
+    # conv 8x3x3x3 = 864 B, blocks 256 B each, head 160 B: room for the two last layers
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes", cache_bytes=420)
+    handle = nqt.runtime(model)
+    with torch.no_grad():
+        model(_x())
+    assert list(handle._cache) == ["blocks.1", "heads.cls"]
+    assert handle.cached_bytes == 416
+    nqt.switch(model, "full", layers=["heads.cls"])
+    assert list(handle._cache) == ["blocks.1"]  # a switched layer's float32 is dropped
+    nqt.close(model)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["part", "full"]), st.none() | st.sets(st.sampled_from(LAYERS))),
+        max_size=6,
+    ),
+    cache_bytes=st.sampled_from([0, 300, None]),
+    start=st.sampled_from(["part", "full"]),
+)
+def test_any_switch_sequence_matches_the_float_runtime(tiny_file, steps, cache_bytes, start):
+    model = nqt.load(tiny_file, start, module=tiny(), resident="codes", cache_bytes=cache_bytes)
+    expected = dict.fromkeys(LAYERS, start)
+    try:
+        for mode, layers in steps:
+            report = nqt.switch(model, mode, layers=None if layers is None else sorted(layers))
+            chosen = LAYERS if layers is None else layers
+            assert report.tensors == sum(expected[n] != mode for n in chosen)
+            expected.update(dict.fromkeys(chosen, mode))
+            assert nqt.modes(model) == expected
+            # LOW stays mapped exactly while some layer needs it
+            assert nqt.runtime(model).file.low_resident == ("full" in expected.values())
+            ref = _float_reference(tiny_file, expected)
+            with torch.no_grad():
+                assert _same(model(_x()), ref(_x()))
+    finally:
+        nqt.close(model)
+
+
+def test_full_switch_of_one_layer_reads_only_its_low_blob_after_the_section_check(
+    tiny_file,
+) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    report = nqt.switch(model, "full", layers=["blocks.0"])
+    assert report.from_mode == "part" and report.to_mode == "mixed"
+    assert report.bytes_paged_in > 0
+    back = nqt.switch(model, "part")
+    assert back.bytes_paged_out == report.bytes_paged_in
+    assert not nqt.runtime(model).file.low_resident
+    nqt.close(model)
+
+
+def test_unknown_layer_and_weight_assignment_are_errors(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    with pytest.raises(NQError, match="not a layer"):
+        nqt.switch(model, "full", layers=["bn"])
+    with pytest.raises(NQError, match="cannot be assigned"):
+        model.conv.weight = torch.zeros(8, 3, 3, 3)
+    float_model = nqt.load(tiny_file, "part", module=tiny())
+    with pytest.raises(NQError, match="resident='codes'"):
+        nqt.switch(float_model, "full", layers=["conv"])
+    with pytest.raises(NQError, match="resident"):
+        nqt.load(tiny_file, "part", module=tiny(), resident="int8")
+    nqt.close(model)
+    nqt.close(float_model)
+
+
+def test_architecture_from_meta_is_built_without_float_weights(zoo_file) -> None:
+    ref = nqt.load(zoo_file, "full")
+    model = nqt.load(zoo_file, "full", resident="codes")
+    assert type(model).__name__ == "VisionTransformer"
+    assert not model.training
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
+    x = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert _same(model(x), ref(x))
+    nqt.switch(model, "part")
+    nqt.switch(ref, "part")
+    with torch.no_grad():
+        assert _same(model(x), ref(x))
+    nqt.close(model)
+    nqt.close(ref)
+
+
+def test_part_only_prefix_loads_and_completes(tiny_file, tmp_path) -> None:
+    with nqformat.open(tiny_file) as f:
+        part_end = f.part_end
+    prefix = tmp_path / "prefix.nq"
+    prefix.write_bytes(tiny_file.read_bytes()[:part_end])
+    model = nqt.load(prefix, "part", module=tiny(), resident="codes")
+    with pytest.raises(PartOnlyError):
+        nqt.switch(model, "full")
+    assert nqt.modes(model) == dict.fromkeys(LAYERS, "part")
+    prefix.write_bytes(tiny_file.read_bytes())  # the rest arrived
+    nqt.switch(model, "full")
+    ref = nqt.load(tiny_file, "full", module=tiny())
+    with torch.no_grad():
+        assert _same(model(_x()), ref(_x()))
+    nqt.close(model)
+    nqt.close(ref)
+
+
+def test_part_mode_maps_no_low_and_high_is_not_copied(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    handle = nqt.runtime(model)
+    assert not handle.file.low_resident
+    rec = handle.layers["conv"]
+    assert isinstance(rec.high, memoryview) and rec.high.readonly  # a view of the mapping
+    assert rec.low is None
+    assert np.frombuffer(rec.high, np.uint8).base is not None
+    nqt.close(model)
