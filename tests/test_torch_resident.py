@@ -206,3 +206,87 @@ def test_part_mode_maps_no_low_and_high_is_not_copied(tiny_file) -> None:
     assert rec.low is None
     assert np.frombuffer(rec.high, np.uint8).base is not None
     nqt.close(model)
+
+
+def test_act_quant_applies_on_the_codes_runtime_too(tmp_path) -> None:
+    from nqformat.torch import actquant
+
+    path = tmp_path / "act.nq"
+    nqt.convert_model(tiny(), path, n=N, h=H)
+    calibration = actquant.calibrate_file(
+        path, 4, module=tiny(1), batch_size=4, input_shape=(3, 6, 6)
+    )
+    meta = {actquant.META_KEY: calibration.to_metadata()}
+    nqt.convert_model(tiny(), path, n=N, h=H, metadata=meta)
+    ref = nqt.load(path, "part", module=tiny(2), act_quant=True)
+    model = nqt.load(path, "part", module=tiny(3), act_quant=True, resident="codes")
+    plain = nqt.load(path, "part", module=tiny(4), resident="codes")
+    with torch.no_grad():
+        assert _same(model(_x()), ref(_x()))
+        assert not _same(model(_x()), plain(_x()))  # the ranges do change the output
+        nqt.switch(model, "full")
+        nqt.switch(ref, "full")
+        assert _same(model(_x()), ref(_x()))
+    for m in (ref, model, plain):
+        nqt.close(m)
+
+
+FAMILIES = [
+    ("ResNet", "resnet10"),
+    ("DenseNet", "densenet121"),
+    ("ResNeXt", "resnext14_16x4d"),
+    ("MobileNet", "mobilenet_wd4"),
+    ("MobileNetV2", "mobilenetv2_wd4"),
+    ("ShuffleNet", "shufflenet_g1_wd4"),
+    ("ShuffleNetV2", "shufflenetv2_wd2"),
+    ("EfficientNet", "efficientnet_b0"),
+    ("ViT", "vit_tiny_patch16_224"),
+    ("DeiT", "deit_tiny_patch16_224"),
+    ("Swin", "swin_tiny_patch4_window7_224"),
+]  # as tests/test_coverage_models.py
+FAST = {"mobilenetv2_wd4"}
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param(arch, id=family, marks=() if arch in FAST else (pytest.mark.slow,))
+        for family, arch in FAMILIES
+    ],
+)
+def test_every_family_runs_on_codes_exactly_as_on_floats(arch, tmp_path) -> None:
+    original, meta = zoo.build(zoo.resolve(arch), random_init=True, seed=1)
+    path = nqt.convert_model(original, tmp_path / "m.nq", n=N, h=H, metadata={"model": meta}).path
+    x = torch.randn(
+        2, *meta["data_config"]["input_size"], generator=torch.Generator().manual_seed(0)
+    )
+    ref = nqt.load(path, "part")
+    model = nqt.load(path, "part", resident="codes")
+    for mode in ("part", "full", "part"):
+        nqt.switch(ref, mode)
+        nqt.switch(model, mode)
+        with torch.inference_mode():
+            assert _same(model(x), ref(x)), mode
+    want, got = ref.state_dict(), model.state_dict()
+    assert want.keys() == got.keys()
+    assert all(_same(got[k], want[k]) for k in want)
+    nqt.close(ref)
+    nqt.close(model)
+
+
+def test_close_leaves_float_weights_and_reload_into_the_same_module_works(tiny_file) -> None:
+    model = nqt.load(tiny_file, "full", module=tiny(), resident="codes")
+    ref = nqt.load(tiny_file, "full", module=tiny(1))
+    with torch.no_grad():
+        want = ref(_x())
+    nqt.close(model)  # layers become plain layers with float32 weights
+    assert type(model.conv) is torch.nn.Conv2d
+    assert {n for n, _ in model.named_parameters()} >= NESTED
+    with torch.no_grad():
+        assert _same(model(_x()), want)
+    for resident in ("codes", "float", "codes"):
+        nqt.load(tiny_file, "full", module=model, resident=resident)
+        with torch.no_grad():
+            assert _same(model(_x()), want), resident
+    nqt.close(model)
+    nqt.close(ref)

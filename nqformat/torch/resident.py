@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,7 @@ class _Layer:
     mode: Mode
     high: Any = None  # zero-copy view of the HIGH blob in the file's mapping
     low: Any = None  # view of the LOW blob; only while this layer is in full mode
+    hooks: list[Any] = field(default_factory=list)  # removable handles of the layer's hooks
 
     @property
     def numel(self) -> int:
@@ -143,7 +144,8 @@ class CodesRuntime(NQRuntime):
             scale=scale,
             offset=offset,
             out=out.reshape(-1),
-            threads=None if rec.numel >= _THREADED_MIN_ELEMENTS else 1,
+            # as many threads as torch's own ops use, so the layer's cost scales with them
+            threads=torch.get_num_threads() if rec.numel >= _THREADED_MIN_ELEMENTS else 1,
         )
         return out
 
@@ -204,6 +206,26 @@ class CodesRuntime(NQRuntime):
                 old = self._cache.pop(name, None)
                 if old is not None:
                     self._cached_bytes -= 4 * old.numel()
+
+    def detach(self, module: nn.Module, *, materialize: bool = True) -> None:
+        """Turn the codes-backed layers of ``module`` back into plain layers: with float32
+        weights dequantized in their current mode (``materialize``), else meta placeholders of
+        the right shape (for a reload)."""
+        for rec in self.layers.values():
+            layer = module.get_submodule(rec.layer)
+            slot = layer.__dict__.get(_SLOT)
+            if slot is None or slot[0] is not self:
+                continue
+            if materialize:
+                weight = self.fresh(rec).detach()
+            else:
+                weight = torch.empty(rec.info.shape, device="meta")
+            for hook in rec.hooks:
+                hook.remove()
+            rec.hooks.clear()
+            layer.__class__ = layer._nq_base_class
+            del layer.__dict__[_SLOT]
+            layer._parameters[rec.attr] = nn.Parameter(weight)
 
     def close(self) -> None:
         self.invalidate()
@@ -287,9 +309,11 @@ def _attach(layer: nn.Module, handle: CodesRuntime, rec: _Layer) -> None:
     layer._parameters.pop(rec.attr, None)  # the float32 (or meta) weight goes away
     layer.__dict__[_SLOT] = (handle, rec)
     layer.__class__ = _codes_class(type(layer))
-    layer.register_forward_pre_hook(_pre_hook)
-    layer.register_forward_hook(_post_hook, always_call=True)
-    layer.register_state_dict_post_hook(_state_dict_hook)
+    rec.hooks = [
+        layer.register_forward_pre_hook(_pre_hook),
+        layer.register_forward_hook(_post_hook, always_call=True),
+        layer.register_state_dict_post_hook(_state_dict_hook),
+    ]
 
 
 # --- building the module --------------------------------------------------------------------------
@@ -346,6 +370,9 @@ def load_codes(
     f = nqformat.open(path, verify=verify)
     try:
         target = module if module is not None else _skeleton(f.metadata, f)
+        old = target.__dict__.get(HANDLE_ATTR)
+        if isinstance(old, CodesRuntime):
+            old.detach(target, materialize=False)  # its weights are about to be replaced
         close(target)  # a module loaded before lets go of its old file
         own = _targets(target, f)
         if mode == "full":

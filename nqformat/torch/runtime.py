@@ -303,7 +303,10 @@ def modes(module: nn.Module) -> dict[str, str]:
 
 
 def close(module: nn.Module) -> None:
-    """Close the file behind a loaded module; its weights stay, switching is no longer possible."""
+    """Close the file behind a loaded module; its weights stay, switching is no longer possible.
+    A codes-resident module gets float32 weights of its layers' current modes first."""
     handle = module.__dict__.pop(HANDLE_ATTR, None)
     if handle is not None:
+        if handle.resident == "codes":
+            handle.detach(module)
         handle.close()
