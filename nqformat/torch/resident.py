@@ -331,15 +331,19 @@ def _skeleton(meta: Mapping[str, Any], f: NQFile) -> nn.Module:
     return module
 
 
-def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str, str]:
+def _owner(modules: Mapping[str, nn.Module], name: str) -> tuple[nn.Module, str, str]:
+    """The module holding state entry ``name``, its path and the attribute name
+    (``modules``: ``dict(module.named_modules())``, one walk instead of one per tensor)."""
     path, _, attr = name.rpartition(".")
-    return (module.get_submodule(path) if path else module), path, attr
+    return modules[path], path, attr
 
 
 @torch.no_grad()
-def _restore_raw(module: nn.Module, f: NQFile, info: TensorInfo, target: torch.Tensor) -> None:
+def _restore_raw(
+    modules: Mapping[str, nn.Module], f: NQFile, info: TensorInfo, target: torch.Tensor
+) -> None:
     """Give a RAW tensor CPU memory (if it is on meta) and the file's values."""
-    owner, _, attr = _owner(module, info.name)
+    owner, _, attr = _owner(modules, info.name)
     if target.device.type == "meta":
         real = torch.empty(target.shape, dtype=target.dtype)
         if attr in owner._parameters:
@@ -378,11 +382,12 @@ def load_codes(
         if mode == "full":
             f.page_in_low()
         handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
+        modules = dict(target.named_modules(remove_duplicate=False))
         for info in f.tensors():
             if info.kind is Kind.RAW:
-                _restore_raw(target, f, info, own[info.name])
+                _restore_raw(modules, f, info, own[info.name])
                 continue
-            owner, path_, attr = _owner(target, info.name)
+            owner, path_, attr = _owner(modules, info.name)
             params = f.params(info.name)
             rec = _Layer(
                 tensor=info.name,
