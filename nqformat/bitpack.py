@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from nqformat.container import spec
 from nqformat.errors import NQError
 
 __all__ = ["MAX_WIDTH", "MIN_WIDTH", "pack", "packed_size", "unpack"]
@@ -95,7 +96,7 @@ def packed_size(count: int, width: int) -> int:
     """Bytes of a packed blob of ``count`` codes of ``width`` bits: ceil(count * width / 8)."""
     count = _check_count(count)
     width = _check_width(width)
-    return (count * width + 7) // 8
+    return spec.packed_length(count, width)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,7 +433,7 @@ def pack(codes: np.ndarray, width: int, *, threads: int | None = None) -> np.nda
         raise NQError(f"codes must be an integer array, got dtype {arr.dtype}")
     flat = arr.reshape(-1)
     count = flat.size
-    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    lo, hi = spec.code_range(width)
     if count and (flat.min() < lo or flat.max() > hi):
         bad = int(np.flatnonzero((flat < lo) | (flat > hi))[0])
         raise NQError(

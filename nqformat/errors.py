@@ -16,10 +16,12 @@ __all__ = [
     "LayoutError",
     "LimitError",
     "MetadataError",
+    "ModelSourceError",
     "NQError",
     "NQFormatError",
     "PartOnlyError",
     "QuantizationError",
+    "TensorNotFoundError",
     "TruncatedError",
     "UnsupportedFeatureError",
     "UnsupportedVersionError",
@@ -88,6 +90,18 @@ class PartOnlyError(NQFormatError):
 
 class QuantizationError(NQError):
     """Invalid quantizer input (bit widths, non-finite weights) or a broken invariant."""
+
+
+class TensorNotFoundError(NQError, KeyError):
+    """No tensor of that name in the file (also a KeyError). Not a format error: the file is
+    fine, the name is not in it."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelSourceError(NQError):
+    """A model name, weights file or download that cannot give the requested model."""
 
 
 #: spec §11 code -> exception class, for manifests and other-language readers.

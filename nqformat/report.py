@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nqformat.bitpack import packed_size
-from nqformat.container.spec import NESTED_PARAM_ARRAYS, Kind
+from nqformat.container.spec import Kind, params_length
 
 if TYPE_CHECKING:
     from nqformat.container.reader import NQFile
@@ -50,7 +50,7 @@ __all__ = [
 #: FP32 baseline: bytes per element of every tensor (paper Tables 9 and 10).
 FP32_BYTES = 4
 #: spec §7.2: a NESTED data blob holds four float32 arrays of dims[0] (full and part scale/offset).
-NESTED_PARAM_BYTES_PER_CHANNEL = NESTED_PARAM_ARRAYS * 4
+NESTED_PARAM_BYTES_PER_CHANNEL = params_length(1)
 #: a lone INT-k model of the diverse baseline needs one float32 scale and one offset per channel.
 DIVERSE_PARAM_BYTES_PER_CHANNEL = 8
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nqformat.errors import NQError
+from nqformat.errors import ModelSourceError
 
 __all__ = [
     "DEFAULT_SEED",
@@ -82,10 +82,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PYTORCHCV_DEFAULT_SIZE = 224
 PYTORCHCV_DEFAULT_CROP_PCT = 0.875
 PYTORCHCV_INTERPOLATION = "bilinear"
-
-
-class ModelSourceError(NQError):
-    """A model name, weights file or download that cannot give the requested model."""
 
 
 class Zoo(StrEnum):

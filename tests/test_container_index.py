@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nqformat import NQWriter
-from nqformat.container import reader, spec
+from nqformat.container import header as hdr
+from nqformat.container import spec
 from nqformat.container.spec import Section
 from nqformat.container.testing import fix_crcs
 from nqformat.errors import NQFormatError
@@ -26,16 +27,16 @@ def _both(raw: bytes) -> tuple[object, object] | None:
     """(walk result or its error, array result) for a file's bytes; None when the preamble or a
     header CRC already rejects it (step 11 is never reached)."""
     try:
-        pre = reader._check_preamble(raw[: spec.PREAMBLE_SIZE], len(raw))
+        pre = hdr._check_preamble(raw[: spec.PREAMBLE_SIZE], len(raw))
         header = raw[: pre.sections[Section.META].end]
-        reader._check_header_crcs(pre, header)
+        hdr._check_header_crcs(pre, header)
     except NQFormatError:
         return None
     try:
-        walked: object = reader._check_records_each(pre, header)
+        walked: object = hdr._check_records_each(pre, header)
     except NQFormatError as exc:
         walked = exc
-    return walked, reader._records_vectorised(pre, header)
+    return walked, hdr._records_vectorised(pre, header)
 
 
 def _agree(raw: bytes) -> str:
@@ -91,7 +92,7 @@ def test_flipping_any_index_or_names_byte_gives_the_same_answer(
     path = tmp_path / "small.nq"
     write_small(path, n=8, h=3, compress=mask == 0x80)
     raw = path.read_bytes()
-    pre = reader._check_preamble(raw[: spec.PREAMBLE_SIZE], len(raw))
+    pre = hdr._check_preamble(raw[: spec.PREAMBLE_SIZE], len(raw))
     outcomes = set()
     for offset in range(pre.sections[Section.INDEX].offset, pre.sections[Section.NAMES].end):
         flipped = bytearray(raw)
@@ -116,7 +117,7 @@ def many(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     )
 )
 def test_random_index_edits_give_the_same_answer(many: bytes, edits: list[tuple[int, int]]) -> None:
-    pre = reader._check_preamble(many[: spec.PREAMBLE_SIZE], len(many))
+    pre = hdr._check_preamble(many[: spec.PREAMBLE_SIZE], len(many))
     start, end = pre.sections[Section.INDEX].offset, pre.sections[Section.NAMES].end
     buf = bytearray(many)
     for offset, value in edits:

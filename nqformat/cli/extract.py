@@ -8,55 +8,33 @@ file at OUT.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pathlib
-import tempfile
 
 import click
 
+from nqformat._atomic import AtomicFile
 from nqformat.cli._common import EXIT_INVALID_FILE, fail, human_errors, require_file
 
 __all__ = ["copy_prefix", "extract"]
 
 _CHUNK = 1 << 20  # copy in 1 MiB pieces: bounded memory for any file size
-_NEW_FILE_MODE = 0o666  # what open(..., "w") asks for before the umask
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def copy_prefix(src: pathlib.Path, dst: pathlib.Path, length: int) -> None:
     """Write the first ``length`` bytes of ``src`` to ``dst`` atomically (temp, fsync, rename),
     after checking that they form a valid ``.nq`` file; nothing reaches ``dst`` otherwise."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            # mkstemp creates 0600; give the result the permissions any new file would get
-            if hasattr(os, "fchmod"):  # POSIX; Windows has no mode bits to fix
-                os.fchmod(out.fileno(), _NEW_FILE_MODE & ~_umask())
-            left = length
-            while left:
-                chunk = inp.read(min(_CHUNK, left))
-                if not chunk:
-                    raise OSError(f"{src}: file shrank while copying")
-                out.write(chunk)
-                left -= len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        problems = _check_prefix(tmp)
+    with AtomicFile(dst) as out, src.open("rb") as inp:
+        left = length
+        while left:
+            chunk = inp.read(min(_CHUNK, left))
+            if not chunk:
+                raise OSError(f"{src}: file shrank while copying")
+            out.file.write(chunk)
+            left -= len(chunk)
+        out.sync()
+        problems = _check_prefix(out.temp_path, dst)
         if problems:
             raise _PrefixInvalid(problems)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dst.parent)
 
 
 class _PrefixInvalid(Exception):
@@ -65,25 +43,20 @@ class _PrefixInvalid(Exception):
         self.problems = problems
 
 
-def _check_prefix(path: pathlib.Path) -> list[str]:
+def _check_prefix(path: pathlib.Path, target: pathlib.Path) -> list[str]:
+    """Problems of the copy at ``path``, worded about ``target`` (the temporary file is an
+    implementation detail a user never asked for)."""
     import nqformat
+    from nqformat.errors import NQError
 
-    with nqformat.open(path) as f:
-        return list(f.verify())
+    def about_target(text: str) -> str:
+        return text.replace(str(path), str(target))
 
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        with nqformat.open(path) as f:
+            return [about_target(p) for p in f.verify()]
+    except NQError as exc:
+        raise type(exc)(about_target(str(exc))) from None
 
 
 @click.command("extract")

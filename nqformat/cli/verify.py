@@ -28,11 +28,12 @@ def verify(file: pathlib.Path, quiet: bool) -> None:
     part-bit-only file it checks what is present and reports LOW as absent.
     """
     import nqformat
+    from nqformat.container.verify import find_problems, group_by_tensor
     from nqformat.report import section_name
 
     require_file(file)
     with nqformat.open(file) as f:
-        problems = f.verify()
+        problems = find_problems(f)
         sections = f.sections()
         names = [section_name(s) for s in sections]
         present = [
@@ -41,8 +42,8 @@ def verify(file: pathlib.Path, quiet: bool) -> None:
         count = len(f.names())
         part_only = f.part_only
         n, h, low_shift = f.n, f.h, f.l
-    for problem in problems:
-        click.echo(f"FAIL {problem}", err=True)
+    for line in group_by_tensor(problems):  # one line per tensor, naming it once
+        click.echo(f"FAIL {line}", err=True)
     if problems:
         click.echo(f"{file}: INVALID, {len(problems)} problem(s)", err=True)
         raise SystemExit(EXIT_INVALID_FILE)

@@ -1,22 +1,17 @@
 """Lazy reader of ``.nq`` files (spec ``spec/nq-v1.md``): numpy + stdlib, zstandard lazily.
 
 ``open(path)`` reads the preamble and header only and validates them in the order of spec §11
-with exact integer arithmetic against the real file size before anything else is allocated.
-Blob bytes are reached through :class:`_Source`, one read-only mmap of ``[DATA.offset,
-part_end)`` and, only when the LOW section is paged in, a second one of LOW; it counts every
-byte requested so that tests can prove the part-bit model never touches LOW.
+(:mod:`~nqformat.container.header`) before anything else is allocated. Blob bytes are reached
+through a :class:`~nqformat.container.source.ByteSource`: one read-only map of ``[DATA.offset,
+part_end)`` and, only when the LOW section is paged in, a second one of LOW. Values come from
+:mod:`~nqformat.container.dequant`; :meth:`NQFile.verify` is :mod:`~nqformat.container.verify`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import itertools
-import json
-import mmap
 import os
 import pathlib
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,31 +22,13 @@ import numpy as np
 
 from nqformat import bitpack
 from nqformat.container import spec
-from nqformat.container.spec import (
-    BlobRef,
-    Codec,
-    DType,
-    IncompatFlag,
-    Kind,
-    Preamble,
-    Section,
-    TensorRecord,
-)
-from nqformat.errors import (
-    BadMagicError,
-    ChecksumError,
-    DuplicateNameError,
-    InvalidHeaderError,
-    InvalidNameError,
-    LayoutError,
-    LimitError,
-    MetadataError,
-    NQError,
-    PartOnlyError,
-    TruncatedError,
-    UnsupportedFeatureError,
-    UnsupportedVersionError,
-)
+from nqformat.container.dequant import Scratch as _Scratch
+from nqformat.container.dequant import dequantize as _dequantize
+from nqformat.container.dequant import zstd_decompress as _zstd_decompress
+from nqformat.container.header import Header, TensorInfo, parse_header
+from nqformat.container.source import ByteSource, FileSource
+from nqformat.container.spec import Codec, Kind, Section
+from nqformat.errors import ChecksumError, NQError, PartOnlyError, TensorNotFoundError
 
 __all__ = [
     "ChannelParams",
@@ -62,34 +39,6 @@ __all__ = [
     "open",
     "parse_header",
 ]
-
-
-class TensorNotFoundError(NQError, KeyError):
-    """No tensor of that name in the file (also a KeyError)."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """What the INDEX says about one tensor (§4)."""
-
-    name: str
-    kind: Kind
-    dtype: DType
-    shape: tuple[int, ...]
-    numel: int
-    data: BlobRef
-    high: BlobRef
-    low: BlobRef
-    index: int
-
-    @property
-    def np_dtype(self) -> np.dtype:
-        """dtype of ``NQFile.read``: float32 for NESTED, the stored dtype for RAW (BF16 as
-        uint16 bit patterns)."""
-        return np.dtype(np.float32) if self.kind is Kind.NESTED else self.dtype.np_dtype
 
 
 @dataclass(frozen=True)
@@ -112,543 +61,6 @@ class SectionInfo:
     crc: int
 
 
-@dataclass(frozen=True)
-class Header:
-    """A validated preamble and header (§3-§6): everything ``open`` learns before data."""
-
-    preamble: Preamble
-    tensors: tuple[TensorInfo, ...]
-    metadata: dict[str, Any]
-    header_end: int
-    part_only: bool
-
-
-# --- validation, spec §11 ----------------------------------------------------------------------
-
-
-def _check_preamble(buf: bytes, size: int) -> Preamble:
-    """Steps 1-9 of §11 on the 256-byte preamble and the real file ``size``."""
-    if size < spec.PREAMBLE_SIZE or len(buf) < spec.PREAMBLE_SIZE:
-        raise TruncatedError(
-            f"file is {size} bytes; a .nq file has at least the {spec.PREAMBLE_SIZE}-byte "
-            "preamble (§3.1)"
-        )
-    if buf[:8] != spec.MAGIC:
-        raise BadMagicError(f"magic is {bytes(buf[:8])!r}, expected {spec.MAGIC!r} (§3.1)")
-    pre = Preamble.unpack(buf)
-    if pre.version_major != spec.VERSION_MAJOR:
-        raise UnsupportedVersionError(
-            f"format version {pre.version_major}.{pre.version_minor}; this reader implements "
-            f"major version {spec.VERSION_MAJOR} (§12)"
-        )
-    actual = spec.crc32(buf[: spec.PREAMBLE_CRC_OFFSET])
-    if actual != pre.crc:
-        raise ChecksumError(f"preamble_crc is {pre.crc:#010x}, computed {actual:#010x} (§3.1)")
-    unknown = pre.incompat_flags & ~IncompatFlag.known_mask()
-    if unknown:
-        raise UnsupportedFeatureError(
-            f"incompat_flags has unknown bits {unknown:#x}; this reader cannot read the file (§3.3)"
-        )
-    if not (spec.MIN_N <= pre.n <= spec.MAX_N and spec.MIN_H <= pre.h <= pre.n - 1):
-        raise InvalidHeaderError(f"need 2 <= n <= 8 and 1 <= h <= n-1, got n={pre.n}, h={pre.h}")
-    # step 7: limits, before any arithmetic that a C reader could overflow
-    if pre.tensor_count > spec.MAX_TENSOR_COUNT:
-        raise LimitError(f"tensor_count {pre.tensor_count} exceeds {spec.MAX_TENSOR_COUNT} (§10)")
-    for which, entry in zip(Section, pre.sections, strict=True):
-        for what, value in (("offset", entry.offset), ("length", entry.length)):
-            if value > spec.MAX_OFFSET:
-                raise LimitError(f"{which.name}.{what} {value} exceeds 2^63-1 (§10)")
-    for what, value in (("part_end", pre.part_end), ("full_end", pre.full_end)):
-        if value > spec.MAX_OFFSET:
-            raise LimitError(f"{what} {value} exceeds 2^63-1 (§10)")
-    meta_len = pre.sections[Section.META].length
-    if meta_len > spec.MAX_META_LENGTH:
-        raise LimitError(f"META.length {meta_len} exceeds 16 MiB (§10)")
-    header_end = (
-        spec.INDEX_OFFSET
-        + spec.RECORD_SIZE * pre.tensor_count
-        + pre.sections[Section.NAMES].length
-        + meta_len
-    )
-    if header_end > spec.MAX_HEADER_END:
-        raise LimitError(f"header_end {header_end} exceeds 256 MiB (§10)")
-    # step 8: the canonical layout (§3.2)
-    expected = _canonical_offsets(pre)
-    for which, entry in zip(Section, pre.sections, strict=True):
-        if which is Section.INDEX and entry.length != spec.RECORD_SIZE * pre.tensor_count:
-            raise LayoutError(
-                f"INDEX.length is {entry.length}, expected 160 * tensor_count = "
-                f"{spec.RECORD_SIZE * pre.tensor_count} (§3.2)"
-            )
-        if entry.offset != expected[which]:
-            raise LayoutError(
-                f"{which.name}.offset is {entry.offset}, expected {expected[which]} (§3.2)"
-            )
-    part_end = pre.sections[Section.HIGH].end
-    full_end = pre.sections[Section.LOW].end
-    if pre.part_end != part_end:
-        raise LayoutError(f"part_end is {pre.part_end}, expected HIGH end {part_end} (§3.2)")
-    if pre.full_end != full_end:
-        raise LayoutError(f"full_end is {pre.full_end}, expected LOW end {full_end} (§3.2)")
-    # step 9: the real size
-    if size < header_end or size < part_end:
-        raise TruncatedError(
-            f"file is {size} bytes but its part-bit prefix needs {part_end} (§9); it was cut short"
-        )
-    if size > full_end:
-        raise LayoutError(
-            f"file is {size} bytes, {size - full_end} more than full_end {full_end}: nothing "
-            "may follow the LOW section (§9)"
-        )
-    return pre
-
-
-def _canonical_offsets(pre: Preamble) -> dict[Section, int]:
-    s = pre.sections
-    index_off = spec.INDEX_OFFSET
-    names_off = index_off + s[Section.INDEX].length
-    meta_off = names_off + s[Section.NAMES].length
-    header_end = meta_off + s[Section.META].length
-    data_off = spec.align(header_end, spec.SECTION_ALIGN)
-    high_off = spec.align(data_off + s[Section.DATA].length, spec.SECTION_ALIGN)
-    low_off = spec.align(high_off + s[Section.HIGH].length, spec.SECTION_ALIGN)
-    return {
-        Section.INDEX: index_off,
-        Section.NAMES: names_off,
-        Section.META: meta_off,
-        Section.DATA: data_off,
-        Section.HIGH: high_off,
-        Section.LOW: low_off,
-    }
-
-
-def _check_header_crcs(pre: Preamble, header: bytes) -> None:
-    """Step 10: CRCs of INDEX, NAMES, META; ``header`` holds file bytes [0, header_end)."""
-    for which in (Section.INDEX, Section.NAMES, Section.META):
-        entry = pre.sections[which]
-        actual = spec.crc32(header[entry.offset : entry.end])
-        if actual != entry.crc:
-            raise ChecksumError(
-                f"{which.name} CRC is {entry.crc:#010x}, computed {actual:#010x} (§3.2)"
-            )
-
-
-def _numel(dims: tuple[int, ...]) -> int:
-    """Exact element count; LimitError over 2^48 (§10), independent of the order of dims."""
-    if any(d > spec.MAX_NUMEL for d in dims):
-        raise LimitError(f"dimension in {dims} exceeds 2^48 (§10)")
-    numel = 1
-    for d in dims:
-        numel *= d
-    if numel > spec.MAX_NUMEL:
-        raise LimitError(f"shape {dims} has {numel} elements, more than 2^48 (§10)")
-    return numel
-
-
-def _check_records(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
-    """Step 11: every INDEX record. The whole INDEX is checked as one array first; only when
-    that finds a problem (or a value too large for its 64-bit arithmetic) does the record-by-
-    record walk run, and it alone reports errors, so their codes and order are those of §11."""
-    fast = _records_vectorised(pre, header)
-    return fast if fast is not None else _check_records_each(pre, header)
-
-
-#: 256-entry tables over the dtype byte: defined codes, float codes, element sizes (§4.1)
-_DTYPE_DEFINED = np.zeros(256, dtype=bool)
-_DTYPE_FLOAT = np.zeros(256, dtype=bool)
-_DTYPE_ITEMSIZE = np.zeros(256, dtype=np.uint64)
-for _d in DType:
-    _DTYPE_DEFINED[_d] = True
-    _DTYPE_FLOAT[_d] = _d.is_float
-    _DTYPE_ITEMSIZE[_d] = _d.itemsize
-del _d
-#: offsets and lengths above this take the record-by-record path: below it, end = offset +
-#: length and its 64-byte alignment cannot overflow uint64
-_VECTOR_SAFE = 1 << 62
-_ZERO_REF = BlobRef()
-
-
-def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] | None:
-    """Step 11 for the whole INDEX at once: the TensorInfos if every record passes every check
-    of :func:`_check_records_each`, else None (never an error: the caller then walks the
-    records to report the first problem exactly)."""
-    count = pre.tensor_count
-    index = pre.sections[Section.INDEX]
-    names = pre.sections[Section.NAMES]
-    recs = np.frombuffer(header, dtype=spec.RECORD_DTYPE, count=count, offset=index.offset)
-    kind, dtype, ndim, dims = recs["kind"], recs["dtype"], recs["ndim"], recs["dims"]
-    refs = {Section.DATA: recs["data"], Section.HIGH: recs["high"], Section.LOW: recs["low"]}
-    nested = kind == Kind.NESTED
-    # 11a: reserved bytes, enumerated fields, dims, unused references, codecs
-    if recs["reserved0"].any() or recs["reserved1"].any():
-        return None
-    if any(ref["reserved"].any() for ref in refs.values()):
-        return None
-    if (kind > Kind.NESTED).any() or not _DTYPE_DEFINED[dtype].all():
-        return None
-    if (nested & ~_DTYPE_FLOAT[dtype]).any():
-        return None
-    if (ndim > spec.MAX_DIMS).any() or (nested & (ndim == 0)).any():
-        return None
-    past = np.arange(spec.MAX_DIMS) >= ndim[:, None]
-    if dims[past].any():
-        return None
-    for which in (Section.HIGH, Section.LOW):
-        ref = refs[which][~nested]
-        if ref["offset"].any() or ref["length"].any() or ref["crc"].any() or ref["codec"].any():
-            return None
-    flags_zstd = bool(pre.incompat_flags & IncompatFlag.ZSTD)
-    used = {Section.DATA: slice(None), Section.HIGH: nested, Section.LOW: nested}
-    any_zstd = False
-    for which, rows in used.items():
-        codec = refs[which]["codec"][rows]
-        if (codec > Codec.ZSTD).any():
-            return None
-        any_zstd = any_zstd or bool((codec == Codec.ZSTD).any())
-    if any_zstd != flags_zstd:
-        return None
-    # 11b: element counts, each partial product kept <= 2^48 (a zero dim after a large prefix
-    # is left to the record walk, which multiplies exactly)
-    if (dims > spec.MAX_NUMEL).any():
-        return None
-    numel = np.ones(count, dtype=np.uint64)
-    for d in np.where(past, np.uint64(1), dims).T:
-        if (numel > spec.MAX_NUMEL // np.maximum(d, np.uint64(1))).any():
-            return None
-        numel *= d
-    # 11c: names, back to back in NAMES, valid UTF-8, distinct
-    lengths = recs["name_length"].astype(np.int64)
-    if ((lengths < 1) | (lengths > spec.MAX_NAME_LENGTH)).any():
-        return None
-    ends = np.cumsum(lengths)
-    if (recs["name_offset"] != (ends - lengths).astype(np.uint64)).any():
-        return None
-    if (ends[-1] if count else 0) != names.length:
-        return None
-    blob = header[names.offset : names.end]
-    bounds = [0, *ends.tolist()]
-    raw_names = [blob[a:b] for a, b in itertools.pairwise(bounds)]
-    if len(set(raw_names)) != count:
-        return None
-    try:
-        text = [raw.decode("utf-8", errors="strict") for raw in raw_names]
-    except UnicodeDecodeError:
-        return None
-    # 11d: blob placement and lengths, each section's blobs back to back in record order
-    raw_len = {
-        Section.DATA: np.where(
-            nested,
-            np.uint64(spec.NESTED_PARAM_ARRAYS * 4) * dims[:, 0],
-            numel * _DTYPE_ITEMSIZE[dtype],
-        ),
-        Section.HIGH: (numel * np.uint64(pre.h) + np.uint64(7)) // np.uint64(8),
-        Section.LOW: (numel * np.uint64(pre.n - pre.h + 1) + np.uint64(7)) // np.uint64(8),
-    }
-    align = np.uint64(spec.BLOB_ALIGN - 1)
-    for which, rows in used.items():
-        ref = refs[which][rows]
-        offset, length, codec = ref["offset"], ref["length"], ref["codec"]
-        expect_len = raw_len[which][rows]
-        section = pre.sections[which]
-        if (offset >= _VECTOR_SAFE).any() or (length >= _VECTOR_SAFE).any():
-            return None
-        end = offset + length
-        expect = np.empty_like(offset)
-        if expect.size:
-            expect[0] = spec.align(section.offset, spec.BLOB_ALIGN)
-            expect[1:] = (end[:-1] + align) & ~align
-        if (offset != expect).any() or (end > section.end).any():
-            return None
-        plain = codec == Codec.NONE
-        if (length[plain] != expect_len[plain]).any():
-            return None
-        packed = ~plain
-        limit = expect_len[packed]
-        limit = limit + limit // np.uint64(spec.ZSTD_SLACK_DIVISOR) + spec.ZSTD_SLACK_BYTES
-        if ((length[packed] < 1) | (length[packed] > limit)).any():
-            return None
-        if (int(end[-1]) if end.size else section.offset) != section.end:
-            return None
-    return _infos(recs, text, numel)
-
-
-_KINDS = {int(k): k for k in Kind}
-_DTYPES = {int(d): d for d in DType}
-
-
-def _infos(recs: np.ndarray, names: list[str], numel: np.ndarray) -> tuple[TensorInfo, ...]:
-    """TensorInfos of records already checked by :func:`_records_vectorised`."""
-    kinds = [_KINDS[k] for k in recs["kind"].tolist()]
-    dtypes = [_DTYPES[d] for d in recs["dtype"].tolist()]
-    ndims = recs["ndim"].tolist()
-    shapes = [tuple(d[:k]) for d, k in zip(recs["dims"].tolist(), ndims, strict=True)]
-    refs = []
-    for field in ("data", "high", "low"):
-        ref = recs[field]
-        rows = zip(
-            ref["offset"].tolist(),
-            ref["length"].tolist(),
-            ref["crc"].tolist(),
-            ref["codec"].tolist(),
-            strict=True,
-        )
-        # RAW records' high/low references are all zero (checked): share one object
-        refs.append([BlobRef(o, n, c, k) if o else _ZERO_REF for o, n, c, k in rows])
-    return tuple(
-        TensorInfo(name, kind, dtype, shape, count, data, high, low, index=i)
-        for i, (name, kind, dtype, shape, count, data, high, low) in enumerate(
-            zip(names, kinds, dtypes, shapes, numel.tolist(), *refs, strict=True)
-        )
-    )
-
-
-def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
-    """Step 11: every INDEX record, in order; the first problem raises its §11 error."""
-    index_off = pre.sections[Section.INDEX].offset
-    names = pre.sections[Section.NAMES]
-    flags_zstd = bool(pre.incompat_flags & IncompatFlag.ZSTD)
-    cursors = {
-        which: pre.sections[which].offset for which in (Section.DATA, Section.HIGH, Section.LOW)
-    }
-    name_cursor = 0
-    seen: set[bytes] = set()
-    any_zstd = False
-    infos: list[TensorInfo] = []
-    for i in range(pre.tensor_count):
-        start = index_off + i * spec.RECORD_SIZE
-        rec = TensorRecord.unpack(header[start : start + spec.RECORD_SIZE])
-        where = f"record {i}"
-        blobs = {Section.DATA: rec.data, Section.HIGH: rec.high, Section.LOW: rec.low}
-        # 11a: reserved bytes and enumerated fields
-        if any(rec.reserved) or any(any(b.reserved) for b in blobs.values()):
-            raise InvalidHeaderError(f"{where}: reserved bytes are not zero (§4)")
-        if rec.kind not in (Kind.RAW, Kind.NESTED):
-            raise InvalidHeaderError(f"{where}: kind {rec.kind} is not 0 (RAW) or 1 (NESTED)")
-        kind = Kind(rec.kind)
-        if rec.dtype not in DType._value2member_map_:
-            raise InvalidHeaderError(f"{where}: dtype code {rec.dtype} is not defined (§4.1)")
-        dtype = DType(rec.dtype)
-        if kind is Kind.NESTED and not dtype.is_float:
-            raise InvalidHeaderError(f"{where}: NESTED dtype must be a float, got {dtype.name}")
-        if rec.ndim > spec.MAX_DIMS:
-            raise InvalidHeaderError(f"{where}: ndim {rec.ndim} exceeds 8 (§4)")
-        if kind is Kind.NESTED and rec.ndim == 0:
-            raise InvalidHeaderError(f"{where}: a NESTED tensor needs ndim >= 1 (§4)")
-        if any(rec.dims[rec.ndim :]):
-            raise InvalidHeaderError(f"{where}: dims past ndim={rec.ndim} are not zero (§4)")
-        used = (Section.DATA, Section.HIGH, Section.LOW) if kind is Kind.NESTED else (Section.DATA,)
-        if kind is Kind.RAW and not (rec.high.is_zero() and rec.low.is_zero()):
-            raise InvalidHeaderError(f"{where}: a RAW record's high/low references must be zero")
-        for which in used:
-            codec = blobs[which].codec
-            if codec > Codec.ZSTD:
-                raise UnsupportedFeatureError(f"{where}: {which.name} blob codec {codec} (§8)")
-            if codec == Codec.ZSTD:
-                if not flags_zstd:
-                    raise InvalidHeaderError(
-                        f"{where}: {which.name} blob is zstd but incompat flag ZSTD is clear (§3.3)"
-                    )
-                any_zstd = True
-        # 11b: element count
-        shape = rec.shape
-        numel = _numel(shape)
-        # 11c: name
-        if not 1 <= rec.name_length <= spec.MAX_NAME_LENGTH:
-            raise InvalidNameError(f"{where}: name_length {rec.name_length} not in 1..1024 (§5)")
-        if rec.name_offset != name_cursor or name_cursor + rec.name_length > names.length:
-            raise LayoutError(
-                f"{where}: name at [{rec.name_offset}, +{rec.name_length}) but expected offset "
-                f"{name_cursor} inside NAMES of {names.length} bytes (§5)"
-            )
-        raw_name = header[names.offset + name_cursor : names.offset + name_cursor + rec.name_length]
-        name_cursor += rec.name_length
-        try:
-            name = raw_name.decode("utf-8", errors="strict")
-        except UnicodeDecodeError as exc:
-            raise InvalidNameError(f"{where}: name is not valid UTF-8 ({exc.reason})") from None
-        if raw_name in seen:
-            raise DuplicateNameError(f"{where}: duplicate tensor name {name!r} (§5)")
-        seen.add(raw_name)
-        # 11d: blob placement and lengths (§4.2, §7.1, §8)
-        for which in used:
-            ref = blobs[which]
-            expect_off = spec.align(cursors[which], spec.BLOB_ALIGN)
-            raw_len = spec.raw_blob_length(kind, which, dtype, shape, pre.n, pre.h)
-            if ref.offset != expect_off:
-                raise LayoutError(
-                    f"{where} {name!r}: {which.name} blob at {ref.offset}, expected {expect_off} "
-                    "(§7.1)"
-                )
-            if ref.codec == Codec.NONE and ref.length != raw_len:
-                raise LayoutError(
-                    f"{where} {name!r}: {which.name} blob is {ref.length} bytes, expected "
-                    f"{raw_len} (§4.2)"
-                )
-            if ref.codec == Codec.ZSTD and not 1 <= ref.length <= spec.max_zstd_length(raw_len):
-                raise LayoutError(
-                    f"{where} {name!r}: zstd {which.name} blob of {ref.length} bytes for "
-                    f"{raw_len} raw bytes (§8)"
-                )
-            section = pre.sections[which]
-            if ref.end > section.end:
-                raise LayoutError(
-                    f"{where} {name!r}: {which.name} blob ends at {ref.end}, past the section "
-                    f"end {section.end} (§7.1)"
-                )
-            cursors[which] = ref.end
-        infos.append(
-            TensorInfo(name, kind, dtype, shape, numel, rec.data, rec.high, rec.low, index=i)
-        )
-    if name_cursor != names.length:
-        raise LayoutError(f"NAMES is {names.length} bytes but the names use {name_cursor} (§5)")
-    for which, cursor in cursors.items():
-        section = pre.sections[which]
-        if cursor != section.end:
-            raise LayoutError(
-                f"{which.name} section ends at {section.end} but its last blob ends at {cursor} "
-                "(§7.1)"
-            )
-    if flags_zstd and not any_zstd:
-        raise InvalidHeaderError("incompat flag ZSTD is set but no blob is compressed (§3.3)")
-    return tuple(infos)
-
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def _check_meta(raw: bytes) -> dict[str, Any]:
-    """Step 12: META is a UTF-8 JSON object, no duplicate keys, depth <= 64 (§6)."""
-    try:
-        text = raw.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        raise MetadataError(f"META is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    # Depth first, without recursion: brackets outside strings, as a running sum.
-    skeleton = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
-    steps = (
-        (skeleton == ord("{")).astype(np.int64)
-        + (skeleton == ord("["))
-        - (skeleton == ord("}"))
-        - (skeleton == ord("]"))
-    )
-    if steps.size and int(np.cumsum(steps).max()) > spec.MAX_META_DEPTH:
-        raise MetadataError(f"META nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in items:
-            if key in obj:
-                raise MetadataError(f"META has duplicate key {key!r} (§6)")
-            obj[key] = value
-        return obj
-
-    def no_constant(name: str) -> Any:
-        raise MetadataError(f"META contains {name}, which is not JSON (RFC 8259)")
-
-    try:
-        value = json.loads(text, object_pairs_hook=pairs, parse_constant=no_constant)
-    except MetadataError:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise MetadataError(f"META is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise MetadataError(f"META must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def parse_header(preamble: bytes, read: Any, size: int) -> Header:
-    """Validate preamble and header (§11 steps 1-12). ``read(offset, length)`` returns file
-    bytes; it is called once, for ``[0, header_end)``, after every size was checked."""
-    pre = _check_preamble(preamble, size)
-    header_end = pre.sections[Section.META].end
-    header = bytes(read(0, header_end))
-    if len(header) != header_end:
-        raise TruncatedError(f"could read only {len(header)} of {header_end} header bytes")
-    _check_header_crcs(pre, header)
-    tensors = _check_records(pre, header)
-    meta = pre.sections[Section.META]
-    metadata = _check_meta(header[meta.offset : meta.end])
-    return Header(pre, tensors, metadata, header_end, part_only=size < pre.full_end)
-
-
-# --- file access -------------------------------------------------------------------------------
-
-
-class _Source:
-    """The reader's only access to file bytes: preads, plus read-only mmaps of whole ranges.
-
-    ``bytes_read`` sums every byte requested; ``max_end`` is the furthest offset requested.
-    """
-
-    def __init__(self, path: pathlib.Path) -> None:
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        try:
-            self.size = os.fstat(self._fd).st_size
-        except OSError:
-            os.close(self._fd)
-            raise
-        self._maps: dict[str, tuple[int, int, mmap.mmap | memoryview]] = {}
-        self.bytes_read = 0
-        self.max_end = 0
-
-    def pread(self, offset: int, length: int) -> bytes:
-        self._count(offset, length)
-        chunks = []
-        while length:
-            chunk = _pread(self._fd, length, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-            length -= len(chunk)
-        return b"".join(chunks)
-
-    def map(self, key: str, start: int, end: int) -> None:
-        """Map file bytes [start, end) read-only under ``key`` (nothing is read yet)."""
-        if end <= start:
-            self._maps[key] = (start, end, memoryview(b""))
-            return
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(self._fd, end - base, access=mmap.ACCESS_READ, offset=base)
-        self._maps[key] = (base, end, mapped)
-
-    def unmap(self, key: str) -> None:
-        entry = self._maps.pop(key, None)
-        if entry is not None and isinstance(entry[2], mmap.mmap):
-            # arrays may still view it; the mapping then goes away with the last of them
-            with contextlib.suppress(BufferError):
-                entry[2].close()
-
-    def mapped(self, key: str) -> bool:
-        return key in self._maps
-
-    def view(self, key: str, offset: int, length: int) -> memoryview:
-        """Zero-copy view of file bytes [offset, offset+length) inside map ``key``."""
-        base, end, mapped = self._maps[key]
-        if offset < base or offset + length > end:
-            raise LayoutError(f"bytes [{offset}, {offset + length}) lie outside map {key}")
-        self._count(offset, length)
-        return memoryview(mapped)[offset - base : offset - base + length]
-
-    def _count(self, offset: int, length: int) -> None:
-        self.bytes_read += length
-        self.max_end = max(self.max_end, offset + length)
-
-    def close(self) -> None:
-        for key in list(self._maps):
-            self.unmap(key)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _pread(fd: int, length: int, offset: int) -> bytes:
-    """os.pread where the OS has it (POSIX); seek + read elsewhere (Windows)."""
-    if hasattr(os, "pread"):
-        return os.pread(fd, length, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.read(fd, length)
-
-
 _PART_MAP = "part"  # DATA and HIGH: [DATA.offset, part_end)
 _LOW_MAP = "low"  # LOW: [LOW.offset, full_end)
 
@@ -656,10 +68,18 @@ _LOW_MAP = "low"  # LOW: [LOW.offset, full_end)
 class NQFile:
     """An open ``.nq`` file; use :func:`open`. Everything but the header is read lazily."""
 
-    def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
+    _PART_MAP = _PART_MAP  # the source's map keys, for nqformat.container.verify
+    _LOW_MAP = _LOW_MAP
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, verify: bool = True, source: ByteSource | None = None
+    ) -> None:
+        """``source`` serves the bytes instead of the local file at ``path`` (which then only
+        names the file in messages); the NQFile closes it."""
         self.path = pathlib.Path(path)
         self._verify_blobs = verify
-        self._src = _Source(self.path)
+        self._src: ByteSource = FileSource(self.path) if source is None else source
+        self._header: Header
         try:
             self.file_size = self._src.size
             pre_bytes = self._src.pread(0, min(self.file_size, spec.PREAMBLE_SIZE))
@@ -860,51 +280,9 @@ class NQFile:
     def verify(self) -> list[str]:
         """Check everything present: section and blob CRCs, zero padding, decompression, code
         ranges. Returns a list of problems (empty = valid). LOW is checked when present."""
-        self._check_open()
-        problems: list[str] = []
-        present = [Section.DATA, Section.HIGH] + ([] if self.part_only else [Section.LOW])
-        was_resident = self.low_resident
-        if not self.part_only and not was_resident:
-            low = self._pre.sections[Section.LOW]
-            self._src.map(_LOW_MAP, low.offset, low.end)
-        try:
-            for which in present:
-                entry = self._pre.sections[which]
-                key = _LOW_MAP if which is Section.LOW else _PART_MAP
-                actual = spec.crc32(self._src.view(key, entry.offset, entry.length))
-                if actual != entry.crc:
-                    problems.append(
-                        f"{which.name} section CRC is {entry.crc:#010x}, computed {actual:#010x}"
-                    )
-            problems.extend(self._verify_padding(present))
-            qmin, qmax = -(1 << (self.n - 1)), (1 << (self.n - 1)) - 1
-            for info in self._header.tensors:
-                for which in (Section.DATA, Section.HIGH, Section.LOW):
-                    if which not in present or (
-                        which is not Section.DATA and info.kind is Kind.RAW
-                    ):
-                        continue
-                    try:
-                        stored = self._blob(info, which, force_check=True)
-                    except NQError as exc:
-                        problems.append(f"{info.name}: {exc}")
-                        continue
-                    if which is not Section.DATA:
-                        problems.extend(self._verify_pad_bits(info, which, stored))
-                if info.kind is Kind.NESTED and Section.LOW in present:
-                    try:
-                        q = self.codes(info.name, "full")
-                    except NQError:
-                        continue  # already reported above
-                    if q.size and (int(q.min()) < qmin or int(q.max()) > qmax):
-                        problems.append(
-                            f"{info.name}: recomposed codes span [{int(q.min())}, "
-                            f"{int(q.max())}], outside the {self.n}-bit range (§7.3)"
-                        )
-        finally:
-            if not self.part_only and not was_resident:
-                self._src.unmap(_LOW_MAP)
-        return problems
+        from nqformat.container.verify import find_problems
+
+        return [str(p) for p in find_problems(self)]
 
     def close(self) -> None:
         if not self._closed:
@@ -942,8 +320,11 @@ class NQFile:
             raise NQError(f"{name!r} is a RAW tensor: it has no codes or channel parameters")
         return info
 
-    def _blob(self, info: TensorInfo, which: Section, *, force_check: bool = False) -> memoryview:
-        """Stored bytes of one blob, CRC-checked (§11 step 13) and decompressed."""
+    def _blob(
+        self, info: TensorInfo, which: Section, *, force_check: bool = False, named: bool = True
+    ) -> memoryview:
+        """Stored bytes of one blob, CRC-checked (§11 step 13) and decompressed. Errors name the
+        tensor unless ``named`` is False (verify puts the name in front itself)."""
         self._check_open()
         if which is Section.DATA:
             ref, key = info.data, _PART_MAP
@@ -957,15 +338,17 @@ class NQFile:
         if force_check or (self._verify_blobs and (info.index, which) not in self._checked):
             actual = spec.crc32(stored)
             if actual != ref.crc:
+                where = f"{info.name!r}: " if named else ""
                 raise ChecksumError(
-                    f"{info.name!r}: {which.name} blob CRC is {ref.crc:#010x}, computed "
+                    f"{where}{which.name} blob CRC is {ref.crc:#010x}, computed "
                     f"{actual:#010x} (§7.1)"
                 )
             self._checked.add((info.index, which))
         if ref.codec == Codec.NONE:
             return stored
         raw_len = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, self.n, self.h)
-        return memoryview(_zstd_decompress(stored, raw_len, f"{info.name!r} {which.name}"))
+        what = f"{info.name!r} {which.name}" if named else which.name
+        return memoryview(_zstd_decompress(stored, raw_len, what))
 
     def _unpack(
         self, info: TensorInfo, which: Section, width: int, out: np.ndarray | None = None
@@ -989,92 +372,6 @@ class NQFile:
             scratch = self._scratch_local.buffers = _Scratch()
         return scratch
 
-    def _verify_pad_bits(self, info: TensorInfo, which: Section, blob: memoryview) -> list[str]:
-        """The bits after the last code of a packed blob must be zero (§7.3)."""
-        width = self.h if which is Section.HIGH else self.l + 1
-        used = (info.numel * width) % 8
-        if used and len(blob) and blob[-1] >> used:
-            return [
-                f"{info.name}: {which.name} blob has nonzero pad bits after its last code (§7.3)"
-            ]
-        return []
-
-    def _verify_padding(self, present: list[Section]) -> list[str]:
-        """Padding between header, sections and blobs must be zero (§3.2, §7.1)."""
-        problems = []
-        gaps: list[tuple[str, int, int]] = []
-        sections = self._pre.sections
-        gaps.append(("before DATA", self.header_end, sections[Section.DATA].offset))
-        gaps.append(("before HIGH", sections[Section.DATA].end, sections[Section.HIGH].offset))
-        if Section.LOW in present:
-            gaps.append(("before LOW", self.part_end, sections[Section.LOW].offset))
-        for which in present:
-            cursor = sections[which].offset
-            for info in self._header.tensors:
-                if which is not Section.DATA and info.kind is Kind.RAW:
-                    continue
-                ref = {Section.DATA: info.data, Section.HIGH: info.high, Section.LOW: info.low}[
-                    which
-                ]
-                gaps.append((f"in {which.name} before {info.name!r}", cursor, ref.offset))
-                cursor = ref.end
-        for what, start, end in gaps:
-            if end <= start:
-                continue
-            inside_part = sections[Section.DATA].offset <= start and end <= self.part_end
-            inside_low = sections[Section.LOW].offset <= start and Section.LOW in present
-            if inside_part or inside_low:
-                key = _PART_MAP if inside_part else _LOW_MAP
-                data = bytes(self._src.view(key, start, end - start))
-            else:  # between header and DATA, or between part_end and LOW: not mapped
-                data = self._src.pread(start, end - start)
-            if any(data):
-                problems.append(f"padding {what} ([{start}, {end})) is not zero")
-        return problems
-
-
-def _dequantize(
-    codes: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    shape: tuple[int, ...],
-    *,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """w = fl32(fl32(float32(code) * scale[c]) + offset[c]) per output channel c (§7.2), into
-    ``out`` (C-contiguous float32 of ``shape``) when given."""
-    channels = shape[0]
-    per = codes.size // channels if channels else 0
-    dst = None if out is None else out.reshape(channels, per)
-    # The int -> float32 cast is exact and happens inside the multiply (no extra pass); the
-    # product is rounded to float32 here ...
-    w = np.multiply(
-        codes.reshape(channels, per), scale.reshape(channels, 1), out=dst, dtype=np.float32
-    )
-    np.add(w, offset.reshape(channels, 1), out=w)  # ... and the sum here: never a fused FMA
-    return w.reshape(shape)
-
-
-class _Scratch:
-    """Reusable code buffers (int8 slots and one int16), grown to the largest tensor seen: the
-    codes of one tensor live only until it is dequantized, and reusing warm memory saves the
-    page faults of a fresh array per tensor."""
-
-    def __init__(self) -> None:
-        self._int8: dict[int, np.ndarray] = {}
-        self._int16 = np.empty(0, dtype=np.int16)
-
-    def int8(self, count: int, slot: int) -> np.ndarray:
-        buf = self._int8.get(slot)
-        if buf is None or buf.size < count:
-            buf = self._int8[slot] = np.empty(count, dtype=np.int8)
-        return buf[:count]
-
-    def int16(self, count: int) -> np.ndarray:
-        if self._int16.size < count:
-            self._int16 = np.empty(count, dtype=np.int16)
-        return self._int16[:count]
-
 
 def _check_out(out: object, info: TensorInfo) -> None:
     """``read(out=...)`` needs an array it can write the tensor's values into as they are."""
@@ -1087,30 +384,6 @@ def _check_out(out: object, info: TensorInfo) -> None:
         )
     if not (out.flags.c_contiguous and out.flags.writeable):
         raise NQError(f"out for {info.name!r} must be writeable and C-contiguous")
-
-
-def _zstd_decompress(stored: memoryview, raw_len: int, what: str) -> bytes:
-    """One zstd frame whose declared content size is exactly ``raw_len`` (§8)."""
-    import zstandard  # lazily: uncompressed files never need it
-
-    try:
-        declared = zstandard.frame_content_size(bytes(stored[:18]))
-    except zstandard.ZstdError as exc:
-        raise LayoutError(f"{what}: not a zstd frame ({exc}) (§8)") from None
-    if declared != raw_len:
-        raise LayoutError(
-            f"{what}: zstd frame declares {declared} content bytes, expected {raw_len} (§8)"
-        )
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        out = dobj.decompress(bytes(stored))
-    except zstandard.ZstdError as exc:
-        raise LayoutError(f"{what}: zstd decompression failed ({exc}) (§8)") from None
-    if not dobj.eof or dobj.unused_data or len(out) != raw_len:
-        raise LayoutError(
-            f"{what}: zstd blob must be exactly one complete frame of {raw_len} bytes (§8)"
-        )
-    return out
 
 
 def open(path: str | os.PathLike[str], *, verify: bool = True) -> NQFile:

@@ -9,11 +9,15 @@ reported precisely.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from nqformat.errors import LimitError
 
 __all__ = [
     "BLOB_ALIGN",
@@ -34,6 +38,7 @@ __all__ = [
     "MIN_H",
     "MIN_N",
     "NESTED_PARAM_ARRAYS",
+    "PARAM_ITEMSIZE",
     "PREAMBLE_CRC_OFFSET",
     "PREAMBLE_SIZE",
     "RECORD_DTYPE",
@@ -56,8 +61,16 @@ __all__ = [
     "SectionEntry",
     "TensorRecord",
     "align",
+    "bits_valid",
+    "canonical_offsets",
+    "code_range",
     "crc32",
+    "header_end",
+    "json_depth",
     "max_zstd_length",
+    "numel",
+    "packed_length",
+    "params_length",
     "raw_blob_length",
 ]
 
@@ -84,6 +97,7 @@ RECORD_SIZE = 160  # §4
 BLOB_REF_SIZE = 24  # §4
 MAX_DIMS = 8  # §4, §10
 NESTED_PARAM_ARRAYS = 4  # §4.2, §7.2: scale_full, offset_full, scale_part, offset_part
+PARAM_ITEMSIZE = 4  # §4.2: each parameter array is float32[C]
 
 # --- §7.1 blob placement ------------------------------------------------------------------------
 BLOB_ALIGN = 64  # §7.1: every blob starts at a multiple of 64 bytes inside its section
@@ -225,19 +239,88 @@ def crc32(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     return zlib.crc32(data, value) & 0xFFFFFFFF
 
 
+def bits_valid(n: int, h: int) -> bool:
+    """True when ``n``/``h`` are a storable bit-width pair: 2 <= n <= 8, 1 <= h <= n - 1 (§3.1)."""
+    return MIN_N <= n <= MAX_N and MIN_H <= h <= n - 1
+
+
+#: The rule :func:`bits_valid` checks, for error messages.
+BITS_RULE = f"{MIN_N} <= n <= {MAX_N} and {MIN_H} <= h <= n - 1"
+
+
+def code_range(width: int) -> tuple[int, int]:
+    """Inclusive range of a ``width``-bit two's-complement code (§7.3): H has width h, L has
+    width l + 1, the recomposed q has width n."""
+    return -(1 << (width - 1)), (1 << (width - 1)) - 1
+
+
+def packed_length(count: int, width: int) -> int:
+    """Bytes of ``count`` codes of ``width`` bits back to back: ceil(count * width / 8) (§7.3)."""
+    return (count * width + 7) // 8
+
+
+def params_length(channels: int) -> int:
+    """Bytes of a NESTED tensor's DATA blob: four float32 arrays of ``channels`` (§4.2)."""
+    return NESTED_PARAM_ARRAYS * PARAM_ITEMSIZE * channels
+
+
+def numel(dims: Sequence[int]) -> int:
+    """Exact element count of a shape; LimitError over 2^48 (§10), whatever the order of dims."""
+    if any(d > MAX_NUMEL for d in dims):
+        raise LimitError(f"dimension in {tuple(dims)} exceeds 2^48 (§10)")
+    count = 1
+    for d in dims:
+        count *= d
+    if count > MAX_NUMEL:
+        raise LimitError(f"shape {tuple(dims)} has {count} elements, more than 2^48 (§10)")
+    return count
+
+
+def header_end(tensor_count: int, names_length: int, meta_length: int) -> int:
+    """End of preamble + INDEX + NAMES + META, the bytes read before any data (§3.2, §10)."""
+    return INDEX_OFFSET + RECORD_SIZE * tensor_count + names_length + meta_length
+
+
+def canonical_offsets(lengths: Sequence[int]) -> tuple[int, ...]:
+    """The offset of every section (in :class:`Section` order) given their lengths: INDEX at
+    256, NAMES and META straight after, DATA, HIGH and LOW each on the next 4096 boundary (§3.2)."""
+    index, names, meta, data, high, _low = lengths
+    names_off = INDEX_OFFSET + index
+    meta_off = names_off + names
+    data_off = align(meta_off + meta, SECTION_ALIGN)
+    high_off = align(data_off + data, SECTION_ALIGN)
+    low_off = align(high_off + high, SECTION_ALIGN)
+    return (INDEX_OFFSET, names_off, meta_off, data_off, high_off, low_off)
+
+
 def raw_blob_length(
     kind: Kind, which: Section, dtype: DType, dims: tuple[int, ...], n: int, h: int
 ) -> int:
-    """Uncompressed length of a blob (§4.2); ``which`` is DATA, HIGH or LOW."""
-    numel = 1
-    for d in dims:
-        numel *= d
+    """Uncompressed length of a blob (§4.2); ``which`` is DATA, HIGH or LOW. ``dims`` must
+    already be within the limits (LimitError otherwise, as :func:`numel`)."""
+    count = numel(dims)
     if kind is Kind.RAW:
-        return numel * dtype.itemsize if which is Section.DATA else 0
+        return count * dtype.itemsize if which is Section.DATA else 0
     if which is Section.DATA:
-        return NESTED_PARAM_ARRAYS * 4 * dims[0]
-    width = h if which is Section.HIGH else n - h + 1
-    return -(-numel * width // 8)
+        return params_length(dims[0])
+    return packed_length(count, h if which is Section.HIGH else n - h + 1)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_depth(raw: bytes) -> int:
+    """Nesting depth of the JSON text ``raw`` (objects and arrays; §6 allows 64), computed
+    without recursion as the running sum of brackets outside strings, so that it is safe on any
+    input, valid JSON or not."""
+    skeleton = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
+    steps = (
+        (skeleton == ord("{")).astype(np.int64)
+        + (skeleton == ord("["))
+        - (skeleton == ord("}"))
+        - (skeleton == ord("]"))
+    )
+    return int(np.cumsum(steps).max()) if steps.size else 0
 
 
 def max_zstd_length(raw_length: int) -> int:

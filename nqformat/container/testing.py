@@ -14,6 +14,7 @@ from typing import Any
 
 from nqformat.container import spec
 from nqformat.container.spec import BlobRef, Preamble, Section, SectionEntry, TensorRecord
+from nqformat.errors import NQError
 
 __all__ = [
     "fix_crcs",
@@ -97,6 +98,6 @@ def replace_meta(raw: bytes, meta: bytes) -> bytes:
     layout does not move); the new text must not be longer than the old one."""
     entry: SectionEntry = preamble_of(raw).section(Section.META)
     if len(meta) > entry.length:
-        raise ValueError(f"new META of {len(meta)} bytes is longer than the old {entry.length}")
+        raise NQError(f"new META of {len(meta)} bytes is longer than the old {entry.length}")
     meta = meta + b" " * (entry.length - len(meta))
     return fix_crcs(raw[: entry.offset] + meta + raw[entry.end :])

@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from nqformat import bitpack
+from nqformat._atomic import AtomicFile
 from nqformat.container import spec
 from nqformat.container.spec import (
     BlobRef,
@@ -57,23 +58,14 @@ def canonical_json(obj: Any) -> bytes:
         )
     except (TypeError, ValueError) as exc:
         raise MetadataError(f"metadata is not JSON-serializable: {exc}") from exc
+    except RecursionError:
+        raise MetadataError(
+            f"metadata nests deeper than {spec.MAX_META_DEPTH} levels (§6)"
+        ) from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MetadataError(f"metadata is not valid UTF-8: {exc}") from exc
-
-
-def _json_depth(obj: Any) -> int:
-    depth, stack = 0, [(obj, 1)]
-    while stack:
-        item, d = stack.pop()
-        if isinstance(item, Mapping):
-            depth = max(depth, d)
-            stack.extend((v, d + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            depth = max(depth, d)
-            stack.extend((v, d + 1) for v in item)
-    return depth
 
 
 class _Spool:
@@ -178,10 +170,8 @@ class NQWriter:
         compress: bool = False,
         _hook: Callable[[str], None] | None = None,
     ) -> None:
-        if not (spec.MIN_N <= n <= spec.MAX_N and spec.MIN_H <= h <= n - 1):
-            raise QuantizationError(
-                f"need {spec.MIN_N} <= n <= {spec.MAX_N} and 1 <= h <= n - 1, got n={n}, h={h}"
-            )
+        if not spec.bits_valid(n, h):
+            raise QuantizationError(f"need {spec.BITS_RULE}, got n={n}, h={h}")
         if not isinstance(metadata, Mapping):
             raise MetadataError(f"metadata must be a mapping, got {type(metadata).__name__}")
         self.path = pathlib.Path(path)
@@ -267,13 +257,10 @@ class NQWriter:
         shape = self._check_shape(name, high.shape, nested=True)
         raw_name = self._claim_name(name)
         try:
-            hmin, hmax = -(1 << (self.h - 1)), (1 << (self.h - 1)) - 1
-            lmin, lmax = -(1 << self.l), (1 << self.l) - 1
-            qmin, qmax = -(1 << (self.n - 1)), (1 << (self.n - 1)) - 1
-            _check_range(name, "w_high", high, hmin, hmax)
-            _check_range(name, "w_low", low, lmin, lmax)
+            _check_range(name, "w_high", high, *spec.code_range(self.h))
+            _check_range(name, "w_low", low, *spec.code_range(self.l + 1))
             q = high.astype(np.int32) * (1 << self.l) + low.astype(np.int32)
-            _check_range(name, "w_high*2^l + w_low", q, qmin, qmax)
+            _check_range(name, "w_high*2^l + w_low", q, *spec.code_range(self.n))
             if w_int is not None:
                 wi = np.asarray(w_int)
                 if wi.shape != high.shape or not np.array_equal(wi, q):
@@ -367,12 +354,12 @@ class NQWriter:
                 f"{name}: {'NESTED needs 1..' if nested else 'need 0..'}{spec.MAX_DIMS} dims, "
                 f"got shape {shape}"
             )
-        numel = 1
-        for d in shape:
-            numel *= int(d)
-        if numel > spec.MAX_NUMEL:
-            raise LimitError(f"{name}: {numel} elements exceed the limit 2^48 (§10)")
-        return tuple(int(d) for d in shape)
+        dims = tuple(int(d) for d in shape)
+        try:
+            spec.numel(dims)
+        except LimitError as exc:
+            raise LimitError(f"{name}: {exc}") from None
+        return dims
 
     def _append(self, section: Section, name: str, data: bytes | memoryview) -> BlobRef:
         if self._hook is not None:
@@ -418,16 +405,14 @@ class NQWriter:
         count = len(self._records)
         names_len = sum(len(x) for x in self._names)
         index_len = spec.RECORD_SIZE * count
-        header_end = spec.INDEX_OFFSET + index_len + names_len + len(meta)
+        header_end = spec.header_end(count, names_len, len(meta))
         if header_end > spec.MAX_HEADER_END:
             raise LimitError(f"header of {header_end} bytes exceeds 256 MiB (§10)")
-        data_off = spec.align(header_end, spec.SECTION_ALIGN)
-        data = self._spools[Section.DATA]
-        high_off = spec.align(data_off + data.length, spec.SECTION_ALIGN)
-        high = self._spools[Section.HIGH]
+        data, high, low = (self._spools[s] for s in (Section.DATA, Section.HIGH, Section.LOW))
+        lengths = (index_len, names_len, len(meta), data.length, high.length, low.length)
+        offsets = spec.canonical_offsets(lengths)
+        data_off, high_off, low_off = offsets[Section.DATA :]
         part_end = high_off + high.length
-        low_off = spec.align(part_end, spec.SECTION_ALIGN)
-        low = self._spools[Section.LOW]
         full_end = low_off + low.length
 
         def rebase(ref: BlobRef, base: int, used: bool) -> BlobRef:
@@ -450,14 +435,8 @@ class NQWriter:
         ]
         index = b"".join(r.pack() for r in records)
         names = b"".join(self._names)
-        sections = (
-            SectionEntry(spec.INDEX_OFFSET, index_len, spec.crc32(index)),
-            SectionEntry(spec.INDEX_OFFSET + index_len, names_len, spec.crc32(names)),
-            SectionEntry(spec.INDEX_OFFSET + index_len + names_len, len(meta), spec.crc32(meta)),
-            SectionEntry(data_off, data.length, data.crc),
-            SectionEntry(high_off, high.length, high.crc),
-            SectionEntry(low_off, low.length, low.crc),
-        )
+        crcs = (spec.crc32(index), spec.crc32(names), spec.crc32(meta), data.crc, high.crc, low.crc)
+        sections = tuple(SectionEntry(*entry) for entry in zip(offsets, lengths, crcs, strict=True))
         preamble = Preamble(
             tensor_count=count,
             n=self.n,
@@ -481,9 +460,9 @@ class NQWriter:
             }
         )
         meta["format"] = fmt
-        if _json_depth(meta) > spec.MAX_META_DEPTH:
-            raise MetadataError(f"metadata nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
         raw = canonical_json(meta)
+        if spec.json_depth(raw) > spec.MAX_META_DEPTH:  # the reader's own check (§6)
+            raise MetadataError(f"metadata nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
         if len(raw) > spec.MAX_META_LENGTH:
             raise MetadataError(f"metadata is {len(raw)} bytes; the limit is 16 MiB (§6)")
         return raw
@@ -491,50 +470,27 @@ class NQWriter:
     def _finish(self) -> pathlib.Path:
         meta = self._meta_bytes()
         preamble, records = self._layout(meta)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self._dir, prefix=f".{self.path.name}.", suffix=".nq-tmp"
-        )
-        tmp = pathlib.Path(tmp_name)
-        try:
-            # mkstemp creates 0600; give the finished file the permissions a plain open() would.
-            if hasattr(os, "fchmod"):  # POSIX only
-                os.fchmod(fd, _DEFAULT_FILE_MODE & ~_current_umask())
-            with os.fdopen(fd, "wb") as out:
-                out.write(preamble.pack())
-                out.write(b"".join(r.pack() for r in records))
-                out.write(b"".join(self._names))
-                out.write(meta)
-                for which in (Section.DATA, Section.HIGH, Section.LOW):
-                    entry = preamble.section(which)
-                    gap = entry.offset - out.tell()
-                    if gap:
-                        out.write(bytes(gap))
-                    self._spools[which].copy_into(out)
-                if out.tell() != preamble.full_end:
-                    raise OSError(f"wrote {out.tell()} bytes, expected {preamble.full_end}")
-                out.flush()
-                os.fsync(out.fileno())
-                if self._hook is not None:
-                    self._hook("<close>")
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._fsync_dir()
+        with AtomicFile(self.path, suffix=".nq-tmp") as target:
+            out = target.file
+            out.write(preamble.pack())
+            out.write(b"".join(r.pack() for r in records))
+            out.write(b"".join(self._names))
+            out.write(meta)
+            for which in (Section.DATA, Section.HIGH, Section.LOW):
+                entry = preamble.section(which)
+                gap = entry.offset - out.tell()
+                if gap:
+                    out.write(bytes(gap))
+                self._spools[which].copy_into(out)
+            if out.tell() != preamble.full_end:
+                raise OSError(
+                    f"{self.path}: wrote {out.tell()} bytes, expected {preamble.full_end}"
+                )
+            target.sync()
+            if self._hook is not None:
+                self._hook("<close>")
         self.abort()  # releases the spools; the file is in place
         return self.path
-
-    def _fsync_dir(self) -> None:
-        try:
-            dfd = os.open(self._dir, os.O_RDONLY)
-        except OSError:
-            return  # e.g. platforms that cannot open directories
-        try:
-            os.fsync(dfd)
-        except OSError:
-            pass
-        finally:
-            os.close(dfd)
 
 
 def _check_range(name: str, what: str, arr: np.ndarray, lo: int, hi: int) -> None:
@@ -543,13 +499,3 @@ def _check_range(name: str, what: str, arr: np.ndarray, lo: int, hi: int) -> Non
     amin, amax = int(arr.min()), int(arr.max())
     if amin < lo or amax > hi:
         raise QuantizationError(f"{name}: {what} must lie in [{lo}, {hi}], got [{amin}, {amax}]")
-
-
-_DEFAULT_FILE_MODE = 0o666
-
-
-def _current_umask() -> int:
-    """The process umask (reading it means setting it; restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

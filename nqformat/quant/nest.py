@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nqformat.container import spec
 from nqformat.errors import QuantizationError
 from nqformat.quant.affine import (
     affine_params,
@@ -49,10 +50,10 @@ F32 = np.float32
 #: the codes or parameters produced for the same input change.
 QUANTIZER_VERSION = 1
 
-#: Bit-width limits of spec/nq-v1.md §3.1: 2 <= n <= 8 and 1 <= h <= n - 1.
-N_MIN = 2
-N_MAX = 8
-H_MIN = 1
+#: Bit-width limits of spec/nq-v1.md §3.1 (defined once, in the container's spec module).
+N_MIN = spec.MIN_N
+N_MAX = spec.MAX_N
+H_MIN = spec.MIN_H
 
 #: Output channels are processed in blocks of about this many elements, so that every
 #: intermediate array stays in cache (the passes are memory-bound; see docs/quantizer.md).
@@ -123,10 +124,8 @@ def _check_bits(n: Any, h: Any) -> tuple[int, int]:
         n, h = operator.index(n), operator.index(h)
     except TypeError:
         raise QuantizationError(f"bit widths must be integers, got n={n!r}, h={h!r}") from None
-    if not N_MIN <= n <= N_MAX:
-        raise QuantizationError(f"n must be in [{N_MIN}, {N_MAX}], got {n}")
-    if not H_MIN <= h <= n - 1:
-        raise QuantizationError(f"h must be in [{H_MIN}, n - 1 = {n - 1}], got {h}")
+    if not spec.bits_valid(n, h):
+        raise QuantizationError(f"need {spec.BITS_RULE}, got n={n}, h={h}")
     return n, h
 
 
@@ -169,7 +168,7 @@ def _high_codes(
     c_stage: bool,
 ) -> np.ndarray:
     """w_high (float32, integer-valued) from the n-bit codes q (research note §2.1)."""
-    hmin, hmax = -(2 ** (h - 1)), 2 ** (h - 1) - 1
+    hmin, hmax = spec.code_range(h)
     if rounding is Rounding.BITSHIFT:
         return np.floor(q * F32(2.0**-low_bits))
     # Clip before rounding: w_int above 2^(n-1) - 2^l all map to the top high code.
@@ -267,13 +266,12 @@ def _run_block(job: _Job, lo: int, hi: int) -> None:
     s_b, z_b = affine_params(blk, n)
     x = to_integer_domain(blk, s_b, z_b)
     clock.lap("affine")
-    q = squant_round(
-        x, job.taps, -(2 ** (n - 1)), 2 ** (n - 1) - 1, k_stage=job.k_stage, c_stage=job.c_stage
-    )
+    q = squant_round(x, job.taps, *spec.code_range(n), k_stage=job.k_stage, c_stage=job.c_stage)
     clock.lap("round_int")
     hcodes = _high_codes(q, h, low_bits, job.taps, job.rounding, job.k_stage, job.c_stage)
     low = q - hcodes * F32(2**low_bits)  # exact: small integers in float32
-    if low.min() < -(2**low_bits) or low.max() > 2**low_bits - 1:
+    lmin, lmax = spec.code_range(low_bits + 1)
+    if low.min() < lmin or low.max() > lmax:
         raise QuantizationError(f"internal error: low codes outside the {low_bits + 1}-bit range")
     out["w_int"][lo:hi] = q
     out["w_high"][lo:hi] = hcodes

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nqformat.errors import QuantizationError
+
 __all__ = ["activation_moments", "per_element_inputs", "refit_part_params"]
 
 F32 = np.float32
@@ -112,8 +114,8 @@ def per_element_inputs(
     out_ch, in_g = weight_shape[0], weight_shape[1]
     taps = int(np.prod(weight_shape[2:], dtype=np.int64))
     if groups < 1 or out_ch % groups:
-        raise ValueError(f"groups={groups} does not divide {out_ch} output channels")
+        raise QuantizationError(f"groups={groups} does not divide {out_ch} output channels")
     chan = (np.arange(out_ch)[:, None] // (out_ch // groups)) * in_g + np.arange(in_g)[None, :]
     if chan.max() >= len(per_channel):
-        raise ValueError(f"need {chan.max() + 1} input channels, got {len(per_channel)}")
+        raise QuantizationError(f"need {chan.max() + 1} input channels, got {len(per_channel)}")
     return np.asarray(per_channel, dtype=F64)[np.repeat(chan, taps, axis=1)]

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 import nqformat
+from nqformat.container import spec
 from nqformat.errors import NQError, QuantizationError
 from nqformat.quant import PartParams, Rounding, nest_quantize
 from nqformat.torch._tensors import FLOAT_DTYPES, nq_dtype, to_numpy
@@ -61,7 +62,7 @@ def auto_h(n: int, fp32_bytes: int) -> int:
         h = half
     else:
         h = half - 1
-    return max(1, min(n - 1, h))
+    return max(spec.MIN_H, min(n - 1, h))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""Deep verification of an open ``.nq`` file: everything ``open`` does not check up front.
+
+Section and blob CRCs (§3.2, §7.1; step 13 of §11), zero padding between sections and blobs
+(§3.2, §7.1) and after the last code of a packed blob (§7.3), decompression (§8) and the range
+of every recomposed code (§7.3). Problems are returned, not raised, so a tool can list them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nqformat.container import spec
+from nqformat.container.spec import Kind, Section
+from nqformat.errors import NQError
+
+if TYPE_CHECKING:
+    from nqformat.container.header import TensorInfo
+    from nqformat.container.reader import NQFile
+
+__all__ = ["Problem", "find_problems", "group_by_tensor"]
+
+_BLOBS = (Section.DATA, Section.HIGH, Section.LOW)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check: ``tensor`` is the tensor it concerns (None for sections/padding)."""
+
+    message: str
+    tensor: str | None = None
+
+    def __str__(self) -> str:
+        return self.message if self.tensor is None else f"{self.tensor}: {self.message}"
+
+
+def group_by_tensor(problems: Iterable[Problem]) -> list[str]:
+    """One line per section problem and one per tensor, naming the tensor once and joining its
+    problems with ``; `` (first-seen order), for a report a person reads."""
+    lines: list[str | list[str]] = []
+    by_tensor: dict[str, list[str]] = {}
+    for p in problems:
+        if p.tensor is None:
+            lines.append(p.message)
+        elif p.tensor in by_tensor:
+            by_tensor[p.tensor].append(p.message)
+        else:
+            by_tensor[p.tensor] = [p.message]
+            lines.append([p.tensor])
+    return [
+        line if isinstance(line, str) else f"{line[0]}: {'; '.join(by_tensor[line[0]])}"
+        for line in lines
+    ]
+
+
+def find_problems(f: NQFile) -> list[Problem]:
+    """Check everything present in ``f`` (LOW too unless the file is part-bit-only)."""
+    f._check_open()
+    src, pre = f._src, f._pre
+    problems: list[Problem] = []
+    present = [Section.DATA, Section.HIGH] + ([] if f.part_only else [Section.LOW])
+    was_resident = f.low_resident
+    if not f.part_only and not was_resident:
+        low = pre.sections[Section.LOW]
+        src.map(f._LOW_MAP, low.offset, low.end)
+    try:
+        for which in present:
+            entry = pre.sections[which]
+            key = f._LOW_MAP if which is Section.LOW else f._PART_MAP
+            actual = spec.crc32(src.view(key, entry.offset, entry.length))
+            if actual != entry.crc:
+                problems.append(
+                    Problem(
+                        f"{which.name} section CRC is {entry.crc:#010x}, computed {actual:#010x}"
+                    )
+                )
+        problems.extend(_padding(f, present))
+        qmin, qmax = spec.code_range(f.n)
+        for info in f.tensors():
+            for which in _BLOBS:
+                if which not in present or (which is not Section.DATA and info.kind is Kind.RAW):
+                    continue
+                try:
+                    stored = f._blob(info, which, force_check=True, named=False)
+                except NQError as exc:
+                    problems.append(Problem(str(exc), info.name))
+                    continue
+                if which is not Section.DATA:
+                    problems.extend(_pad_bits(f, info, which, stored))
+            if info.kind is Kind.NESTED and Section.LOW in present:
+                try:
+                    q = f.codes(info.name, "full")
+                except NQError:
+                    continue  # already reported above
+                if q.size and (int(q.min()) < qmin or int(q.max()) > qmax):
+                    problems.append(
+                        Problem(
+                            f"recomposed codes span [{int(q.min())}, {int(q.max())}], outside "
+                            f"the {f.n}-bit range (§7.3)",
+                            info.name,
+                        )
+                    )
+    finally:
+        if not f.part_only and not was_resident:
+            src.unmap(f._LOW_MAP)
+    return problems
+
+
+def _pad_bits(f: NQFile, info: TensorInfo, which: Section, blob: memoryview) -> list[Problem]:
+    """The bits after the last code of a packed blob must be zero (§7.3)."""
+    width = f.h if which is Section.HIGH else f.l + 1
+    used = (info.numel * width) % 8
+    if used and len(blob) and blob[-1] >> used:
+        return [
+            Problem(f"{which.name} blob has nonzero pad bits after its last code (§7.3)", info.name)
+        ]
+    return []
+
+
+def _padding(f: NQFile, present: list[Section]) -> list[Problem]:
+    """Padding between header, sections and blobs must be zero (§3.2, §7.1)."""
+    problems = []
+    gaps: list[tuple[str, int, int]] = []
+    sections = f._pre.sections
+    gaps.append(("before DATA", f.header_end, sections[Section.DATA].offset))
+    gaps.append(("before HIGH", sections[Section.DATA].end, sections[Section.HIGH].offset))
+    if Section.LOW in present:
+        gaps.append(("before LOW", f.part_end, sections[Section.LOW].offset))
+    for which in present:
+        cursor = sections[which].offset
+        for info in f.tensors():
+            if which is not Section.DATA and info.kind is Kind.RAW:
+                continue
+            ref = {Section.DATA: info.data, Section.HIGH: info.high, Section.LOW: info.low}[which]
+            gaps.append((f"in {which.name} before {info.name!r}", cursor, ref.offset))
+            cursor = ref.end
+    for what, start, end in gaps:
+        if end <= start:
+            continue
+        inside_part = sections[Section.DATA].offset <= start and end <= f.part_end
+        inside_low = sections[Section.LOW].offset <= start and Section.LOW in present
+        if inside_part or inside_low:
+            key = f._PART_MAP if inside_part else f._LOW_MAP
+            data = bytes(f._src.view(key, start, end - start))
+        else:  # between header and DATA, or between part_end and LOW: not mapped
+            data = f._src.pread(start, end - start)
+        if any(data):
+            problems.append(Problem(f"padding {what} ([{start}, {end})) is not zero"))
+    return problems
