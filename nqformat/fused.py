@@ -118,6 +118,8 @@ def dequantize_packed_numpy(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The pure-numpy reference of :func:`dequantize_packed` (same arguments, same bits)."""
+    from nqformat.container.dequant import dequantize  # the reader's §7.2 arithmetic
+
     count, rows = _check(h, None if low is None else lbits, count, rows, out)
     scale, offset = _params(scale, rows, "scale"), _params(offset, rows, "offset")
     codes: np.ndarray = bitpack.unpack(high, h, count)
@@ -126,14 +128,10 @@ def dequantize_packed_numpy(
         full = np.left_shift(codes, lbits, dtype=np.int16)
         np.add(full, bitpack.unpack(low, lbits + 1, count), out=full, dtype=np.int16)
         codes = full
-    per = count // rows if rows else 0
     result = np.empty(count, np.float32) if out is None else out.reshape(-1)
-    dst = result.reshape(rows, per)
-    # int -> float32 is exact; the product is rounded here and the sum below: never an FMA.
     # Non-finite parameters are used as stored (§7.2), as the C kernel does, without warnings.
     with np.errstate(over="ignore", invalid="ignore"):
-        np.multiply(codes.reshape(rows, per), scale.reshape(rows, 1), out=dst, dtype=np.float32)
-        np.add(dst, offset.reshape(rows, 1), out=dst)
+        dequantize(codes, scale, offset, (rows, count // rows if rows else 0), out=result)
     return result
 
 
