@@ -290,3 +290,66 @@ def test_close_leaves_float_weights_and_reload_into_the_same_module_works(tiny_f
             assert _same(model(_x()), want), resident
     nqt.close(model)
     nqt.close(ref)
+
+
+@pytest.mark.slow
+def test_real_lite0_on_real_photos_is_bit_identical_in_every_mode(tmp_path) -> None:
+    """tf_efficientnet_lite0 with its packaged ImageNet weights, the 20 labelled foolbox photos:
+    the codes runtime's logits equal the float runtime's in part, full, a per-layer mix, and
+    after switching back."""
+    import importlib.util
+
+    from PIL import Image
+
+    from nqformat.cli.evaluate import preprocess_from_meta
+
+    module, meta = zoo.build(zoo.resolve("tf_efficientnet_lite0"))
+    assert meta["random_init"] is False
+    path = nqt.convert_model(module, tmp_path / "lite0.nq", n=8, h=6, metadata={"model": meta})
+    found = importlib.util.find_spec("foolbox")
+    assert found is not None and found.submodule_search_locations
+    data = pathlib.Path(next(iter(found.submodule_search_locations))) / "data"
+    photos = sorted(data.glob("imagenet_*.jpg"))
+    assert len(photos) == 20
+    transform = preprocess_from_meta({"model": meta}).transform()
+    batch = []
+    for photo in photos:
+        with Image.open(photo) as img:
+            batch.append(transform(img.convert("RGB")))
+    x = torch.stack(batch)
+    labels = torch.tensor([int(p.stem.rsplit("_", 1)[1]) for p in photos])
+
+    ref = nqt.load(path.path, "part")
+    codes = nqt.load(path.path, "part", resident="codes")
+    layers = list(nqt.modes(codes))
+    half = layers[: len(layers) // 2]
+    top1 = {}
+    for step in ("part", "full", "mixed", "part", "full"):
+        if step == "mixed":
+            nqt.switch(codes, "part")
+            nqt.switch(codes, "full", layers=half)
+            want = _float_mix(path.path, meta, half)
+        else:
+            nqt.switch(codes, step)
+            nqt.switch(ref, step)
+            want = ref
+        with torch.inference_mode():
+            got, expected = codes(x), want(x)
+        assert _same(got, expected), step
+        top1[step] = int((got.argmax(-1) == labels).sum())
+    assert top1["full"] >= 17  # FP32 gets 18/20; a genuine INT(8|6) model stays within one
+    nqt.close(ref)
+    nqt.close(codes)
+
+
+def _float_mix(path: pathlib.Path, meta: dict, full_layers: list[str]) -> torch.nn.Module:
+    """A float module with ``full_layers`` from the full-bit model and the rest part-bit."""
+    full = nqt.load(path, "full")
+    state = {k: v.clone() for k, v in full.state_dict().items()}
+    nqt.close(full)
+    mix = nqt.load(path, "part")
+    own = mix.state_dict()
+    with torch.no_grad():
+        for layer in full_layers:
+            own[f"{layer}.weight"].copy_(state[f"{layer}.weight"])
+    return mix
