@@ -353,3 +353,22 @@ def _float_mix(path: pathlib.Path, meta: dict, full_layers: list[str]) -> torch.
         for layer in full_layers:
             own[f"{layer}.weight"].copy_(state[f"{layer}.weight"])
     return mix
+
+
+def test_weight_bytes_count_codes_not_floats(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    ref = nqt.load(tiny_file, "part", module=tiny(1))
+    handle = nqt.runtime(model)
+    with nqformat.open(tiny_file) as f:
+        high = sum(len(f._blob(f.info(n), nqformat.container.spec.Section.HIGH)) for n in NESTED)
+        low = sum(len(f._blob(f.info(n), nqformat.container.spec.Section.LOW)) for n in NESTED)
+        channels = sum(f.info(n).shape[0] for n in NESTED)
+    state = ref.state_dict()
+    others = sum(t.numel() * t.element_size() for k, t in state.items() if k not in NESTED)
+    assert handle.weight_bytes(model) == high + 16 * channels + others
+    nqt.switch(model, "full")
+    assert handle.weight_bytes(model) == high + low + 16 * channels + others
+    floats = sum(4 * ref.state_dict()[n].numel() for n in NESTED)
+    assert nqt.runtime(ref).weight_bytes(ref) == floats + others
+    nqt.close(model)
+    nqt.close(ref)

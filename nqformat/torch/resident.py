@@ -123,6 +123,18 @@ class CodesRuntime(NQRuntime):
     def cached_bytes(self) -> int:
         return self._cached_bytes
 
+    def weight_bytes(self, module: nn.Module) -> int:
+        """Bytes the module's state holds: the packed codes its layers use now (HIGH, plus LOW
+        of full-bit layers), their channel parameters, the cached float32 weights and every
+        other state tensor. The per-thread scratch (the largest layer's float32, only during
+        forwards) is not counted."""
+        codes = sum(
+            len(rec.high) + (len(rec.low) if rec.low is not None else 0) + 16 * rec.info.shape[0]
+            for rec in self.layers.values()
+        )
+        others = sum(t.numel() * t.element_size() for name, t in _plain_state(module))
+        return codes + others + self._cached_bytes
+
     # --- codes -------------------------------------------------------------------------------
 
     def attach_views(self, rec: _Layer) -> None:
@@ -233,6 +245,15 @@ class CodesRuntime(NQRuntime):
             rec.high = rec.low = None  # the mapping cannot close while views exist
         self._local = threading.local()
         super().close()
+
+
+def _plain_state(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and persistent buffers that are not codes-backed."""
+    return [
+        (n, t)
+        for n, t in [*module.named_parameters(), *module.named_buffers()]
+        if t.device.type != "meta"
+    ]
 
 
 def _packed_blob(f: NQFile, info: TensorInfo, which: Section) -> Any:

@@ -85,6 +85,10 @@ class NQRuntime:
         """Each layer with a nested weight (module path) and the model it holds."""
         return {name.rpartition(".")[0]: str(self.mode) for name in self.nested}
 
+    def weight_bytes(self, module: nn.Module) -> int:
+        """Bytes the module's state holds: every state tensor (float32 weights included)."""
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
     def close(self) -> None:
         self.file.close()
 
