@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from nqformat import bitpack
+from nqformat import bitpack, fused
 from nqformat.container import spec
 from nqformat.container.dequant import Scratch as _Scratch
 from nqformat.container.dequant import dequantize as _dequantize
@@ -218,9 +218,10 @@ class NQFile:
 
         With ``out`` (a writeable C-contiguous array of the tensor's shape and of
         ``info(name).np_dtype``) the values are written there and ``out`` is returned: a NESTED
-        tensor is dequantized straight into it, with no float32 temporary. The integer codes go
-        through scratch buffers this file keeps (per thread, as large as the largest tensor's
-        codes) until :meth:`release_buffers` or :meth:`close`."""
+        tensor is dequantized straight into it, with no float32 temporary. With the C kernel
+        (``nqformat.fused.BACKEND == "c"``) codes are decoded a few KiB at a time; the numpy
+        path decodes through scratch buffers this file keeps (per thread, as large as the
+        largest tensor's codes) until :meth:`release_buffers` or :meth:`close`."""
         info = self.info(name)
         if mode not in ("part", "full"):
             raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
@@ -234,14 +235,34 @@ class NQFile:
                 return stored
             np.copyto(out, stored)
             return out
-        scratch = self._scratch()
         params = self.params(name)
         if mode == "part":
-            codes = self._unpack(info, Section.HIGH, self.h, scratch.int8(info.numel, 0))
             scale, offset = params.scale_part, params.offset_part
         else:
-            codes = self._full_codes(info, scratch)
             scale, offset = params.scale_full, params.offset_full
+        if fused.BACKEND == "c":
+            # one pass from the packed blobs to float32 (nqformat/fused.py), bit-identical to
+            # the numpy path below
+            low = None if mode == "part" else self._blob(info, Section.LOW)
+            values = np.empty(info.shape, np.float32) if out is None else out
+            fused.dequantize_packed(
+                self._blob(info, Section.HIGH),
+                low,
+                h=self.h,
+                lbits=self.l,
+                count=info.numel,
+                rows=info.shape[0],
+                scale=scale,
+                offset=offset,
+                out=values.reshape(-1),
+                threads=None,
+            )
+            return values
+        scratch = self._scratch()
+        if mode == "part":
+            codes = self._unpack(info, Section.HIGH, self.h, scratch.int8(info.numel, 0))
+        else:
+            codes = self._full_codes(info, scratch)
         values = _dequantize(codes, scale, offset, info.shape, out=out)
         return values if out is None else out
 

@@ -2,12 +2,22 @@
 
 - :func:`convert_model` writes a module as a NestQuant file (streaming, one layer at a time);
 - :func:`load` rebuilds (or fills) a module from a file in ``"part"`` or ``"full"`` mode;
-- :func:`switch` pages the LOW section in or out and rewrites the weights in place;
+- :func:`switch` pages the LOW section in or out and rewrites the weights in place (or, for a
+  module loaded with ``resident="codes"``, only flips which codes its layers dequantize);
+- :func:`modes` reports the model each layer holds;
 - :func:`close` releases the file behind a loaded module.
 """
 
 from nqformat.torch.convert import AUTO_H, ConvertReport, auto_h, convert_model, quantized_layers
-from nqformat.torch.runtime import NQRuntime, SwitchReport, close, load, runtime, switch
+from nqformat.torch.runtime import (
+    NQRuntime,
+    SwitchReport,
+    close,
+    load,
+    modes,
+    runtime,
+    switch,
+)
 
 __all__ = [
     "AUTO_H",
@@ -18,6 +28,7 @@ __all__ = [
     "close",
     "convert_model",
     "load",
+    "modes",
     "quantized_layers",
     "runtime",
     "switch",

@@ -31,10 +31,12 @@ from nqformat.torch._tensors import to_torch, writable_view
 __all__ = [
     "HANDLE_ATTR",
     "MODES",
+    "RESIDENT",
     "NQRuntime",
     "SwitchReport",
     "close",
     "load",
+    "modes",
     "runtime",
     "switch",
 ]
@@ -43,6 +45,8 @@ Mode = Literal["part", "full"]
 MODES: tuple[Mode, ...] = ("part", "full")
 #: attribute of a loaded module that holds its :class:`NQRuntime`
 HANDLE_ATTR = "_nq_runtime"
+#: what a loaded module keeps resident: float32 weights, or the file's codes (resident.py)
+RESIDENT = ("float", "codes")
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class SwitchReport:
     to_mode: str
     bytes_paged_in: int  # LOW bytes mapped in (upgrade)
     bytes_paged_out: int  # LOW bytes released (downgrade)
-    tensors: int  # weights rewritten
+    tensors: int  # layers switched (float runtime: weights rewritten)
     seconds: float
 
     @property
@@ -65,6 +69,8 @@ class SwitchReport:
 class NQRuntime:
     """The open file behind a loaded module, and which model it currently holds."""
 
+    resident = "float"
+
     def __init__(self, file: NQFile, mode: Mode, *, verify: bool = True) -> None:
         self.file = file
         self.mode: Mode = mode
@@ -75,6 +81,14 @@ class NQRuntime:
     def path(self) -> pathlib.Path:
         return self.file.path
 
+    def modes(self) -> dict[str, str]:
+        """Each layer with a nested weight (module path) and the model it holds."""
+        return {name.rpartition(".")[0]: str(self.mode) for name in self.nested}
+
+    def weight_bytes(self, module: nn.Module) -> int:
+        """Bytes the module's state holds: every state tensor (float32 weights included)."""
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
     def close(self) -> None:
         self.file.close()
 
@@ -83,7 +97,7 @@ class NQRuntime:
         return None
 
     def __repr__(self) -> str:
-        return f"<NQRuntime {str(self.path)!r} mode={self.mode}>"
+        return f"<{type(self).__name__} {str(self.path)!r} mode={self.mode}>"
 
 
 def _check_mode(mode: str) -> Mode:
@@ -156,6 +170,8 @@ def load(
     module: nn.Module | None = None,
     verify: bool = True,
     act_quant: bool = False,
+    resident: str = "float",
+    cache_bytes: int | None = 0,
 ) -> nn.Module:
     """Load a ``.nq`` file as an nn.Module holding the part-bit or the full-bit model.
 
@@ -178,8 +194,27 @@ def load(
     ``act_quant`` (default False) also fake-quantizes the inputs of the Conv2d/Linear layers
     with the activation ranges stored in the file's META ``activation`` (``nqtool convert
     --act-bits``); a file without them is an error. The ranges stay applied across switches.
+
+    ``resident`` (default ``"float"``) chooses what the module keeps in memory: ``"float"``
+    writes every weight as float32 at load (as above); ``"codes"`` keeps each nested weight as
+    the file's packed codes and dequantizes it just before its layer runs (nqformat/torch/
+    resident.py; outputs bit-identical to ``"float"``), keeping at most ``cache_bytes`` of
+    float32 weights between forwards (0: none; None: all after first use).
     """
     wanted = _check_mode(mode)
+    if resident not in RESIDENT:
+        raise NQError(f"resident must be 'float' or 'codes', got {resident!r}")
+    if resident == "codes":
+        from nqformat.torch.resident import load_codes
+
+        return load_codes(
+            path,
+            wanted,
+            module=module,
+            verify=verify,
+            act_quant=act_quant,
+            cache_bytes=cache_bytes,
+        )
     f = nqformat.open(path, verify=verify)
     try:
         target = module if module is not None else _build(f.metadata, f.path)
@@ -227,16 +262,24 @@ def _reopen_if_completed(handle: NQRuntime) -> None:
     handle.file = new
 
 
-def switch(module: nn.Module, mode: str) -> SwitchReport:
+def switch(module: nn.Module, mode: str, *, layers: Iterable[str] | None = None) -> SwitchReport:
     """Switch a loaded module between the part-bit and full-bit model, in place.
 
-    Upgrading pages LOW in (CRC-checked) and rewrites each nested weight from ``H*2^l + L``;
-    downgrading rewrites them from ``H`` alone and releases LOW. The weights afterwards equal,
-    bit for bit, those of a fresh :func:`load` in that mode.
+    Float runtime: upgrading pages LOW in (CRC-checked) and rewrites each nested weight from
+    ``H*2^l + L``; downgrading rewrites them from ``H`` alone and releases LOW. Codes runtime:
+    only LOW is mapped or unmapped and the layers' modes flip; no weight is rewritten, and
+    ``layers`` (module paths, as :func:`modes` lists them) switches only those layers. Either
+    way the weights afterwards equal, bit for bit, those of a fresh :func:`load` in that mode.
     """
     wanted = _check_mode(mode)
     handle = runtime(module)
     start = time.perf_counter()
+    if handle.resident == "codes":
+        from nqformat.torch.resident import switch_codes
+
+        return switch_codes(handle, wanted, layers, start)  # type: ignore[arg-type]
+    if layers is not None:
+        raise NQError("per-layer switching needs a module loaded with resident='codes'")
     if wanted == handle.mode:
         return SwitchReport(handle.mode, wanted, 0, 0, 0, time.perf_counter() - start)
     paged_in = paged_out = 0
@@ -261,8 +304,16 @@ def switch(module: nn.Module, mode: str) -> SwitchReport:
     )
 
 
+def modes(module: nn.Module) -> dict[str, str]:
+    """The model ("part" or "full") each layer with a nested weight holds, by module path."""
+    return runtime(module).modes()
+
+
 def close(module: nn.Module) -> None:
-    """Close the file behind a loaded module; its weights stay, switching is no longer possible."""
+    """Close the file behind a loaded module; its weights stay, switching is no longer possible.
+    A codes-resident module gets float32 weights of its layers' current modes first."""
     handle = module.__dict__.pop(HANDLE_ATTR, None)
     if handle is not None:
+        if handle.resident == "codes":
+            handle.detach(module)
         handle.close()

@@ -1,0 +1,483 @@
+"""The codes-resident runtime: a module whose nested weights stay packed codes in the file's
+mapping and become float32 only while their layer runs.
+
+``nqformat.torch.load(path, mode, resident="codes")`` builds the architecture on the meta
+device (no float32 weights are allocated), restores the RAW tensors (biases, norms) as the
+float runtime does, and gives each layer with a NESTED weight a ``weight`` that is computed
+from its HIGH blob (and LOW blob in full mode) by the fused kernel (nqformat.fused, spec §7.2),
+with the same arithmetic as ``NQFile.read``: outputs are bit-identical to the float runtime.
+
+How a layer gets its weight: the layer's class is swapped for a cached subclass whose
+``weight`` is a property. A forward pre-hook dequantizes into a per-thread scratch buffer
+(under ``no_grad``/``inference_mode``; a fresh tensor when autograd may keep it) and pins it
+for the duration of that forward; a forward hook (always called) unpins it. Reading
+``layer.weight`` outside a forward gives a fresh dequantized tensor (or the cached one), so
+``state_dict()`` returns the dequantized weights. ``cache_bytes`` keeps the float32 weights of
+the most recently used layers up to that many bytes (least recently used are dropped first;
+``None``: keep all after first use).
+
+Switching (:func:`switch_codes`) only maps or unmaps LOW and flips each layer's mode; no
+float32 weight is rewritten (cached ones are dropped). Layers can be switched one by one.
+
+Limits: CPU and float32 only (``module.to(...)`` / ``.half()`` do not convert the codes);
+``load_state_dict`` does not write into a codes-resident weight.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import nqformat
+from nqformat import fused
+from nqformat.container.reader import NQFile, TensorInfo
+from nqformat.container.spec import Kind, Section
+from nqformat.errors import NQError
+from nqformat.torch._tensors import writable_view
+from nqformat.torch.runtime import (
+    HANDLE_ATTR,
+    Mode,
+    NQRuntime,
+    SwitchReport,
+    _build,
+    _check_mode,
+    _reopen_if_completed,
+    _targets,
+    close,
+)
+
+__all__ = ["CodesRuntime", "load_codes", "switch_codes"]
+
+# Tensors at least this large are dequantized by all cores (the kernel splits them); smaller
+# ones on the calling thread, where a thread hand-off would cost more than it saves.
+_THREADED_MIN_ELEMENTS = 1 << 20
+
+
+@dataclass(eq=False)
+class _Layer:
+    """One NESTED weight: where its codes are, its parameters, its current mode."""
+
+    tensor: str  # the file's tensor name, e.g. "features.0.weight"
+    layer: str  # the module path, e.g. "features.0"
+    attr: str  # "weight"
+    info: TensorInfo
+    part: tuple[np.ndarray, np.ndarray]  # (scale, offset) of the part-bit model
+    full: tuple[np.ndarray, np.ndarray]
+    mode: Mode
+    high: Any = None  # zero-copy view of the HIGH blob in the file's mapping
+    low: Any = None  # view of the LOW blob; only while this layer is in full mode
+    hooks: list[Any] = field(default_factory=list)  # removable handles of the layer's hooks
+
+    @property
+    def numel(self) -> int:
+        return self.info.numel
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.info.numel
+
+
+class CodesRuntime(NQRuntime):
+    """The open file behind a codes-resident module: layer records, the float cache, scratch."""
+
+    resident = "codes"
+
+    def __init__(self, file: NQFile, mode: Mode, *, verify: bool, cache_bytes: int | None) -> None:
+        super().__init__(file, mode, verify=verify)
+        if cache_bytes is not None and (
+            isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0
+        ):
+            raise NQError(f"cache_bytes must be a non-negative int or None, got {cache_bytes!r}")
+        self.cache_bytes = cache_bytes
+        self.layers: dict[str, _Layer] = {}  # by module path
+        self._cache: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # --- modes -------------------------------------------------------------------------------
+
+    @property  # type: ignore[override]
+    def mode(self) -> str:
+        """ "part" or "full" when every layer is in it, else "mixed"."""
+        modes = {rec.mode for rec in self.layers.values()} or {self._mode}
+        return modes.pop() if len(modes) == 1 else "mixed"
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        self._mode = value
+
+    def modes(self) -> dict[str, str]:
+        return {name: rec.mode for name, rec in self.layers.items()}
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    def weight_bytes(self, module: nn.Module) -> int:
+        """Bytes the module's state holds: the packed codes its layers use now (HIGH, plus LOW
+        of full-bit layers), their channel parameters, the cached float32 weights and every
+        other state tensor. The per-thread scratch (the largest layer's float32, only during
+        forwards) is not counted."""
+        codes = sum(
+            len(rec.high) + (len(rec.low) if rec.low is not None else 0) + 16 * rec.info.shape[0]
+            for rec in self.layers.values()
+        )
+        others = sum(t.numel() * t.element_size() for name, t in _plain_state(module))
+        return codes + others + self._cached_bytes
+
+    # --- codes -------------------------------------------------------------------------------
+
+    def attach_views(self, rec: _Layer) -> None:
+        """(Re)take the zero-copy blob views of one layer from the current file."""
+        rec.high = _packed_blob(self.file, rec.info, Section.HIGH)
+        rec.low = _packed_blob(self.file, rec.info, Section.LOW) if rec.mode == "full" else None
+
+    def values(self, rec: _Layer, out: np.ndarray) -> np.ndarray:
+        """Dequantize ``rec`` in its current mode into ``out`` (float32, C-contiguous)."""
+        scale, offset = rec.full if rec.mode == "full" else rec.part
+        f = self.file
+        fused.dequantize_packed(
+            rec.high,
+            rec.low if rec.mode == "full" else None,
+            h=f.h,
+            lbits=f.l,
+            count=rec.numel,
+            rows=rec.info.shape[0],
+            scale=scale,
+            offset=offset,
+            out=out.reshape(-1),
+            # as many threads as torch's own ops use, so the layer's cost scales with them
+            threads=torch.get_num_threads() if rec.numel >= _THREADED_MIN_ELEMENTS else 1,
+        )
+        return out
+
+    def fresh(self, rec: _Layer) -> torch.Tensor:
+        """The layer's weight in a tensor of its own (cached when the cache takes it)."""
+        with self._lock:
+            hit = self._cache.get(rec.layer)
+            if hit is not None:
+                self._cache.move_to_end(rec.layer)
+                return hit
+        t = torch.empty(rec.info.shape, dtype=torch.float32)
+        self.values(rec, t.numpy())
+        self._remember(rec, t)
+        return t
+
+    def for_forward(self, rec: _Layer) -> torch.Tensor:
+        """The weight for one forward: cached, else in this thread's scratch when nothing can
+        keep a reference past the forward (no autograd), else a fresh tensor."""
+        with self._lock:
+            hit = self._cache.get(rec.layer)
+            if hit is not None:
+                self._cache.move_to_end(rec.layer)
+                return hit
+        if torch.is_grad_enabled() or self._fits_cache(rec):
+            return self.fresh(rec)
+        local = self._local
+        if getattr(local, "busy", False):  # a layer running inside another's forward
+            return self.fresh(rec)
+        scratch = getattr(local, "scratch", None)
+        if scratch is None or scratch.size < rec.numel:
+            scratch = local.scratch = np.empty(max(r.numel for r in self.layers.values()), "f4")
+        view = scratch[: rec.numel].reshape(rec.info.shape)
+        self.values(rec, view)
+        local.busy = True
+        return torch.from_numpy(view)
+
+    def release_scratch(self) -> None:
+        self._local.busy = False
+
+    def _fits_cache(self, rec: _Layer) -> bool:
+        return self.cache_bytes is None or rec.nbytes <= self.cache_bytes
+
+    def _remember(self, rec: _Layer, t: torch.Tensor) -> None:
+        if not self._fits_cache(rec):
+            return
+        with self._lock:
+            if rec.layer in self._cache:
+                return
+            self._cache[rec.layer] = t
+            self._cached_bytes += rec.nbytes
+            while self.cache_bytes is not None and self._cached_bytes > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= 4 * old.numel()
+
+    def invalidate(self, names: Iterable[str] | None = None) -> None:
+        with self._lock:
+            for name in list(self._cache) if names is None else names:
+                old = self._cache.pop(name, None)
+                if old is not None:
+                    self._cached_bytes -= 4 * old.numel()
+
+    def detach(self, module: nn.Module, *, materialize: bool = True) -> None:
+        """Turn the codes-backed layers of ``module`` back into plain layers: with float32
+        weights dequantized in their current mode (``materialize``), else meta placeholders of
+        the right shape (for a reload)."""
+        for rec in self.layers.values():
+            layer = module.get_submodule(rec.layer)
+            slot = layer.__dict__.get(_SLOT)
+            if slot is None or slot[0] is not self:
+                continue
+            if materialize:
+                weight = self.fresh(rec).detach()
+            else:
+                weight = torch.empty(rec.info.shape, device="meta")
+            for hook in rec.hooks:
+                hook.remove()
+            rec.hooks.clear()
+            layer.__class__ = layer._nq_base_class
+            del layer.__dict__[_SLOT]
+            layer._parameters[rec.attr] = nn.Parameter(weight)
+
+    def close(self) -> None:
+        self.invalidate()
+        for rec in self.layers.values():
+            rec.high = rec.low = None  # the mapping cannot close while views exist
+        self._local = threading.local()
+        super().close()
+
+
+def _plain_state(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and persistent buffers that are not codes-backed."""
+    return [
+        (n, t)
+        for n, t in [*module.named_parameters(), *module.named_buffers()]
+        if t.device.type != "meta"
+    ]
+
+
+def _packed_blob(f: NQFile, info: TensorInfo, which: Section) -> Any:
+    """The stored bytes of a HIGH or LOW blob: a view of the file's mapping (CRC-checked on
+    first use when the file verifies), or the decompressed bytes of a zstd blob."""
+    return f._blob(info, which)
+
+
+# --- the weight property ------------------------------------------------------------------------
+
+_PIN = "_nq_pins"  # thread-local {id(layer): tensor} on the runtime, while a forward runs
+_SLOT = "_nq_codes"  # layer.__dict__: (runtime, record)
+_CLASSES: dict[type, type] = {}
+
+
+def _get_weight(layer: nn.Module) -> torch.Tensor:
+    handle, rec = layer.__dict__[_SLOT]
+    pins = getattr(handle._local, _PIN, None)
+    if pins:
+        pinned = pins.get(id(layer))
+        if pinned is not None:
+            return pinned
+    return handle.fresh(rec)
+
+
+def _set_weight(layer: nn.Module, value: Any) -> None:
+    raise NQError(
+        f"the weight of a codes-resident layer ({layer.__dict__[_SLOT][1].layer}) is its file's "
+        "codes and cannot be assigned; load with resident='float' to edit weights"
+    )
+
+
+def _codes_class(cls: type) -> type:
+    """``cls`` with ``weight`` read from the codes (one subclass per layer class, cached)."""
+    sub = _CLASSES.get(cls)
+    if sub is None:
+        sub = type(
+            cls.__name__,
+            (cls,),
+            {
+                "weight": property(_get_weight, _set_weight, doc="dequantized from the codes"),
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "_nq_base_class": cls,
+            },
+        )
+        _CLASSES[cls] = sub
+    return sub
+
+
+def _pre_hook(layer: nn.Module, _args: Any) -> None:
+    handle, rec = layer.__dict__[_SLOT]
+    t = handle.for_forward(rec)
+    pins = getattr(handle._local, _PIN, None)
+    if pins is None:
+        pins = {}
+        setattr(handle._local, _PIN, pins)
+    pins[id(layer)] = t
+
+
+def _post_hook(layer: nn.Module, _args: Any, _out: Any) -> None:
+    handle, _ = layer.__dict__[_SLOT]
+    pins = getattr(handle._local, _PIN, None)
+    if pins and pins.pop(id(layer), None) is not None and not pins:
+        handle.release_scratch()
+
+
+def _state_dict_hook(layer: nn.Module, state: dict[str, Any], prefix: str, _meta: Any) -> None:
+    handle, rec = layer.__dict__[_SLOT]
+    state[prefix + rec.attr] = handle.fresh(rec).detach()
+
+
+def _attach(layer: nn.Module, handle: CodesRuntime, rec: _Layer) -> None:
+    layer._parameters.pop(rec.attr, None)  # the float32 (or meta) weight goes away
+    layer.__dict__[_SLOT] = (handle, rec)
+    layer.__class__ = _codes_class(type(layer))
+    rec.hooks = [
+        layer.register_forward_pre_hook(_pre_hook),
+        layer.register_forward_hook(_post_hook, always_call=True),
+        layer.register_state_dict_post_hook(_state_dict_hook),
+    ]
+
+
+# --- building the module --------------------------------------------------------------------------
+
+
+def _skeleton(meta: Mapping[str, Any], f: NQFile) -> nn.Module:
+    """The architecture on the meta device (no weights allocated). A model that computes
+    non-persistent buffers at construction (not in the file) is built on the CPU instead,
+    since those buffers cannot be restored from the file."""
+    with torch.device("meta"):
+        module = _build(meta, f.path)
+    persistent = set(module.state_dict())
+    if any(name not in persistent for name, _ in module.named_buffers()):
+        module = _build(meta, f.path)
+    return module
+
+
+def _owner(modules: Mapping[str, nn.Module], name: str) -> tuple[nn.Module, str, str]:
+    """The module holding state entry ``name``, its path and the attribute name
+    (``modules``: ``dict(module.named_modules())``, one walk instead of one per tensor)."""
+    path, _, attr = name.rpartition(".")
+    return modules[path], path, attr
+
+
+@torch.no_grad()
+def _restore_raw(
+    modules: Mapping[str, nn.Module], f: NQFile, info: TensorInfo, target: torch.Tensor
+) -> None:
+    """Give a RAW tensor CPU memory (if it is on meta) and the file's values."""
+    owner, _, attr = _owner(modules, info.name)
+    if target.device.type == "meta":
+        real = torch.empty(target.shape, dtype=target.dtype)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
+        else:
+            owner._buffers[attr] = real
+        target = real
+    stored = info.dtype.name
+    view = writable_view(target, stored)
+    if view is None:
+        from nqformat.torch._tensors import to_torch
+
+        target.copy_(to_torch(f.read(info.name), stored).reshape(target.shape))
+    else:
+        f.read(info.name, out=view)
+
+
+def load_codes(
+    path: Any,
+    mode: Mode,
+    *,
+    module: nn.Module | None,
+    verify: bool,
+    act_quant: bool,
+    cache_bytes: int | None,
+) -> nn.Module:
+    """``nqformat.torch.load(..., resident="codes")``; see the module docstring."""
+    f = nqformat.open(path, verify=verify)
+    try:
+        target = module if module is not None else _skeleton(f.metadata, f)
+        old = target.__dict__.get(HANDLE_ATTR)
+        if isinstance(old, CodesRuntime):
+            old.detach(target, materialize=False)  # its weights are about to be replaced
+        close(target)  # a module loaded before lets go of its old file
+        own = _targets(target, f)
+        if mode == "full":
+            f.page_in_low()
+        handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
+        modules = dict(target.named_modules(remove_duplicate=False))
+        for info in f.tensors():
+            if info.kind is Kind.RAW:
+                _restore_raw(modules, f, info, own[info.name])
+                continue
+            owner, path_, attr = _owner(modules, info.name)
+            params = f.params(info.name)
+            rec = _Layer(
+                tensor=info.name,
+                layer=path_,
+                attr=attr,
+                info=info,
+                part=(params.scale_part, params.offset_part),
+                full=(params.scale_full, params.offset_full),
+                mode=mode,
+            )
+            if attr != "weight" or path_ in handle.layers:
+                raise NQError(
+                    f"{info.name}: the codes runtime serves nested tensors named '<layer>.weight'"
+                    "; load this file with resident='float'"
+                )
+            handle.attach_views(rec)
+            handle.layers[path_] = rec
+            _attach(owner, handle, rec)
+        f.release_buffers()
+        if act_quant:
+            from nqformat.torch import actquant
+
+            actquant.apply_from_metadata(target, f.metadata)
+    except BaseException:
+        f.close()
+        raise
+    setattr(target, HANDLE_ATTR, handle)
+    weakref.finalize(target, handle.close)  # the file goes when the module does
+    return target
+
+
+def switch_codes(
+    handle: CodesRuntime, mode: Mode, layers: Iterable[str] | None, start: float
+) -> SwitchReport:
+    """Page LOW in or out and flip layer modes; no float32 weight is rewritten."""
+    wanted = _check_mode(mode)
+    if layers is None:
+        names = list(handle.layers)
+    else:
+        names = [layers] if isinstance(layers, str) else list(layers)
+        unknown = [n for n in names if n not in handle.layers]
+        if unknown:
+            raise NQError(
+                f"not a layer with a nested weight: {', '.join(map(repr, unknown[:3]))} "
+                f"(see nqformat.torch.modes(module))"
+            )
+    changing = [n for n in names if handle.layers[n].mode != wanted]
+    previous = handle.mode
+    paged_in = paged_out = 0
+    if wanted == "full" and changing:
+        if not handle.file.low_resident:
+            old = handle.file
+            _reopen_if_completed(handle)
+            if handle.file is not old:
+                for rec in handle.layers.values():
+                    handle.attach_views(rec)
+            paged_in = handle.file.page_in_low()
+        for n in changing:
+            rec = handle.layers[n]
+            rec.low = _packed_blob(handle.file, rec.info, Section.LOW)
+            rec.mode = "full"
+    else:
+        for n in changing:
+            rec = handle.layers[n]
+            rec.low, rec.mode = None, "part"
+        if changing and all(r.mode == "part" for r in handle.layers.values()):
+            paged_out = handle.file.release_low()
+    handle.invalidate(changing)
+    handle.mode = wanted
+    return SwitchReport(
+        previous, handle.mode, paged_in, paged_out, len(changing), time.perf_counter() - start
+    )

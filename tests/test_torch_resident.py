@@ -1,0 +1,374 @@
+"""The codes-resident runtime (resident="codes"): same outputs, bit for bit, as the float runtime
+in the same mode, after any sequence of (per-layer) switches, with no float32 weight kept."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from _torch_models import NESTED, tiny
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nqformat
+import nqformat.torch as nqt
+from nqformat import zoo
+from nqformat.errors import NQError, PartOnlyError
+from nqformat.torch.resident import CodesRuntime
+
+N, H = 8, 5
+LAYERS = sorted(name.rpartition(".")[0] for name in NESTED)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("resident") / "tiny.nq"
+    return nqt.convert_model(tiny(), path, n=N, h=H).path
+
+
+@pytest.fixture(scope="module")
+def zoo_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    module, meta = zoo.build(zoo.resolve("test_vit"), random_init=True, seed=5)
+    path = tmp_path_factory.mktemp("resident") / "vit.nq"
+    return nqt.convert_model(module, path, n=N, h=H, metadata={"model": meta}).path
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(-1), b.view(-1))
+
+
+def _float_reference(path: pathlib.Path, modes: dict[str, str]) -> torch.nn.Module:
+    """A float-runtime module holding, layer by layer, the model ``modes`` names."""
+    part = nqt.load(path, "part", module=tiny(seed=3))
+    full = nqt.load(path, "full", module=tiny(seed=4))
+    state = part.state_dict()
+    for layer, mode in modes.items():
+        if mode == "full":
+            state[f"{layer}.weight"] = full.state_dict()[f"{layer}.weight"]
+    ref = tiny(seed=5)
+    ref.load_state_dict(state)
+    nqt.close(part)
+    nqt.close(full)
+    return ref
+
+
+@pytest.mark.parametrize("mode", ["part", "full"])
+@pytest.mark.parametrize("cache_bytes", [0, 256, None])
+def test_outputs_and_state_dict_equal_the_float_runtime(tiny_file, mode, cache_bytes) -> None:
+    ref = nqt.load(tiny_file, mode, module=tiny(seed=1))
+    codes = nqt.load(
+        tiny_file, mode, module=tiny(seed=2), resident="codes", cache_bytes=cache_bytes
+    )
+    with torch.no_grad():
+        assert _same(codes(_x()), ref(_x()))
+        assert _same(codes(_x(1)), ref(_x(1)))  # again: from the cache or dequantized anew
+    with torch.inference_mode():
+        assert _same(codes(_x(2)), ref(_x(2)))
+    assert _same(codes(_x(3)), ref(_x(3)))  # autograd on: a fresh tensor per forward
+    want, got = ref.state_dict(), codes.state_dict()
+    assert want.keys() == got.keys()
+    assert all(_same(got[k], want[k]) for k in want)
+    assert nqt.modes(codes) == dict.fromkeys(LAYERS, mode)
+    nqt.close(ref)
+    nqt.close(codes)
+
+
+def test_no_float32_weight_is_kept_between_forwards(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    names = {n for n, _ in model.named_parameters()}
+    assert not names & NESTED  # nested weights are not parameters any more
+    handle = nqt.runtime(model)
+    assert isinstance(handle, CodesRuntime)
+    with torch.no_grad():
+        model(_x())
+    assert handle.cached_bytes == 0
+    nqt.close(model)
+
+
+def test_cache_keeps_at_most_cache_bytes_least_recently_used_first(tiny_file) -> None:
+    # conv 8x3x3x3 = 864 B, blocks 256 B each, head 160 B: room for the two last layers
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes", cache_bytes=420)
+    handle = nqt.runtime(model)
+    with torch.no_grad():
+        model(_x())
+    assert list(handle._cache) == ["blocks.1", "heads.cls"]
+    assert handle.cached_bytes == 416
+    nqt.switch(model, "full", layers=["heads.cls"])
+    assert list(handle._cache) == ["blocks.1"]  # a switched layer's float32 is dropped
+    nqt.close(model)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["part", "full"]), st.none() | st.sets(st.sampled_from(LAYERS))),
+        max_size=6,
+    ),
+    cache_bytes=st.sampled_from([0, 300, None]),
+    start=st.sampled_from(["part", "full"]),
+)
+def test_any_switch_sequence_matches_the_float_runtime(tiny_file, steps, cache_bytes, start):
+    model = nqt.load(tiny_file, start, module=tiny(), resident="codes", cache_bytes=cache_bytes)
+    expected = dict.fromkeys(LAYERS, start)
+    try:
+        for mode, layers in steps:
+            report = nqt.switch(model, mode, layers=None if layers is None else sorted(layers))
+            chosen = LAYERS if layers is None else layers
+            assert report.tensors == sum(expected[n] != mode for n in chosen)
+            expected.update(dict.fromkeys(chosen, mode))
+            assert nqt.modes(model) == expected
+            # LOW stays mapped exactly while some layer needs it
+            assert nqt.runtime(model).file.low_resident == ("full" in expected.values())
+            ref = _float_reference(tiny_file, expected)
+            with torch.no_grad():
+                assert _same(model(_x()), ref(_x()))
+    finally:
+        nqt.close(model)
+
+
+def test_full_switch_of_one_layer_reads_only_its_low_blob_after_the_section_check(
+    tiny_file,
+) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    report = nqt.switch(model, "full", layers=["blocks.0"])
+    assert report.from_mode == "part" and report.to_mode == "mixed"
+    assert report.bytes_paged_in > 0
+    back = nqt.switch(model, "part")
+    assert back.bytes_paged_out == report.bytes_paged_in
+    assert not nqt.runtime(model).file.low_resident
+    nqt.close(model)
+
+
+def test_unknown_layer_and_weight_assignment_are_errors(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    with pytest.raises(NQError, match="not a layer"):
+        nqt.switch(model, "full", layers=["bn"])
+    with pytest.raises(NQError, match="cannot be assigned"):
+        model.conv.weight = torch.zeros(8, 3, 3, 3)
+    float_model = nqt.load(tiny_file, "part", module=tiny())
+    with pytest.raises(NQError, match="resident='codes'"):
+        nqt.switch(float_model, "full", layers=["conv"])
+    with pytest.raises(NQError, match="resident"):
+        nqt.load(tiny_file, "part", module=tiny(), resident="int8")
+    nqt.close(model)
+    nqt.close(float_model)
+
+
+def test_architecture_from_meta_is_built_without_float_weights(zoo_file) -> None:
+    ref = nqt.load(zoo_file, "full")
+    model = nqt.load(zoo_file, "full", resident="codes")
+    assert type(model).__name__ == "VisionTransformer"
+    assert not model.training
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
+    x = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert _same(model(x), ref(x))
+    nqt.switch(model, "part")
+    nqt.switch(ref, "part")
+    with torch.no_grad():
+        assert _same(model(x), ref(x))
+    nqt.close(model)
+    nqt.close(ref)
+
+
+def test_part_only_prefix_loads_and_completes(tiny_file, tmp_path) -> None:
+    with nqformat.open(tiny_file) as f:
+        part_end = f.part_end
+    prefix = tmp_path / "prefix.nq"
+    prefix.write_bytes(tiny_file.read_bytes()[:part_end])
+    model = nqt.load(prefix, "part", module=tiny(), resident="codes")
+    with pytest.raises(PartOnlyError):
+        nqt.switch(model, "full")
+    assert nqt.modes(model) == dict.fromkeys(LAYERS, "part")
+    prefix.write_bytes(tiny_file.read_bytes())  # the rest arrived
+    nqt.switch(model, "full")
+    ref = nqt.load(tiny_file, "full", module=tiny())
+    with torch.no_grad():
+        assert _same(model(_x()), ref(_x()))
+    nqt.close(model)
+    nqt.close(ref)
+
+
+def test_part_mode_maps_no_low_and_high_is_not_copied(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    handle = nqt.runtime(model)
+    assert not handle.file.low_resident
+    rec = handle.layers["conv"]
+    assert isinstance(rec.high, memoryview) and rec.high.readonly  # a view of the mapping
+    assert rec.low is None
+    assert np.frombuffer(rec.high, np.uint8).base is not None
+    nqt.close(model)
+
+
+def test_act_quant_applies_on_the_codes_runtime_too(tmp_path) -> None:
+    from nqformat.torch import actquant
+
+    path = tmp_path / "act.nq"
+    nqt.convert_model(tiny(), path, n=N, h=H)
+    calibration = actquant.calibrate_file(
+        path, 4, module=tiny(1), batch_size=4, input_shape=(3, 6, 6)
+    )
+    meta = {actquant.META_KEY: calibration.to_metadata()}
+    nqt.convert_model(tiny(), path, n=N, h=H, metadata=meta)
+    ref = nqt.load(path, "part", module=tiny(2), act_quant=True)
+    model = nqt.load(path, "part", module=tiny(3), act_quant=True, resident="codes")
+    plain = nqt.load(path, "part", module=tiny(4), resident="codes")
+    with torch.no_grad():
+        assert _same(model(_x()), ref(_x()))
+        assert not _same(model(_x()), plain(_x()))  # the ranges do change the output
+        nqt.switch(model, "full")
+        nqt.switch(ref, "full")
+        assert _same(model(_x()), ref(_x()))
+    for m in (ref, model, plain):
+        nqt.close(m)
+
+
+FAMILIES = [
+    ("ResNet", "resnet10"),
+    ("DenseNet", "densenet121"),
+    ("ResNeXt", "resnext14_16x4d"),
+    ("MobileNet", "mobilenet_wd4"),
+    ("MobileNetV2", "mobilenetv2_wd4"),
+    ("ShuffleNet", "shufflenet_g1_wd4"),
+    ("ShuffleNetV2", "shufflenetv2_wd2"),
+    ("EfficientNet", "efficientnet_b0"),
+    ("ViT", "vit_tiny_patch16_224"),
+    ("DeiT", "deit_tiny_patch16_224"),
+    ("Swin", "swin_tiny_patch4_window7_224"),
+]  # as tests/test_coverage_models.py
+FAST = {"mobilenetv2_wd4"}
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param(arch, id=family, marks=() if arch in FAST else (pytest.mark.slow,))
+        for family, arch in FAMILIES
+    ],
+)
+def test_every_family_runs_on_codes_exactly_as_on_floats(arch, tmp_path) -> None:
+    original, meta = zoo.build(zoo.resolve(arch), random_init=True, seed=1)
+    path = nqt.convert_model(original, tmp_path / "m.nq", n=N, h=H, metadata={"model": meta}).path
+    x = torch.randn(
+        2, *meta["data_config"]["input_size"], generator=torch.Generator().manual_seed(0)
+    )
+    ref = nqt.load(path, "part")
+    model = nqt.load(path, "part", resident="codes")
+    for mode in ("part", "full", "part"):
+        nqt.switch(ref, mode)
+        nqt.switch(model, mode)
+        with torch.inference_mode():
+            assert _same(model(x), ref(x)), mode
+    want, got = ref.state_dict(), model.state_dict()
+    assert want.keys() == got.keys()
+    assert all(_same(got[k], want[k]) for k in want)
+    nqt.close(ref)
+    nqt.close(model)
+
+
+def test_close_leaves_float_weights_and_reload_into_the_same_module_works(tiny_file) -> None:
+    model = nqt.load(tiny_file, "full", module=tiny(), resident="codes")
+    ref = nqt.load(tiny_file, "full", module=tiny(1))
+    with torch.no_grad():
+        want = ref(_x())
+    nqt.close(model)  # layers become plain layers with float32 weights
+    assert type(model.conv) is torch.nn.Conv2d
+    assert {n for n, _ in model.named_parameters()} >= NESTED
+    with torch.no_grad():
+        assert _same(model(_x()), want)
+    for resident in ("codes", "float", "codes"):
+        nqt.load(tiny_file, "full", module=model, resident=resident)
+        with torch.no_grad():
+            assert _same(model(_x()), want), resident
+    nqt.close(model)
+    nqt.close(ref)
+
+
+@pytest.mark.slow
+def test_real_lite0_on_real_photos_is_bit_identical_in_every_mode(tmp_path) -> None:
+    """tf_efficientnet_lite0 with its packaged ImageNet weights, the 20 labelled foolbox photos:
+    the codes runtime's logits equal the float runtime's in part, full, a per-layer mix, and
+    after switching back."""
+    import importlib.util
+
+    from PIL import Image
+
+    from nqformat.cli.evaluate import preprocess_from_meta
+
+    module, meta = zoo.build(zoo.resolve("tf_efficientnet_lite0"))
+    assert meta["random_init"] is False
+    path = nqt.convert_model(module, tmp_path / "lite0.nq", n=8, h=6, metadata={"model": meta})
+    found = importlib.util.find_spec("foolbox")
+    assert found is not None and found.submodule_search_locations
+    data = pathlib.Path(next(iter(found.submodule_search_locations))) / "data"
+    photos = sorted(data.glob("imagenet_*.jpg"))
+    assert len(photos) == 20
+    transform = preprocess_from_meta({"model": meta}).transform()
+    batch = []
+    for photo in photos:
+        with Image.open(photo) as img:
+            batch.append(transform(img.convert("RGB")))
+    x = torch.stack(batch)
+    labels = torch.tensor([int(p.stem.rsplit("_", 1)[1]) for p in photos])
+
+    ref = nqt.load(path.path, "part")
+    codes = nqt.load(path.path, "part", resident="codes")
+    layers = list(nqt.modes(codes))
+    half = layers[: len(layers) // 2]
+    top1 = {}
+    for step in ("part", "full", "mixed", "part", "full"):
+        if step == "mixed":
+            nqt.switch(codes, "part")
+            nqt.switch(codes, "full", layers=half)
+            want = _float_mix(path.path, meta, half)
+        else:
+            nqt.switch(codes, step)
+            nqt.switch(ref, step)
+            want = ref
+        with torch.inference_mode():
+            got, expected = codes(x), want(x)
+        assert _same(got, expected), step
+        top1[step] = int((got.argmax(-1) == labels).sum())
+    assert top1["full"] >= 17  # FP32 gets 18/20; a genuine INT(8|6) model stays within one
+    nqt.close(ref)
+    nqt.close(codes)
+
+
+def _float_mix(path: pathlib.Path, meta: dict, full_layers: list[str]) -> torch.nn.Module:
+    """A float module with ``full_layers`` from the full-bit model and the rest part-bit."""
+    full = nqt.load(path, "full")
+    state = {k: v.clone() for k, v in full.state_dict().items()}
+    nqt.close(full)
+    mix = nqt.load(path, "part")
+    own = mix.state_dict()
+    with torch.no_grad():
+        for layer in full_layers:
+            own[f"{layer}.weight"].copy_(state[f"{layer}.weight"])
+    return mix
+
+
+def test_weight_bytes_count_codes_not_floats(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    ref = nqt.load(tiny_file, "part", module=tiny(1))
+    handle = nqt.runtime(model)
+    with nqformat.open(tiny_file) as f:
+        high = sum(len(f._blob(f.info(n), nqformat.container.spec.Section.HIGH)) for n in NESTED)
+        low = sum(len(f._blob(f.info(n), nqformat.container.spec.Section.LOW)) for n in NESTED)
+        channels = sum(f.info(n).shape[0] for n in NESTED)
+    state = ref.state_dict()
+    others = sum(t.numel() * t.element_size() for k, t in state.items() if k not in NESTED)
+    assert handle.weight_bytes(model) == high + 16 * channels + others
+    nqt.switch(model, "full")
+    assert handle.weight_bytes(model) == high + low + 16 * channels + others
+    floats = sum(4 * ref.state_dict()[n].numel() for n in NESTED)
+    assert nqt.runtime(ref).weight_bytes(ref) == floats + others
+    nqt.close(model)
+    nqt.close(ref)
