@@ -157,3 +157,81 @@ def test_conflicting_params_and_part_params_are_refused(
 def test_unknown_params_is_refused(tmp_path: pathlib.Path) -> None:
     with pytest.raises(QuantizationError, match="params"):
         convert_model(tiny(), tmp_path / "x.nq", n=8, h=4, params="magic")
+
+
+def test_cli_params_option_is_recorded_and_inspect_shows_it(tmp_path: pathlib.Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from nqformat.cli import main
+
+    out = tmp_path / "m.nq"
+    args = ["convert", "mobilenet_wd4", "--n", "8", "--h", "5", "--random-init", "-o", str(out)]
+    for choice in ("reference", None):
+        extra = ["--params", choice] if choice else []
+        result = CliRunner().invoke(main, [*args, *extra, "--force"])
+        assert result.exit_code == 0, result.output
+        want = choice or "bn"
+        assert f"params {want}" in result.stdout
+        shown = CliRunner().invoke(main, ["inspect", str(out), "--layers"])
+        assert shown.exit_code == 0
+        line = next(x for x in shown.stdout.splitlines() if x.startswith("params"))
+        assert line.split()[1] == want
+        data = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)
+        assert data["params"] == want
+        if choice is None:
+            assert "layers BN fit" in line
+            assert data["params_fit"]["bn_layers"] > 0
+        else:
+            assert data["params_fit"] is None
+
+
+def test_cli_refuses_conflicting_params_and_part_params(tmp_path: pathlib.Path) -> None:
+    from click.testing import CliRunner
+
+    from nqformat.cli import main
+
+    out = tmp_path / "m.nq"
+    args = ["convert", "mobilenet_wd4", "--n", "8", "--h", "5", "--random-init", "-o", str(out)]
+    result = CliRunner().invoke(main, [*args, "--params", "bn", "--part-params", "inherited"])
+    assert result.exit_code != 0
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "min_bn"),
+    [
+        ("resnet10", 5),
+        ("mobilenetv2_wd4", 40),
+        pytest.param("deit_tiny_patch16_224", 20, marks=pytest.mark.slow),
+    ],
+)
+def test_bn_fit_runs_on_every_zoo_family(tmp_path: pathlib.Path, name: str, min_bn: int) -> None:
+    """Random weights (no accuracy claim): the graph traces, most layers get a prediction, and
+    the codes equal the LSQ file's."""
+    from nqformat import zoo
+
+    module, meta = zoo.build(zoo.resolve(name), random_init=True)
+    # fresh norms are gamma = 1, beta = 0 everywhere: uniform input moments, for which the
+    # output-error fit is exactly least squares; give them per-channel variety
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) and m.weight is not None:
+                m.weight.uniform_(0.2, 2.0)
+                m.bias.uniform_(-1.0, 2.0)
+    bn = convert_model(module, tmp_path / "bn.nq", n=8, h=5, metadata={"model": meta}).path
+    lsq = convert_model(module, tmp_path / "l.nq", n=8, h=5, params="lsq").path
+    with nqformat.open(bn) as f, nqformat.open(lsq) as g:
+        fit = f.metadata["quant"]["params_fit"]
+        assert fit["traced"] == "fx"
+        assert fit["bn_layers"] >= min_bn
+        changed = 0
+        for key in fit["layers"]:
+            assert np.array_equal(f.codes(key, "high"), g.codes(key, "high"))
+            assert np.array_equal(f.codes(key, "low"), g.codes(key, "low"))
+            w_bn, w_lsq = f.read(key, "part"), g.read(key, "part")
+            assert np.isfinite(w_bn).all()
+            changed += not np.array_equal(w_bn, w_lsq)
+        assert changed >= fit["bn_layers"] // 2  # the fit did something where it had inputs

@@ -21,12 +21,20 @@ from nqformat.quant.nest import (
     nest_quantize,
     nest_quantize_timed,
 )
-from nqformat.quant.refit import activation_moments, per_element_inputs, refit_part_params
+from nqformat.quant.refit import (
+    DEFAULT_PARAMS,
+    Params,
+    activation_moments,
+    per_element_inputs,
+    refit_part_params,
+)
 from nqformat.quant.squant import round_half_even, squant_round
 
 __all__ = [
+    "DEFAULT_PARAMS",
     "QUANTIZER_VERSION",
     "NestQuantResult",
+    "Params",
     "PartParams",
     "Rounding",
     "StageTimes",

@@ -14,7 +14,6 @@ import pathlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,9 @@ from torch import nn
 import nqformat
 from nqformat.errors import NQError, QuantizationError
 from nqformat.quant import (
+    DEFAULT_PARAMS,
     NestQuantResult,
+    Params,
     PartParams,
     Rounding,
     inherited_part_params,
@@ -57,24 +58,6 @@ H_RULE_LARGE_BYTES = 300 * _MIB
 QUANTIZED_TYPES = (nn.Conv2d, nn.Linear)
 
 
-class Params(StrEnum):
-    """Where each quantized layer's (scale, offset) pairs come from; the codes never change.
-
-    docs/quantizer.md and docs/accuracy.md measure the three on real weights and photos.
-    """
-
-    #: data-free BN/LN-informed fit (nqformat.torch.graphstats): full-bit and part-bit pairs
-    #: minimise the expected output error for the predicted input moments; layers without a
-    #: prediction get LSQ's part-bit pair and the reference's full-bit pair
-    BN = "bn"
-    #: part-bit: per-channel least squares on the weights; full-bit: the reference's
-    LSQ = "lsq"
-    #: the paper's: full-bit 1/S, Z/S of reference SQuant; part-bit inherited (2^l/S, Z/S)
-    REFERENCE = "reference"
-
-
-#: the best measured choice (docs/accuracy.md)
-DEFAULT_PARAMS = Params.BN
 #: weight of the mean variance added to every input variance of the BN fit, so that a dead
 #: channel (variance 0) cannot make the 2x2 normal equations singular
 _VAR_FLOOR = 1e-6
