@@ -232,11 +232,12 @@ def _bn_inputs(module: nn.Module, layers: list[str]) -> tuple[dict[str, _LayerIn
         var = st.var + _VAR_FLOOR * max(float(st.var.mean()), 1e-12)
         shape = tuple(mod.weight.shape)
         groups = getattr(mod, "groups", 1)
-        out[name] = _LayerInputs(
-            per_element_inputs(shape, groups, var),
-            per_element_inputs(shape, groups, st.mean),
-            st.source,
-        )
+        if groups == 1:  # every row reads the same inputs: one row [1, L] broadcasts
+            taps = int(np.prod(shape[2:], dtype=np.int64))
+            pair = (np.repeat(var, taps)[None, :], np.repeat(st.mean, taps)[None, :])
+        else:
+            pair = tuple(per_element_inputs(shape, groups, v) for v in (var, st.mean))
+        out[name] = _LayerInputs(pair[0], pair[1], st.source)
     return out, stats
 
 
