@@ -176,3 +176,29 @@ def test_layer_norm_feeds_transformer_linears() -> None:
     np.testing.assert_allclose(got.mean, model.norm.bias.detach().double().numpy())
     np.testing.assert_allclose(got.var, model.norm.weight.detach().double().numpy() ** 2)
     assert stats.for_module(model.fc2) is None  # fed by a Linear: no norm to predict from
+
+
+def test_view_as_flatten_keeps_channels_but_a_channel_shuffle_does_not() -> None:
+    class Net(nn.Module):
+        def __init__(self, shuffle: bool) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm2d(4)
+            self.conv = nn.Conv2d(4, 4, 1)
+            self.fc = nn.Linear(4, 2)
+            self.shuffle = shuffle
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.bn(x))
+            if self.shuffle:
+                b, c, h, w = y.shape
+                y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+            z = nn.functional.adaptive_avg_pool2d(y, 1)
+            return self.fc(z.view(z.size(0), -1)) + self.conv(y).mean()
+
+    plain, shuffled = Net(False).eval(), Net(True).eval()
+    stats = input_statistics(plain)
+    assert stats.for_module(plain.fc) is not None
+    assert stats.for_module(plain.conv) is not None
+    stats = input_statistics(shuffled)
+    assert stats.for_module(shuffled.fc) is None
+    assert stats.for_module(shuffled.conv) is None

@@ -356,6 +356,10 @@ def _keeps_channels(node: fx.Node, st: _Stat) -> bool:
         return all(isinstance(d, int) and d == 1 for d in dims)  # token mean on [B, N, C]
     if (node.op == "call_method" and node.target == "flatten") or node.target is torch.flatten:
         return st.dim == 1 and dims == 1
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        # x.view(x.size(0), -1): a flatten (channel-major). Other shapes (channel shuffles,
+        # head splits) regroup channels: no prediction.
+        return st.dim == 1 and len(node.args) == 3 and node.args[2] == -1
     return False
 
 
