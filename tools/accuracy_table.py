@@ -424,6 +424,7 @@ def run(
     import nqformat.torch as nqt
     from nqformat import zoo
 
+    commit = _commit()  # at the start: the code that computes the numbers
     fp32, model_meta = zoo.build(zoo.resolve(model_name))
     fp32.eval()
     cfg = data_config(fp32)
@@ -513,7 +514,7 @@ def run(
         "views": views,
         "torch": torch.__version__,
         "quantizer_version": quantizer_version,
-        "commit": _commit(),
+        "commit": commit,
         "missing_sources": registry_photos()[1] if extended else [],
     }
     return rows, info
