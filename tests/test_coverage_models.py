@@ -60,7 +60,11 @@ def test_family_round_trips_exactly_in_both_modes(
         return result
 
     monkeypatch.setattr(convert_mod, "nest_quantize", recording)
-    report = nqt.convert_model(original, tmp_path / "m.nq", n=N, h=H, metadata={"model": meta})
+    # params="lsq": the file then holds exactly nest_quantize's pairs, recorded above (the BN
+    # fit's pairs are checked in tests/test_convert_params.py)
+    report = nqt.convert_model(
+        original, tmp_path / "m.nq", n=N, h=H, params="lsq", metadata={"model": meta}
+    )
     layers, _ = nqt.quantized_layers(original)
     assert report.nested_tensors == len(layers) == len(dequantized) > 0
 

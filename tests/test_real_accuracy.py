@@ -172,3 +172,49 @@ def test_write_into_replaces_only_the_marked_block(table: ModuleType, tmp_path) 
     table.write_into(doc, block)
     table.write_into(doc, block)
     assert doc.read_text(encoding="utf-8") == f"intro\n{block}outro\n"
+
+
+def test_flip_views_are_the_centre_crop_and_its_mirror() -> None:
+    cfg = photos.DataConfig(32, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    photo = photos.labelled_images()[0][0]
+    views = photos.flip_views([photo], cfg)
+    assert views.shape == (2, 3, 32, 32)
+    assert torch.equal(views[0], photos.centre_views([photo], cfg)[0])
+    assert torch.equal(views[1], views[0].flip(-1))
+
+
+def test_photo_interval_resamples_photos_not_views() -> None:
+    const = torch.full((12,), 0.25, dtype=torch.float64)
+    assert photos.photo_interval(const, 3) == pytest.approx((0.25, 0.25))
+    # 40 photos, each with 2 identical views: the interval is that of 40 samples, so it is
+    # wider than if the 80 views were taken as independent samples
+    per_photo = torch.tensor([1.0, 0.0] * 20, dtype=torch.float64)
+    views = per_photo.repeat_interleave(2)
+    lo, hi = photos.photo_interval(views, 2)
+    lo1, hi1 = photos.photo_interval(views, 1)
+    assert lo < 0.5 < hi
+    assert hi - lo > hi1 - lo1
+
+
+def test_nesting_summary_compares_part_bit_with_int_h_of_the_same_params(
+    table: ModuleType,
+) -> None:
+    def row(kind: str, params: str, agree: float, kl: float):
+        score = table.Score(20, agree, (agree, agree), kl, (kl, kl))
+        return table.Row("x", params, score, None, "", kind, 8, 6)
+
+    rows = [
+        row("part", "bn", 0.9, 0.02),
+        row("int-h", "bn", 0.88, 0.03),
+        row("part", "reference", 0.6, 0.3),
+        row("int-h", "reference", 0.8, 0.05),
+    ]
+    lines = table.nesting_summary(rows)
+    assert lines[2].endswith("| yes |") and "bn" in lines[2]
+    assert lines[3].endswith("| **no** |") and "reference" in lines[3]
+
+
+def test_registry_photos_reports_missing_packages(monkeypatch) -> None:
+    absent = photos.PhotoSource("nothing 0", "apt-get install nothing", "-", "/nonexistent", ("a",))
+    monkeypatch.setattr(photos, "REGISTRY_PHOTOS", (absent,))
+    assert photos.registry_photos() == ([], ["nothing 0"])

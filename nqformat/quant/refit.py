@@ -14,14 +14,43 @@ is ``r·x`` with ``r = w - a*H - b`` and ``E[(r·x)²] = Σ d r² + (Σ μ r)²`
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import numpy as np
 
 from nqformat.errors import QuantizationError
 
-__all__ = ["activation_moments", "per_element_inputs", "refit_part_params"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "Params",
+    "activation_moments",
+    "per_element_inputs",
+    "refit_part_params",
+]
 
 F32 = np.float32
 F64 = np.float64
+
+
+class Params(StrEnum):
+    """Where each quantized layer's (scale, offset) pairs come from; the codes never change.
+
+    The choice is made per file (``nqtool convert --params``); docs/quantizer.md and
+    docs/accuracy.md measure the three on real weights and photos.
+    """
+
+    #: data-free BN/LN-informed fit (nqformat.torch.graphstats): full-bit and part-bit pairs
+    #: minimise the expected output error for the predicted input moments; layers without a
+    #: prediction get LSQ's part-bit pair and the reference's full-bit pair
+    BN = "bn"
+    #: part-bit: per-channel least squares on the weights; full-bit: the reference's
+    LSQ = "lsq"
+    #: the paper's: full-bit 1/S, Z/S of reference SQuant; part-bit inherited (2^l/S, Z/S)
+    REFERENCE = "reference"
+
+
+#: the best measured choice (docs/accuracy.md)
+DEFAULT_PARAMS = Params.BN
 
 
 def _dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -8,7 +8,14 @@
 - :func:`close` releases the file behind a loaded module.
 """
 
-from nqformat.torch.convert import AUTO_H, ConvertReport, auto_h, convert_model, quantized_layers
+from nqformat.torch.convert import (
+    AUTO_H,
+    ConvertReport,
+    Params,
+    auto_h,
+    convert_model,
+    quantized_layers,
+)
 from nqformat.torch.runtime import (
     NQRuntime,
     SwitchReport,
@@ -23,6 +30,7 @@ __all__ = [
     "AUTO_H",
     "ConvertReport",
     "NQRuntime",
+    "Params",
     "SwitchReport",
     "auto_h",
     "close",

@@ -16,24 +16,38 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 import nqformat
 from nqformat.container import spec
 from nqformat.errors import NQError, QuantizationError
-from nqformat.quant import PartParams, Rounding, nest_quantize
+from nqformat.quant import (
+    DEFAULT_PARAMS,
+    NestQuantResult,
+    Params,
+    PartParams,
+    Rounding,
+    inherited_part_params,
+    nest_quantize,
+    per_element_inputs,
+    refit_part_params,
+)
 from nqformat.report import fp32_bytes
 from nqformat.torch._tensors import FLOAT_DTYPES, nq_dtype, to_numpy
 
 __all__ = [
     "AUTO_H",
+    "DEFAULT_PARAMS",
     "H_RULE_LARGE_BYTES",
     "H_RULE_SMALL_BYTES",
     "ConvertReport",
+    "Params",
     "ProgressCallback",
     "auto_h",
     "convert_model",
     "quantized_layers",
+    "resolve_params",
 ]
 
 #: ``h`` value that asks for the paper's rule of thumb (:func:`auto_h`).
@@ -44,6 +58,13 @@ _MIB = 1 << 20
 H_RULE_SMALL_BYTES = 30 * _MIB
 H_RULE_LARGE_BYTES = 300 * _MIB
 QUANTIZED_TYPES = (nn.Conv2d, nn.Linear)
+
+
+#: weight of the mean variance added to every input variance of the BN fit, so that a dead
+#: channel (variance 0) cannot make the 2x2 normal equations singular
+_VAR_FLOOR = 1e-6
+#: META quant.params_fit.method: bump when the statistics or the fit change
+PARAMS_FIT_METHOD = "graphstats-1"
 
 #: called after each tensor is written: (tensor name, tensors done, tensors in total)
 ProgressCallback = Callable[[str, int, int], None]
@@ -83,6 +104,8 @@ class ConvertReport:
     raw_elements: int
     kept_float: tuple[str, ...]  # Conv2d/Linear modules left raw by keep_float
     fp32_bytes: int  # the model at 4 bytes per element (paper's D_fp32)
+    params: str = DEFAULT_PARAMS.value  # Params choice used
+    stats_seconds: float = 0.0  # time spent predicting input statistics (params="bn")
 
     @property
     def elements(self) -> int:
@@ -122,11 +145,12 @@ def quantized_layers(
     return chosen, kept
 
 
-def _check_options(n: int, h: int, rounding: str, part_params: str) -> None:
+def _check_options(n: int, h: int, rounding: str, part_params: str, params: str) -> None:
     """Fail before anything is written (the quantizer would only fail at the first layer)."""
     for enum, value, what in (
         (Rounding, rounding, "rounding"),
         (PartParams, part_params, "part_params"),
+        (Params, params, "params"),
     ):
         if value not in {m.value for m in enum}:
             choices = ", ".join(m.value for m in enum)
@@ -135,8 +159,36 @@ def _check_options(n: int, h: int, rounding: str, part_params: str) -> None:
         raise QuantizationError(f"n and h must be integers, got n={n!r}, h={h!r}")
 
 
+def resolve_params(params: str | None, part_params: str | None) -> tuple[str, str]:
+    """(params, part_params) from what the caller gave: ``part_params`` alone keeps its old
+    meaning (refit = lsq, inherited = reference); neither gives :data:`DEFAULT_PARAMS`."""
+    implied = {
+        PartParams.REFIT.value: Params.LSQ.value,
+        PartParams.INHERITED.value: Params.REFERENCE.value,
+    }
+    if params is None:
+        if part_params is None:
+            params = DEFAULT_PARAMS.value
+        elif part_params in implied:
+            params = implied[part_params]
+        else:
+            raise QuantizationError(f"part_params must be refit or inherited, got {part_params!r}")
+    own = PartParams.INHERITED.value if params == Params.REFERENCE.value else "refit"
+    if part_params is None:
+        part_params = own
+    elif params in {m.value for m in Params} and part_params != own:
+        raise QuantizationError(f"params={params!r} uses part_params={own!r}, not {part_params!r}")
+    return params, part_params
+
+
 def _quant_meta(
-    n: int, h: int, rounding: str, part_params: str, h_rule: str, keep_float: tuple[str, ...]
+    n: int,
+    h: int,
+    rounding: str,
+    part_params: str,
+    params: str,
+    h_rule: str,
+    keep_float: tuple[str, ...],
 ) -> dict[str, Any]:
     from nqformat import quant
 
@@ -147,6 +199,7 @@ def _quant_meta(
         "l": n - h,
         "rounding": rounding,
         "part_params": part_params,
+        "params": params,
         "h_rule": h_rule,
         "keep_float": list(keep_float),
         "layers": "every nn.Conv2d and nn.Linear weight (named_modules), minus keep_float",
@@ -157,6 +210,56 @@ def _quant_meta(
     return meta
 
 
+@dataclass(frozen=True)
+class _LayerInputs:
+    """Per-element input variance and mean [C, L] of one weight, and where they came from."""
+
+    var: np.ndarray
+    mean: np.ndarray
+    source: str
+
+
+def _bn_inputs(module: nn.Module, layers: list[str]) -> tuple[dict[str, _LayerInputs], Any]:
+    """Predicted input moments (per element of the weight rows) of each layer that has them."""
+    from nqformat.torch import graphstats
+
+    stats = graphstats.input_statistics(module)
+    mods = dict(module.named_modules(remove_duplicate=False))
+    out: dict[str, _LayerInputs] = {}
+    for name in layers:
+        mod = mods[name]
+        st = stats.for_module(mod)
+        if st is None:
+            continue
+        var = st.var + _VAR_FLOOR * max(float(st.var.mean()), 1e-12)
+        shape = tuple(mod.weight.shape)
+        groups = getattr(mod, "groups", 1)
+        if groups == 1:  # every row reads the same inputs: one row [1, L] broadcasts
+            taps = int(np.prod(shape[2:], dtype=np.int64))
+            pair = (np.repeat(var, taps)[None, :], np.repeat(st.mean, taps)[None, :])
+        else:
+            pair = tuple(per_element_inputs(shape, groups, v) for v in (var, st.mean))
+        out[name] = _LayerInputs(pair[0], pair[1], st.source)
+    return out, stats
+
+
+def _bn_fit(
+    result: NestQuantResult, weight: np.ndarray, inputs: _LayerInputs
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(scale_full, offset_full, scale_part, offset_part) minimising the expected output error
+    for the predicted inputs, on the unchanged codes (falls back per channel as the fit does)."""
+    rows = weight.shape[0]
+    w2 = weight.reshape(rows, -1)
+    high = result.w_high.reshape(rows, -1)
+    codes = result.w_int.reshape(rows, -1)
+    inherited = inherited_part_params(result.scale, result.zero_point, result.l)[0]
+    scale_part, offset_part = refit_part_params(w2, high, inherited, inputs.var, inputs.mean)
+    scale_full, offset_full = refit_part_params(
+        w2, codes, result.scale_full, inputs.var, inputs.mean
+    )
+    return scale_full, offset_full, scale_part, offset_part
+
+
 def convert_model(
     module: nn.Module,
     path: str | os.PathLike[str],
@@ -164,7 +267,8 @@ def convert_model(
     n: int,
     h: int | str,
     rounding: str = "squant",
-    part_params: str = "refit",
+    params: str | None = None,
+    part_params: str | None = None,
     keep_float: Iterable[str] = (),
     metadata: Mapping[str, Any] | None = None,
     compress: bool = False,
@@ -180,6 +284,11 @@ def convert_model(
     ``metadata`` is merged into META (give ``{"model": ...}`` from :func:`nqformat.zoo.build`
     so the runtime can rebuild the architecture); the converter adds ``"quant"``.
     ``progress(name, done, total)`` is called after each tensor.
+
+    ``params`` (:class:`Params`, default :data:`DEFAULT_PARAMS`) chooses the (scale, offset)
+    pairs; the integer codes are the same for every choice. ``part_params`` is the older,
+    narrower switch (``refit`` = ``lsq``, ``inherited`` = ``reference``); giving both must agree.
+    META ``quant.params`` records the choice, ``quant.params_fit`` the BN fit's inputs.
     """
     start = time.perf_counter()
     kept_patterns = tuple(keep_float)
@@ -191,7 +300,8 @@ def convert_model(
         h_rule = f"auto: paper Eq. 12 on D_fp32 = {fp32 / _MIB:.1f} MiB"
     if not isinstance(h, int):
         raise QuantizationError(f"h must be an integer or {AUTO_H!r}, got {h!r}")
-    _check_options(n, h, rounding, part_params)
+    params, part_params = resolve_params(params, part_params)
+    _check_options(n, h, rounding, part_params, params)
     layers, kept = quantized_layers(module, kept_patterns)
     nested_keys = {f"{name}.weight" for name in layers}
     odd = sorted(nested_keys - sd.keys())
@@ -204,8 +314,30 @@ def convert_model(
     meta = dict(metadata or {})
     meta["quant"] = {
         **dict(meta.get("quant") or {}),
-        **_quant_meta(n, h, rounding, part_params, h_rule, kept_patterns),
+        **_quant_meta(n, h, rounding, part_params, params, h_rule, kept_patterns),
     }
+    bn_inputs: dict[str, _LayerInputs] = {}
+    if params == Params.BN.value:
+        t_stats = time.perf_counter()
+        bn_inputs, stats = _bn_inputs(module, layers)
+        meta["quant"]["params_fit"] = {
+            "method": PARAMS_FIT_METHOD,
+            "traced": stats.traced,
+            "bn_layers": len(bn_inputs),
+            "lsq_layers": len(layers) - len(bn_inputs),
+            "layers": {
+                f"{name}.weight": (
+                    {"fit": "bn", "inputs": bn_inputs[name].source}
+                    if name in bn_inputs
+                    else {"fit": "lsq"}
+                )
+                for name in layers
+            },
+        }
+        stats_seconds = time.perf_counter() - t_stats
+    else:
+        stats_seconds = 0.0
+    by_key = {f"{name}.weight": name for name in layers}
     total = len(sd)
     nested_elements = raw_elements = nested_count = 0
     with nqformat.NQWriter(path, n=n, h=h, metadata=meta, compress=compress) as writer:
@@ -214,15 +346,22 @@ def convert_model(
                 if tensor.dtype not in FLOAT_DTYPES:
                     raise NQError(f"{key}: cannot quantize a {tensor.dtype} weight")
                 weight = to_numpy(tensor.float())
-                result = nest_quantize(weight, n, h, rounding=rounding, part_params=part_params)
+                inputs = bn_inputs.get(by_key[key])
+                # the BN fit starts from the inherited pair; LSQ's part refit would be wasted
+                pp = PartParams.INHERITED.value if inputs is not None else part_params
+                result = nest_quantize(weight, n, h, rounding=rounding, part_params=pp)
+                pairs = (result.scale_full, result.offset_full)
+                pairs += (result.scale_part, result.offset_part)
+                if inputs is not None:
+                    pairs = _bn_fit(result, weight, inputs)
                 writer.add_nested(
                     key,
                     w_high=result.w_high,
                     w_low=result.w_low,
-                    scale_full=result.scale_full,
-                    offset_full=result.offset_full,
-                    scale_part=result.scale_part,
-                    offset_part=result.offset_part,
+                    scale_full=pairs[0],
+                    offset_full=pairs[1],
+                    scale_part=pairs[2],
+                    offset_part=pairs[3],
                     dtype=nq_dtype(tensor, key),
                     w_int=result.w_int,
                 )
@@ -252,4 +391,6 @@ def convert_model(
         raw_elements=raw_elements,
         kept_float=tuple(kept),
         fp32_bytes=fp32,
+        params=params,
+        stats_seconds=stats_seconds,
     )
