@@ -14,8 +14,10 @@ from typing import Any
 
 import click
 
+from nqformat import hf
 from nqformat.cli._common import fail, human_errors
 from nqformat.container.spec import MAX_N, MIN_N
+from nqformat.hf import cli as hf_cli
 from nqformat.quant import PartParams, Rounding
 
 __all__ = ["convert", "parse_h"]
@@ -232,6 +234,8 @@ def convert(
         raise click.BadParameter(f"h must be in 1..{n - 1} for n={n}, got {h}", param_hint="--h")
     if output is not None and output.exists() and not force:
         fail(f"{output}: exists; pass --force to overwrite it")
+    if hf.is_model_dir(model):  # a local Hugging Face model directory: nqformat.hf streams it
+        return hf_cli.convert_dir(click.get_current_context())
 
     from nqformat import zoo as zoo_mod
     from nqformat.torch import AUTO_H, auto_h, convert_model
@@ -369,3 +373,6 @@ def _add_activation_ranges(
         metadata={"model": options["model_meta"], actquant.META_KEY: cal.to_metadata()},
         compress=options["compress"],
     )
+
+
+hf_cli.add_options(convert)  # --keep-embeddings-float, --ln-fit, --workers
