@@ -143,7 +143,9 @@ def run(work: pathlib.Path, hs: Sequence[int] = (7, 6, 5, 4)) -> list[dict[str, 
         if tokenizer is None:
             tokenizer = load_tokenizer(ls)  # from the file's META, not the directory
             ref = embed(fp32, tokenizer, texts)
-            rows.append({"what": "full-bit INT8", **_pair(score(ls, "full", tokenizer, texts, ref))})
+            rows.append(
+                {"what": "full-bit INT8", **_pair(score(ls, "full", tokenizer, texts, ref))}
+            )
         rows.append(
             {
                 "what": f"h = {h}",

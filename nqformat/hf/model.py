@@ -245,6 +245,7 @@ def build_module(meta: Mapping[str, Any], path: Any = None) -> Any:
     class_name = str(model_meta.get("class") or model_class(config))
     with no_init_weights():
         model = _instantiate(class_name, config)
+    model.tie_weights()  # skipped initialisation also skips tying; the config decides it
     tied = dict(model_meta.get("tied") or {})
     actual = _tied_aliases(model)
     if tied != {k: actual.get(k) for k in tied}:
