@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
 GIB = 1 << 30
 SHARD_BYTES = 1 << 30  # target shard size on disk (bf16)
 INIT_STD = 0.02
@@ -103,6 +105,37 @@ def generate(directory: pathlib.Path, layers: int, seed: int = 0) -> dict[str, A
     }
 
 
+def describe(directory: pathlib.Path) -> dict[str, Any]:
+    """Sizes of a generated checkpoint, from its files and safetensors headers."""
+    from nqformat.hf.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(directory)
+    total = 0
+    for shard in ckpt.shards:
+        with open(shard, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                total += int(np.prod(entry["shape"], dtype=np.int64))
+    return {
+        "parameters": total,
+        "shards": len(ckpt.shards),
+        "largest_shard_bytes": ckpt.largest_shard_bytes,
+        "checkpoint_bytes": ckpt.total_bytes,
+    }
+
+
+def generate_in_child(directory: pathlib.Path, layers: int) -> dict[str, Any]:
+    """:func:`generate` in a child process, so this one stays small while it measures."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import bench_hf_stream as b, pathlib; "
+        "b.generate(pathlib.Path(sys.argv[2]), int(sys.argv[3]))"
+    )
+    here = str(pathlib.Path(__file__).resolve().parent)
+    subprocess.run([sys.executable, "-c", code, here, str(directory), str(layers)], check=True)
+    return describe(directory)
+
+
 def timed(cmd: list[str]) -> tuple[float, int, str]:
     """Run under /usr/bin/time -v: (wall seconds, peak RSS bytes, stdout)."""
     start = time.perf_counter()
@@ -134,11 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-load", action="store_true", help="skip the load measurement")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse DIR/model from an earlier --keep run"
+    )
     args = parser.parse_args(argv)
     src = args.dir / "model"
     print(f"load before: {os.getloadavg()}")
     t = time.perf_counter()
-    info = generate(src, args.layers)
+    if args.reuse and (src / "model.safetensors.index.json").is_file():
+        info = describe(src)
+    else:
+        info = generate_in_child(src, args.layers)
     print(
         f"generated {info['parameters'] / 1e9:.3f} B parameters in {info['shards']} bf16 shards "
         f"({info['checkpoint_bytes'] / GIB:.2f} GiB, largest "
