@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-import shlex
 import sys
 import tempfile
 import time
@@ -206,4 +205,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(shlex.split(" ".join(sys.argv[1:]))))
+    sys.exit(main())

@@ -254,5 +254,5 @@ def build_module(meta: Mapping[str, Any], path: Any = None) -> Any:
             "the transformers version may differ from the one that wrote it"
         )
     if tied:
-        model._register_state_dict_hook(_drop_aliases(frozenset(tied)))
+        model.register_state_dict_post_hook(_drop_aliases(frozenset(tied)))
     return model.eval()
