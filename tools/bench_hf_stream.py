@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         info = generate_in_child(src, args.layers)
     print(
-        f"generated {info['parameters'] / 1e9:.3f} B parameters in {info['shards']} bf16 shards "
+        f"checkpoint {info['parameters'] / 1e9:.3f} B parameters in {info['shards']} bf16 shards "
         f"({info['checkpoint_bytes'] / GIB:.2f} GiB, largest "
-        f"{info['largest_shard_bytes'] / GIB:.2f} GiB) in {time.perf_counter() - t:.0f} s"
+        f"{info['largest_shard_bytes'] / GIB:.2f} GiB), ready in {time.perf_counter() - t:.0f} s"
     )
     bound = 2 * info["largest_shard_bytes"] + GIB
     nqtool = str(pathlib.Path(sys.executable).with_name("nqtool"))
