@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from nqformat import hf
 from nqformat.cli._common import (
     check_output_dir,
     check_output_path,
@@ -21,6 +22,7 @@ from nqformat.cli._common import (
     require_torch_extra,
 )
 from nqformat.container.spec import MAX_N, MIN_N
+from nqformat.hf import cli as hf_cli
 from nqformat.quant import DEFAULT_PARAMS, Params, PartParams, Rounding
 
 __all__ = ["convert", "parse_h"]
@@ -251,6 +253,9 @@ def convert(
         check_output_path(output, force)
     else:
         check_output_dir(pathlib.Path.cwd())
+    if hf.is_model_dir(model):  # a local Hugging Face model directory: nqformat.hf streams it
+        require_torch_extra("convert")
+        return hf_cli.convert_dir(click.get_current_context())
     require_torch_extra("convert")
 
     from nqformat import zoo as zoo_mod
@@ -394,3 +399,6 @@ def _add_activation_ranges(
         metadata={"model": options["model_meta"], actquant.META_KEY: cal.to_metadata()},
         compress=options["compress"],
     )
+
+
+hf_cli.add_options(convert)  # --keep-embeddings-float, --ln-fit, --workers

@@ -158,6 +158,10 @@ def _build(meta: Mapping[str, Any], path: pathlib.Path) -> nn.Module:
             f"{path}: META has no 'model' object to rebuild the architecture from; build the "
             "module yourself and pass it with module="
         )
+    if model.get("source") == "transformers":  # a Hugging Face directory (nqformat.hf)
+        from nqformat.hf.model import build_module
+
+        return build_module(meta, path)
     from nqformat import zoo
 
     return zoo.instantiate(model)
