@@ -43,7 +43,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nqformat.errors import MetadataError, ModelSourceError
+from nqformat.errors import ModelSourceError
+from nqformat.model_kwargs import MODEL_KWARGS, check_model_kwargs
+from nqformat.state_dicts import load_state_dict_file, load_strict
 
 __all__ = [
     "DEFAULT_SEED",
@@ -71,13 +73,6 @@ __all__ = [
 RANDOM_INIT = "random-init"
 #: seed of ``--random-init`` when none is given, so files are deterministic by default.
 DEFAULT_SEED = 0
-#: file suffixes read with ``torch.load(weights_only=True)`` (no arbitrary pickle code runs).
-TORCH_SUFFIXES = frozenset({".pth", ".pt", ".bin", ".ckpt"})
-SAFETENSORS_SUFFIX = ".safetensors"
-#: checkpoint wrappers commonly put around a state dict (``{"state_dict": {...}}``).
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
-#: prefix added by ``nn.DataParallel``/DDP to every key.
-DATA_PARALLEL_PREFIX = "module."
 #: how many names a typo suggestion or a key-mismatch message lists.
 MAX_LISTED = 5
 #: difflib similarity below which a name is not offered as a suggestion.
@@ -417,88 +412,6 @@ def fp32_bytes(module: nn.Module) -> int:
     return count((t.numel(), t.is_floating_point()) for t in module.state_dict().values())
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and bool(obj)
-        and all(isinstance(v, torch.Tensor) for v in obj.values())
-    )
-
-
-def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    for _ in range(2):  # {"state_dict": {...}} or {"model": {"state_dict": ...}} at most
-        if _is_state_dict(obj):
-            break
-        inner = None
-        if isinstance(obj, Mapping):
-            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not _is_state_dict(obj):
-        raise ModelSourceError(
-            f"{source}: not a state dict (expected a mapping of names to tensors, "
-            f"got {type(obj).__name__})"
-        )
-    sd = {str(k): v for k, v in obj.items()}
-    if all(k.startswith(DATA_PARALLEL_PREFIX) for k in sd):
-        sd = {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in sd.items()}
-    return sd
-
-
-def load_state_dict_file(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.pth``/``.pt``/``.bin``/``.ckpt`` (``torch.load`` with
-    ``weights_only=True``: no pickle code runs) or ``.safetensors``."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ModelSourceError(f"{p}: no such weights file")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == SAFETENSORS_SUFFIX:
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(p), device="cpu")
-        elif suffix in TORCH_SUFFIXES:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        else:
-            raise ModelSourceError(
-                f"{p}: unknown weights format {suffix or '(no suffix)'!r}; expected "
-                f"{', '.join(sorted(TORCH_SUFFIXES))} or {SAFETENSORS_SUFFIX}"
-            )
-    except ModelSourceError:
-        raise
-    except Exception as exc:  # torch/safetensors raise many unrelated types
-        raise ModelSourceError(f"{p}: cannot read weights: {exc}") from exc
-    return _unwrap(obj, str(p))
-
-
-def _listed(names: list[str]) -> str:
-    more = f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
-    return ", ".join(names[:MAX_LISTED]) + more
-
-
-def _load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with a message that lists what does not match."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatch(es) (file vs model): {_listed(wrong)}")
-    if problems:
-        raise ModelSourceError(f"{source} does not fit the model: " + "; ".join(problems))
-    module.load_state_dict(dict(sd), strict=True)
-
-
 def _packaged_state_dict(pkg: PackagedWeights, module: nn.Module) -> dict[str, torch.Tensor]:
     src = torch.load(pkg.path(), map_location="cpu", weights_only=True)
     dst = module.state_dict()
@@ -549,7 +462,7 @@ def _pytorchcv_pretrained(spec: ModelSpec, module: nn.Module) -> None:
     sd = load_state_dict_file(path)
     own = module.state_dict()
     # pytorchcv's own loader drops keys the model does not have (ignore_extra=True); do the same
-    _load_strict(module, {k: v for k, v in sd.items() if k in own}, f"pytorchcv {spec.arch}")
+    load_strict(module, {k: v for k, v in sd.items() if k in own}, f"pytorchcv {spec.arch}")
 
 
 def _timm_pretrained(spec: ModelSpec) -> nn.Module:
@@ -657,12 +570,12 @@ def build(
     elif weights is not None:
         module = instantiate(meta)
         path = pathlib.Path(weights)
-        _load_strict(module, load_state_dict_file(path), str(path))
+        load_strict(module, load_state_dict_file(path), str(path))
         meta.update(weights=f"file:{path.name}", weights_sha256=_sha256(path))
     elif spec.packaged is not None:
         pkg = spec.packaged
         module = instantiate(meta)
-        _load_strict(module, _packaged_state_dict(pkg, module), pkg.label())
+        load_strict(module, _packaged_state_dict(pkg, module), pkg.label())
         meta["weights"] = pkg.label()
     elif spec.zoo is Zoo.PYTORCHCV:
         module = instantiate(meta)
@@ -684,68 +597,3 @@ def _sha256(path: pathlib.Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# --- META model.kwargs from an untrusted file (issue 11) ----------------------------------------
-
-#: the constructor keywords a file's META may pass, per zoo, each with its allowed values: an
-#: (int, lo, hi) range, a (float, lo, hi) range or a frozenset of strings. Anything else is
-#: refused, in particular every keyword that names a file or a download (timm's
-#: ``checkpoint_path``, ``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``...):
-#: a file must never make the loader read another file or reach the network.
-MODEL_KWARGS: dict[Zoo, dict[str, tuple[Any, ...]]] = {
-    Zoo.PYTORCHCV: {
-        "num_classes": (int, 1, 100_000),
-        "in_channels": (int, 1, 64),
-    },
-    Zoo.TIMM: {
-        "num_classes": (int, 1, 100_000),
-        "in_chans": (int, 1, 64),
-        "drop_rate": (float, 0.0, 1.0),
-        "drop_path_rate": (float, 0.0, 1.0),
-        "global_pool": (frozenset({"", "avg", "max", "avgmax", "catavgmax", "token", "map"}),),
-    },
-}
-
-
-def check_model_kwargs(zoo: Zoo, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The META ``model.kwargs`` of a file, checked against :data:`MODEL_KWARGS` before any
-    constructor sees them (MetadataError otherwise). ``pretrained: false`` is dropped (the
-    loader never downloads: the weights come from the file); ``pretrained: true`` is refused."""
-    if not isinstance(kwargs, Mapping):
-        raise MetadataError(f"META model.kwargs must be an object, got {type(kwargs).__name__}")
-    allowed = MODEL_KWARGS[zoo]
-    checked: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key == "pretrained":
-            if value is not False:
-                raise MetadataError(
-                    f"META model.kwargs.pretrained is {value!r}: a file cannot ask for a "
-                    "download; its weights are in the file"
-                )
-            continue
-        rule = allowed.get(key)
-        if rule is None:
-            raise MetadataError(
-                f"META model.kwargs has {key!r}, which {zoo} models are not built with here "
-                f"(allowed: {', '.join(sorted(allowed))})"
-            )
-        if isinstance(rule[0], frozenset):
-            if not isinstance(value, str) or value not in rule[0]:
-                raise MetadataError(
-                    f"META model.kwargs.{key} is {value!r}; allowed: {sorted(rule[0])}"
-                )
-        else:
-            kind, lo, hi = rule
-            # bool is an int in Python; a float kwarg also takes an integer literal such as 0
-            ok_type = (
-                isinstance(value, int) and not isinstance(value, bool)
-                if kind is int
-                else isinstance(value, int | float) and not isinstance(value, bool)
-            )
-            if not ok_type or not lo <= value <= hi:
-                raise MetadataError(
-                    f"META model.kwargs.{key} is {value!r}; must be {kind.__name__} in [{lo}, {hi}]"
-                )
-        checked[key] = value
-    return checked

@@ -21,7 +21,7 @@ from nqformat.cli._common import (
     process_seconds,
     require_torch_extra,
 )
-from nqformat.container.spec import MAX_N, MIN_N
+from nqformat.container.spec import MAX_N, MIN_H, MIN_N, bits_valid
 from nqformat.hf import cli as hf_cli
 from nqformat.quant import DEFAULT_PARAMS, Params, PartParams, Rounding
 
@@ -246,8 +246,10 @@ def convert(
         raise click.UsageError("--seed only applies with --random-init")
     if act_bits is None and (act_sigma is not None or act_batch is not None):
         raise click.UsageError("--act-sigma and --act-batch only apply with --act-bits")
-    if isinstance(h, int) and not 1 <= h <= n - 1:
-        raise click.BadParameter(f"h must be in 1..{n - 1} for n={n}, got {h}", param_hint="--h")
+    if isinstance(h, int) and not bits_valid(n, h):
+        raise click.BadParameter(
+            f"h must be in {MIN_H}..{n - 1} for n={n}, got {h}", param_hint="--h"
+        )
     # the output is checked before the model is built (minutes for a large one)
     if output is not None:
         check_output_path(output, force)
