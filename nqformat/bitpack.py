@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from nqformat._workers import shared_pool
 from nqformat.container import spec
 from nqformat.errors import NQError
 
@@ -103,29 +103,8 @@ def packed_size(count: int, width: int) -> int:
 # Threading
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    # A forked child inherits the executor object but not its threads; start afresh there.
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
 def _get_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="nq-bitpack"
-            )
-        return _pool
+    return shared_pool("bitpack", (os.cpu_count() or 1) - 1)
 
 
 def _run_groups(kernel: Callable[[int, int], None], n_groups: int, threads: int) -> None:

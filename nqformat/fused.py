@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from nqformat import bitpack
+from nqformat._workers import shared_pool
 from nqformat.errors import NQError
 
 __all__ = ["BACKEND", "dequantize_packed", "dequantize_packed_numpy"]
@@ -47,29 +47,9 @@ _GROUP = 8
 # Below this many elements a second thread costs more than it saves (as in bitpack).
 _PARALLEL_MIN_ELEMENTS = 1 << 20
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    # A forked child inherits the executor object but not its threads.
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
 
 def _get_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="nq-fused"
-            )
-        return _pool
+    return shared_pool("fused", (os.cpu_count() or 1) - 1)
 
 
 def _params(a: object, rows: int, what: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nqformat._workers import shared_pool
 from nqformat.container import spec
 from nqformat.errors import QuantizationError
 from nqformat.quant.affine import (
@@ -288,18 +289,8 @@ def _run_block(job: _Job, lo: int, hi: int) -> None:
 
 
 def _pool() -> ThreadPoolExecutor:
-    """The shared worker pool, recreated in a forked child (its threads do not survive fork)."""
-    global _POOL, _POOL_PID
-    with _POOL_LOCK:
-        if _POOL is None or os.getpid() != _POOL_PID:
-            _POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="nq-quant")
-            _POOL_PID = os.getpid()
-        return _POOL
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_PID = 0
-_POOL_LOCK = threading.Lock()
+    """The quantizer's worker pool (recreated in a forked child: see nqformat._workers)."""
+    return shared_pool("quant", THREADS)
 
 
 def nest_quantize_timed(
