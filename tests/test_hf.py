@@ -386,3 +386,22 @@ def test_reader_side_and_inspect_do_not_import_transformers(tmp_path: pathlib.Pa
     )
     assert proc.returncode == 0, proc.stderr
     assert "transformers" in proc.stdout  # inspect names the source
+
+
+@pytest.mark.parametrize("maker", [_bert, _llama])
+def test_codes_runtime_matches_the_float_runtime_tied_head_included(
+    tmp_path: pathlib.Path, maker
+) -> None:
+    src = maker(tmp_path / "src")
+    out = tmp_path / "m.nq"
+    _convert(src, out)
+    float_model = nqt.load(out, "part")
+    codes_model = nqt.load(out, "part", resident="codes")
+    assert torch.equal(_output(codes_model), _output(float_model))
+    nqt.switch(float_model, "full")
+    nqt.switch(codes_model, "full")  # the tied head follows its embedding table
+    assert torch.equal(_output(codes_model), _output(float_model))
+    nqt.close(codes_model)  # float32 weights again, and a tied head tied again
+    if maker is _llama:
+        assert codes_model.lm_head.weight is codes_model.model.embed_tokens.weight
+    assert torch.equal(_output(codes_model), _output(float_model))

@@ -99,6 +99,9 @@ class CodesRuntime(NQRuntime):
             raise NQError(f"cache_bytes must be a non-negative int or None, got {cache_bytes!r}")
         self.cache_bytes = cache_bytes
         self.layers: dict[str, _Layer] = {}  # by module path
+        # tied weights (META model.tied, e.g. an LM head tied to the input embeddings): the
+        # alias layer reads its source's record, so both follow one mode; by alias module path
+        self.aliases: dict[str, tuple[_Layer, list[Any]]] = {}
         self._cache: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -238,6 +241,15 @@ class CodesRuntime(NQRuntime):
             layer.__class__ = layer._nq_base_class
             del layer.__dict__[_SLOT]
             layer._parameters[rec.attr] = nn.Parameter(weight)
+        for path, (rec, hooks) in self.aliases.items():
+            layer = module.get_submodule(path)
+            for hook in hooks:
+                hook.remove()
+            layer.__class__ = layer._nq_base_class
+            del layer.__dict__[_SLOT]
+            # tied again: the very Parameter its source now holds
+            layer._parameters[rec.attr] = module.get_submodule(rec.layer)._parameters[rec.attr]
+        self.aliases.clear()
 
     def close(self) -> None:
         self.invalidate()
@@ -326,15 +338,33 @@ def _state_dict_hook(layer: nn.Module, state: dict[str, Any], prefix: str, _meta
     state[prefix + rec.attr] = handle.fresh(rec).detach()
 
 
-def _attach(layer: nn.Module, handle: CodesRuntime, rec: _Layer) -> None:
+def _attach(layer: nn.Module, handle: CodesRuntime, rec: _Layer) -> list[Any]:
+    """Back ``layer``'s weight by ``rec``'s codes; returns the removable hook handles."""
     layer._parameters.pop(rec.attr, None)  # the float32 (or meta) weight goes away
     layer.__dict__[_SLOT] = (handle, rec)
     layer.__class__ = _codes_class(type(layer))
-    rec.hooks = [
+    return [
         layer.register_forward_pre_hook(_pre_hook),
         layer.register_forward_hook(_post_hook, always_call=True),
         layer.register_state_dict_post_hook(_state_dict_hook),
     ]
+
+
+def _attach_tied(
+    modules: Mapping[str, nn.Module], handle: CodesRuntime, meta: Mapping[str, Any]
+) -> None:
+    """Back each tied alias of META ``model.tied`` (alias -> stored tensor) by its source's
+    codes: the file stores a tied weight once, and the alias must not keep a stale copy."""
+    model = meta.get("model")
+    tied = model.get("tied") if isinstance(model, Mapping) else None
+    for alias, source in (tied or {}).items():
+        rec = handle.layers.get(str(source).rpartition(".")[0])
+        if rec is None:
+            continue  # a RAW source: restored into the Parameter both names share
+        owner, path, attr = _owner(modules, str(alias))
+        if attr != rec.attr:
+            raise NQError(f"META model.tied: {alias} cannot share {source}")
+        handle.aliases[path] = (rec, _attach(owner, handle, rec))
 
 
 # --- building the module --------------------------------------------------------------------------
@@ -426,7 +456,8 @@ def load_codes(
                 )
             handle.attach_views(rec)
             handle.layers[path_] = rec
-            _attach(owner, handle, rec)
+            rec.hooks = _attach(owner, handle, rec)
+        _attach_tied(modules, handle, f.metadata)
         f.release_buffers()
         if act_quant:
             from nqformat.torch import actquant
