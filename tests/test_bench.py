@@ -181,7 +181,7 @@ def test_registered_measurements_have_distinct_keys_and_headlines() -> None:
     # every registered measurement has a distinct key that is not one of the row's own fields
     keys = [m.key for m in (*registry.CASE_MEASUREMENTS, *registry.RUN_MEASUREMENTS)]
     assert len(keys) == len(set(keys))
-    assert {"sizes", "timings", "rss", "unpack", "convert"} == set(keys)
+    assert {"sizes", "timings", "rss", "codes", "unpack", "convert", "fused"} == set(keys)
     result = {"unpack": {"unpack_vs_memcpy": 2.0, "unpack_elements_per_s": 3e9}}
     top = registry.RUN_MEASUREMENTS[0].headline(result)
     assert top == {"unpack_vs_memcpy": 2.0, "unpack_elements_per_s": 3e9}
@@ -250,6 +250,67 @@ def test_quick_bench_baselines_are_the_same_models(quick_result: dict) -> None:
         assert case["timings"]["baseline_equal_part"], case["label"]
         paged = case["timings"]["switch_report"]["upgrade"]["bytes_paged_in"]
         assert paged == case["sizes"]["report"]["low_section"]
+
+
+CODES_KEYS = (
+    "codes_part_load_vs_int8_load",
+    "codes_upgrade_vs_int8_load",
+    "codes_weight_mb_part_vs_fp32",
+    "codes_weight_mb_full_vs_fp32",
+    "codes_forward_vs_float_b1",
+    "codes_forward_vs_float_b32",
+    "fused_dequant_vs_memcpy",
+)
+
+
+@pytest.mark.slow
+def test_quick_bench_has_the_codes_runtime_keys_finite_with_medians(quick_result: dict) -> None:
+    import math
+
+    for key in CODES_KEYS:
+        value = quick_result[key]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, key
+        median = quick_result["across_cases"][key]["median"]
+        assert math.isfinite(median) and 0 < median <= value, key
+        assert quick_result["targets"][key]["met"] in (True, False), key
+        assert f"| `{key}` |" in quick_result["_markdown"], key
+    assert quick_result["codes_bit_identical"] is True
+    for case in quick_result["cases"]:
+        rss = case["codes"]["rss"]
+        # the denominator holds the float32 weights: at least 4 bytes per parameter of the
+        # float runtime's module, which the mapped-file reading need not
+        assert rss["fp32"]["weights_mb"] >= 0.9 * rss["float-part"]["weights_mb"], case["label"]
+        assert rss["codes-part"]["weights_mb"] < rss["codes-full"]["weights_mb"], case["label"]
+
+
+def test_codes_headline_is_the_worst_case_with_the_median_beside_it() -> None:
+    from nqformat.bench import codes
+
+    def row(label: str, load: float, fwd: list[float] | None) -> dict:
+        c = {
+            "load": {"codes_part_load_vs_int8_load": load, "codes_upgrade_vs_int8_load": 0.1},
+            "weight_mb_part_vs_fp32": 0.2,
+            "weight_mb_full_vs_fp32": 0.3,
+            "bit_identical": True,
+        }
+        if fwd is not None:
+            c["forward"] = {"part_b1": {"ratio": fwd[0]}, "full_b1": {"ratio": fwd[1]}}
+            c["forward"] |= {"part_b32": {"ratio": 1.0}, "full_b32": {"ratio": 1.0}}
+        return {"label": label, "codes": c}
+
+    result = {
+        "cases": [row("a", 0.3, [1.1, 1.4]), row("b", 0.6, None), row("c", 0.4, [1.0, 1.2])],
+        "headline_cases": {},
+        "across_cases": {},
+    }
+    top = codes.MEASUREMENT.headline(result)
+    assert top["codes_part_load_vs_int8_load"] == 0.6
+    assert top["headline_cases"]["codes_part_load_vs_int8_load"] == "b"
+    assert top["across_cases"]["codes_part_load_vs_int8_load"]["median"] == 0.4
+    # forward ratios pool part and full of the cases that have them
+    assert top["codes_forward_vs_float_b1"] == 1.4
+    assert top["across_cases"]["codes_forward_vs_float_b1"]["median"] == pytest.approx(1.15)
+    assert top["codes_bit_identical"] is True
 
 
 @pytest.mark.slow

@@ -730,6 +730,22 @@ def test_eval_limit_takes_the_same_n_images_every_run(
     }
 
 
+def test_eval_runs_on_the_codes_runtime_by_default_and_counts_as_the_float_one(
+    tiny_model: pathlib.Path, imagenet_tree: pathlib.Path
+) -> None:
+    args = (tiny_model, "--data", imagenet_tree, "--imagenet-synsets", "--limit", "6")
+    codes = _eval_json(*args)
+    flt = _eval_json(*args, "--resident", "float")
+    assert codes["resident"] == "codes" and flt["resident"] == "float"
+    for mode in ("part", "full"):
+        strip = {k: v for k, v in codes["results"][mode].items() if k != "seconds"}
+        assert strip == {k: v for k, v in flt["results"][mode].items() if k != "seconds"}
+    held = codes["weight_bytes"]
+    # codes hold HIGH (+ LOW once full), never the float32 weights the float runtime holds
+    assert 0 < held["part"] < held["full"] < flt["weight_bytes"]["part"]
+    assert flt["weight_bytes"]["part"] == flt["weight_bytes"]["full"]
+
+
 def test_eval_human_output_warns_about_random_weights(
     tiny_model: pathlib.Path, imagenet_tree: pathlib.Path
 ) -> None:
@@ -741,6 +757,7 @@ def test_eval_human_output_warns_about_random_weights(
     assert "randomly initialised" in err
     assert "part  top-1" in out and "full  top-1" in out
     assert "paged in" in out
+    assert "weights resident" in out and "(codes runtime)" in out
     assert "[META model.data_config]" in out
 
 

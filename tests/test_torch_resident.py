@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import nqformat
 import nqformat.torch as nqt
 from nqformat import zoo
-from nqformat.errors import NQError, PartOnlyError
+from nqformat.errors import ChecksumError, NQError, PartOnlyError
 from nqformat.torch.resident import CodesRuntime
 
 N, H = 8, 5
@@ -125,8 +125,11 @@ def test_any_switch_sequence_matches_the_float_runtime(tiny_file, steps, cache_b
             assert report.tensors == sum(expected[n] != mode for n in chosen)
             expected.update(dict.fromkeys(chosen, mode))
             assert nqt.modes(model) == expected
-            # LOW stays mapped exactly while some layer needs it
-            assert nqt.runtime(model).file.low_resident == ("full" in expected.values())
+            # a layer holds LOW exactly while it is full-bit; none held once all are part-bit
+            handle = nqt.runtime(model)
+            assert all((r.low is None) == (r.mode == "part") for r in handle.layers.values())
+            if "full" not in expected.values():
+                assert not handle.file.low_resident
             ref = _float_reference(tiny_file, expected)
             with torch.no_grad():
                 assert _same(model(_x()), ref(_x()))
@@ -134,16 +137,55 @@ def test_any_switch_sequence_matches_the_float_runtime(tiny_file, steps, cache_b
         nqt.close(model)
 
 
-def test_full_switch_of_one_layer_reads_only_its_low_blob_after_the_section_check(
+def test_full_switch_of_one_layer_reads_only_its_low_blob_checked_by_its_own_crc(
     tiny_file,
 ) -> None:
     model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    f = nqt.runtime(model).file
+    blob = f.info("blocks.0.weight").low.length
+    section = {s.name: s for s in f.sections()}["LOW"].length
+    assert 0 < blob < section
+    before = f.bytes_read
     report = nqt.switch(model, "full", layers=["blocks.0"])
+    assert f.bytes_read - before == blob  # that layer's LOW blob, not the section
+    assert not f.low_resident
     assert report.from_mode == "part" and report.to_mode == "mixed"
-    assert report.bytes_paged_in > 0
+    assert report.bytes_paged_in == blob
     back = nqt.switch(model, "part")
-    assert back.bytes_paged_out == report.bytes_paged_in
-    assert not nqt.runtime(model).file.low_resident
+    assert back.bytes_paged_out == blob
+    nqt.close(model)
+
+
+def test_whole_model_switch_reads_and_checks_all_of_low(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    f = nqt.runtime(model).file
+    section = {s.name: s for s in f.sections()}["LOW"].length
+    nqt.switch(model, "full", layers=["blocks.0"])
+    before = f.bytes_read
+    report = nqt.switch(model, "full")
+    assert f.bytes_read - before >= section and f.low_resident
+    assert report.bytes_paged_in == section
+    ref = _float_reference(tiny_file, dict.fromkeys(LAYERS, "full"))
+    with torch.no_grad():
+        assert _same(model(_x()), ref(_x()))
+    nqt.close(model)
+
+
+def test_one_layer_upgrade_with_a_corrupt_low_blob_raises_and_stays_part(
+    tiny_file, tmp_path
+) -> None:
+    bad = tmp_path / "bad.nq"
+    data = bytearray(tiny_file.read_bytes())
+    with nqformat.open(tiny_file) as f:
+        ref = f.info("blocks.0.weight").low
+    data[ref.offset] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    model = nqt.load(bad, "part", module=tiny(), resident="codes")
+    with pytest.raises(ChecksumError, match=r"blocks\.0\.weight"):
+        nqt.switch(model, "full", layers=["blocks.0"])
+    assert set(nqt.modes(model).values()) == {"part"}
+    nqt.switch(model, "full", layers=["heads.cls"])  # another layer's blob is intact
+    assert nqt.modes(model)["heads.cls"] == "full"
     nqt.close(model)
 
 

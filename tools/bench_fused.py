@@ -18,81 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from nqformat import bitpack, fused
+from nqformat.bench.fused_dequant import measure_fused
 
 __all__ = ["measure_fused"]
-
-
-def _cases() -> list[tuple[int, int, bool]]:
-    """(h, l, full) for h in 1..8, part and full, with n = h + l = 8."""
-    out = []
-    for h in range(1, 9):
-        lbits = 8 - h
-        out.append((h, lbits, False))
-        out.append((h, lbits, True))
-    return out
-
-
-def measure_fused(count: int = 1 << 22, rows: int = 512, reps: int = 9) -> dict[str, Any]:
-    """Single-thread kernel rates and kernel/memcpy ratios; returns the issue's keys."""
-    rng = np.random.default_rng(0)
-    count -= count % rows
-    out = np.empty(count, np.float32)
-    src = rng.standard_normal(count).astype(np.float32)
-    scale = rng.standard_normal(rows).astype(np.float32)
-    offset = rng.standard_normal(rows).astype(np.float32)
-    cases = []
-    for h, lbits, full in _cases():
-        hb = bitpack.pack(rng.integers(-(1 << (h - 1)), 1 << (h - 1), count), h)
-        lc = rng.integers(-(1 << lbits), 1 << lbits, count)
-        lb = bitpack.pack(lc, lbits + 1) if full else None
-        kw = dict(h=h, lbits=lbits, count=count, rows=rows, scale=scale, offset=offset, out=out)
-        fused.dequantize_packed(hb, lb, threads=1, **kw)  # warm-up
-        np.copyto(out, src)
-        t_kernel, t_copy = [], []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fused.dequantize_packed(hb, lb, threads=1, **kw)
-            t1 = time.perf_counter()
-            np.copyto(out, src)
-            t2 = time.perf_counter()
-            t_kernel.append(t1 - t0)
-            t_copy.append(t2 - t1)
-        k, c = statistics.median(t_kernel), statistics.median(t_copy)
-        cases.append(
-            {
-                "h": h,
-                "l": lbits,
-                "mode": "full" if full else "part",
-                "weights_per_s": count / k,
-                "kernel_s": k,
-                "memcpy_s": c,
-                "ratio": k / c,
-            }
-        )
-    ratios = [c["ratio"] for c in cases]
-    rates = [c["weights_per_s"] for c in cases]
-    return {
-        "backend": fused.BACKEND,
-        "count": count,
-        "rows": rows,
-        "reps": reps,
-        "loadavg": os.getloadavg(),
-        "fused_dequant_vs_memcpy": max(ratios),
-        "fused_dequant_vs_memcpy_median": statistics.median(ratios),
-        "fused_weights_per_s_min": min(rates),
-        "fused_weights_per_s_median": statistics.median(rates),
-        "cases": cases,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
     python -m nqformat.bench render docs/bench-results.json docs/benchmarks.md
 
 rewrites the report from a saved JSON object (no new measurement), e.g. after editing its notes.
-``_rss`` and ``_convert_stages`` are run by the harness itself in fresh processes; each prints
-one JSON object. A measuring run is ``nqtool bench``.
+``_rss``, ``_codes_rss`` and ``_convert_stages`` are run by the harness itself in fresh
+processes; each prints one JSON object. A measuring run is ``nqtool bench``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from nqformat.bench.codes import codes_rss_child
 from nqformat.bench.convert_time import convert_stages_child
 from nqformat.bench.markdown import write_outputs
 from nqformat.bench.rss import rss_child
@@ -31,6 +32,9 @@ def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "_rss":
         mode, meta, path, width = argv[1], json.loads(argv[2]), argv[3], int(argv[4])
         print(json.dumps(rss_child(mode, meta, path, width)))
+        return 0
+    if len(argv) == 4 and argv[0] == "_codes_rss":
+        print(json.dumps(codes_rss_child(argv[1], json.loads(argv[2]), argv[3])))
         return 0
     if len(argv) == 3 and argv[0] == "render":
         result = json.loads(Path(argv[1]).read_text(encoding="utf-8"))

@@ -89,6 +89,14 @@ TARGETS = (
     Target("part_load_vs_int8_load", 1.0, "<=", "worst INT(8|h) case, cold page cache"),
     Target("unpack_elements_per_s", 1e9, ">=", "nqformat.bench.unpack measurement"),
     Target("convert_seconds", 8.0, "<=", "`nqtool convert resnet101 --n 8 --h 6 --random-init`"),
+    # issue 10: the codes-resident runtime (nqformat.bench.codes), INT(8|6) cases, warm cache
+    Target("codes_part_load_vs_int8_load", 0.5, "<=", "worst INT(8|6) case, warm page cache"),
+    Target("codes_upgrade_vs_int8_load", 0.25, "<=", "worst INT(8|6) case, warm page cache"),
+    Target("codes_weight_mb_part_vs_fp32", 0.25, "<=", "worst INT(8|6) case, fresh processes"),
+    Target("codes_weight_mb_full_vs_fp32", 0.35, "<=", "worst INT(8|6) case, fresh processes"),
+    Target("codes_forward_vs_float_b1", 1.3, "<=", "worst of resnet50/Lite0, part and full"),
+    Target("codes_forward_vs_float_b32", 1.1, "<=", "worst of resnet50/Lite0, part and full"),
+    Target("fused_dequant_vs_memcpy", 2.0, "<=", "worst width 1..8, part and full, one thread"),
 )
 #: the target on convert_seconds is stated for this model only
 CONVERT_TARGET_MODEL = "resnet101"

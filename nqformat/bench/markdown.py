@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nqformat._atomic import AtomicFile
-from nqformat.bench.cases import MIB, REQUIRED_KEYS
+from nqformat.bench.cases import MIB, REQUIRED_KEYS, TARGETS
 from nqformat.bench.text import fmt, rss_cell, verdict
 
 __all__ = [
@@ -163,7 +163,10 @@ def render_markdown(result: dict[str, Any], notes: str = "") -> str:
     w("| figure | value | median over cases | target | status | where |")
     w("|---|---:|---:|---:|---|---|")
     targets = result["targets"]
-    for key in REQUIRED_KEYS[:12]:
+    shown_keys = REQUIRED_KEYS[:12] + tuple(t.key for t in TARGETS if t.key not in REQUIRED_KEYS)
+    for key in shown_keys:
+        if key not in result:
+            continue  # a saved result from before the key existed
         value = result[key]
         t = targets.get(key)
         spec = ".3g" if key == "unpack_elements_per_s" else ".3f"

@@ -7,7 +7,7 @@ every run must have them.
 
 from __future__ import annotations
 
-from nqformat.bench import convert_time, rss, sizes, switching, unpack
+from nqformat.bench import codes, convert_time, rss, sizes, switching, unpack
 from nqformat.bench.measurement import Measurement
 
 __all__ = ["CASE_MEASUREMENTS", "RUN_MEASUREMENTS"]
@@ -17,9 +17,11 @@ CASE_MEASUREMENTS: tuple[Measurement, ...] = (
     sizes.MEASUREMENT,
     switching.MEASUREMENT,
     rss.MEASUREMENT,
+    codes.MEASUREMENT,
 )
 #: once per run, after every case
 RUN_MEASUREMENTS: tuple[Measurement, ...] = (
     unpack.MEASUREMENT,
     convert_time.MEASUREMENT,
+    codes.FUSED_MEASUREMENT,
 )

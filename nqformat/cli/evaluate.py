@@ -48,6 +48,7 @@ DEFAULT_INTERPOLATION = "bilinear"
 TOPK = (1, 5)
 #: --limit draws its images with this seed, so a limited run is the same every time.
 LIMIT_SEED = 0
+MIB = 1 << 20
 #: --labels-from-filename: the class index is the last ``_<digits>`` of the file's stem
 LABEL_IN_NAME = re.compile(r"_(\d+)$")
 
@@ -370,6 +371,14 @@ def _run(
     help="With --labels-from-filename: only the images whose names match this glob "
     "(foolbox's folder also holds CIFAR and MNIST samples: --pattern 'imagenet_*').",
 )
+@click.option(
+    "--resident",
+    type=click.Choice(["codes", "float"]),
+    default="codes",
+    show_default=True,
+    help="codes: keep the packed codes and dequantize each layer as it runs (part-bit memory); "
+    "float: expand every weight to float32 at load. Outputs are bit-identical.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option(
@@ -387,12 +396,16 @@ def eval_cmd(
     imagenet_synsets: bool,
     labels_from_filename: bool,
     pattern: str,
+    resident: str,
     batch_size: int,
     workers: int,
     limit: int | None,
     as_json: bool,
 ) -> None:
     """Measure top-1 and top-5 of FILE's part-bit and/or full-bit model on images in DATA.
+
+    The model runs on the codes-resident runtime by default (--resident codes: packed codes in
+    memory, each layer dequantized as it runs); the memory its weights hold is printed per mode.
 
     DATA is an ImageFolder tree. Its folders are indexed in sorted order unless --class-index or
     --imagenet-synsets says how they map to the model's classes (needed for any subset of
@@ -463,13 +476,17 @@ def eval_cmd(
     results: list[EvalResult] = []
     switch_info: dict[str, Any] | None = None
     first = "full" if mode == "full" else "part"
-    model = nqtorch.load(file, mode=first)
+    weight_bytes: dict[str, int] = {}
+    model = nqtorch.load(file, mode=first, resident=resident)
     try:
         model.eval()
+        handle = nqtorch.runtime(model)
+        weight_bytes[first] = handle.weight_bytes(model)
         results.append(_run(model, loader, first, num_images, sorted_folders))
         if mode == "both":
             report = nqtorch.switch(model, "full")
             switch_info = {**asdict(report), "bytes_paged": report.bytes_paged}
+            weight_bytes["full"] = handle.weight_bytes(model)
             results.append(_run(model, loader, "full", num_images))
     finally:
         nqtorch.close(model)
@@ -482,18 +499,22 @@ def eval_cmd(
             "preprocess": asdict(preprocess),
             "results": {r.mode: r.to_dict() for r in results},
             "switch": switch_info,
+            "resident": resident,
+            "weight_bytes": weight_bytes,
         }
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
     for r in results:
         click.echo(
             f"{r.mode:>4}  top-1 {100 * r.top1_acc:6.2f}% ({r.top1}/{r.images})  "
-            f"top-5 {100 * r.top5_acc:6.2f}% ({r.top5}/{r.images})  {r.seconds:.1f} s"
+            f"top-5 {100 * r.top5_acc:6.2f}% ({r.top5}/{r.images})  {r.seconds:.1f} s  "
+            f"weights resident {weight_bytes[r.mode] / MIB:.1f} MiB ({resident} runtime)"
         )
     if switch_info is not None:
+        done = "switched" if resident == "codes" else "rewrote"
         click.echo(
             f"switch part -> full: paged in {switch_info['bytes_paged_in']:,} bytes of LOW, "
-            f"rewrote {switch_info['tensors']} weights in {switch_info['seconds']:.2f} s"
+            f"{done} {switch_info['tensors']} layers in {switch_info['seconds']:.2f} s"
         )
 
 

@@ -104,6 +104,7 @@ class CodesRuntime(NQRuntime):
         self.aliases: dict[str, tuple[_Layer, list[Any]]] = {}
         self._cache: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._cached_bytes = 0
+        self.streamed: set[str] = set()  # layers whose LOW blob was paged in alone
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -471,6 +472,21 @@ def load_codes(
     return target
 
 
+def _stream_layers(handle: CodesRuntime, names: list[str]) -> int:
+    """Page in only the LOW blobs of ``names``, each checked by its own CRC (the streamed-LOW
+    rule, spec §7.1 and §11 step 13), not all of LOW; returns the bytes read. A blob whose CRC
+    is wrong raises before any layer changes mode."""
+    tensors = [handle.layers[n].info.name for n in names]
+    paged = 0
+    for _name, error in handle.file.stream_low(tensors):
+        if error is not None:
+            raise error
+    for n in names:
+        paged += handle.layers[n].info.low.length
+        handle.streamed.add(n)
+    return paged
+
+
 def switch_codes(
     handle: CodesRuntime, mode: Mode, layers: Iterable[str] | None, start: float
 ) -> SwitchReport:
@@ -496,7 +512,16 @@ def switch_codes(
             if handle.file is not old:
                 for rec in handle.layers.values():
                     handle.attach_views(rec)
-            paged_in = handle.file.page_in_low()
+            if layers is None:
+                # the whole model: all of LOW, checked against LOW.crc (§11 step 13); layers
+                # upgraded alone before now use the mapped section too
+                paged_in = handle.file.page_in_low()
+                handle.streamed.clear()  # page_in_low dropped the blobs streamed alone
+                for rec in handle.layers.values():
+                    if rec.mode == "full":
+                        handle.attach_views(rec)
+            else:
+                paged_in = _stream_layers(handle, changing)
         for n in changing:
             rec = handle.layers[n]
             rec.low = _packed_blob(handle.file, rec.info, Section.LOW)
@@ -506,7 +531,9 @@ def switch_codes(
             rec = handle.layers[n]
             rec.low, rec.mode = None, "part"
         if changing and all(r.mode == "part" for r in handle.layers.values()):
-            paged_out = handle.file.release_low()
+            streamed = sum(handle.layers[n].info.low.length for n in handle.streamed)
+            paged_out = handle.file.release_low() or streamed
+            handle.streamed.clear()
     handle.invalidate(changing)
     handle.mode = wanted
     return SwitchReport(
