@@ -61,6 +61,9 @@ class ValidVector:
     compress: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     part_only_of: str | None = None  # this vector is the part_end prefix of another
+    # META members written as exact JSON text (name -> text), for numbers that a JSON encoder
+    # would not write as given (1e-999, 9007199254740993.0); the writer's "format" key is kept
+    meta_members: dict[str, bytes] | None = None
 
 
 # --- the oracle: spec §7.2, element by element, independent of the reader ------------------
@@ -68,6 +71,8 @@ class ValidVector:
 
 def dequantize(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
     out = np.empty(codes.shape, np.float32)
+    if out.size == 0:
+        return out  # np.ndindex would expand the ranges of the other (huge) dimensions
     for idx in np.ndindex(codes.shape):
         c = idx[0]
         out[idx] = np.float32(np.float32(np.float32(int(codes[idx])) * scale[c]) + offset[c])
@@ -234,7 +239,55 @@ def valid_vectors() -> list[ValidVector]:
             part_only_of=None,
         ),
     ]
+    # added with the limits of issue 11 (spec §4, §6); appended, never inserted
+    vecs += [
+        ValidVector(
+            "meta_number_limits",
+            "META numbers at the edges of §6 and a META 64 levels deep: integers ±2^53, a "
+            "non-integer 2^53 + 1 (with a fraction, with an exponent), the largest decimal that "
+            "rounds to a finite binary64, 1e-999 (rounds to 0)",
+            4,
+            2,
+            [("b", np.array([0.5, -1.25], np.float32))],
+            meta_members=META_LIMIT_MEMBERS,
+        ),
+        ValidVector(
+            "zero_size_huge_dims",
+            "zero-size tensors whose nonzero dimensions multiply to exactly 2^48 (§4): RAW "
+            "[2^40, 0, 2^8], NESTED [0, 2^24, 2^24] (no channels) and [2, 0, 2^47] (no "
+            "elements), then a non-empty tensor",
+            6,
+            3,
+            [
+                ("raw_f64", np.zeros((1 << 40, 0, 1 << 8), np.float64)),
+                ("nested_no_channels", _empty_nested((0, 1 << 24, 1 << 24))),
+                ("nested_no_elements", _empty_nested((2, 0, 1 << 47))),
+                ("after", nested(np.random.default_rng(20261201), (2, 3), 6, 3)),
+            ],
+        ),
+    ]
     return vecs
+
+
+#: §6 limits: the largest finite decimal is 2^1024 - 2^970 - 1 written with a fraction (the
+#: exact boundary rounds, ties to even, to infinity: the invalid vector meta_number_not_finite)
+_FLOAT_EDGE = 2**1024 - 2**970
+META_LIMIT_MEMBERS: dict[str, bytes] = {
+    "deep_64": b"[" * 63 + b"]" * 63,  # the top-level object is depth 1: 64 in all
+    "float_below_overflow": f"{_FLOAT_EDGE - 1}.0".encode(),
+    "float_underflow": b"1e-999",
+    "int_max": b"9007199254740992",
+    "int_min": b"-9007199254740992",
+    "not_int_exponent": b"9007199254740993e0",
+    "not_int_fraction": b"9007199254740993.0",
+}
+
+
+def _empty_nested(shape: tuple[int, ...]) -> NestedIn:
+    """A NESTED tensor of ``shape`` with no element (a 0 in ``shape``); params per channel."""
+    c = shape[0]
+    one = np.full(c, 0.5, np.float32)
+    return NestedIn(np.zeros(shape, np.int8), np.zeros(shape, np.int8), (one, one, one, one))
 
 
 def _write(vec: ValidVector, path: pathlib.Path) -> None:
@@ -329,6 +382,8 @@ def invalid_vectors() -> list[InvalidVector]:
     E = "example_n4h2"  # the base of most invalid vectors: record 0 "w", 1 "b"
     M = "n8h6_model"
     C = "compressed"
+    ML = "meta_number_limits"
+    Z = "zero_size_huge_dims"
 
     def pre(b: dict[str, bytes]) -> Any:
         return preamble_of(b[E])
@@ -777,7 +832,106 @@ def invalid_vectors() -> list[InvalidVector]:
                 "complete": None,
             },
         ),
+        # the limits of issue 11 (spec §4, §6, §8); appended at the end, never inserted. Each
+        # changes one thing of a valid vector; every CRC is fixed
+        v(
+            "meta_int_over_2_53",
+            "metadata",
+            "meta_number_limits with int_max 2^53 + 1 (an integer beyond ±2^53, §6)",
+            lambda b: _meta_member(b[ML], "int_max", b"9007199254740993"),
+        ),
+        v(
+            "meta_int_under_minus_2_53",
+            "metadata",
+            "meta_number_limits with int_min -(2^53 + 1)",
+            lambda b: _meta_member(b[ML], "int_min", b"-9007199254740993"),
+        ),
+        v(
+            "meta_number_not_finite",
+            "metadata",
+            "meta_number_limits with float_below_overflow 2^1024 - 2^970 exactly: rounds (ties to "
+            "even) to infinity, not a finite binary64 (§6)",
+            lambda b: _meta_member(b[ML], "float_below_overflow", f"{_FLOAT_EDGE}.0".encode()),
+        ),
+        v(
+            "meta_1e999",
+            "metadata",
+            "meta_number_limits with float_underflow 1e999 instead of 1e-999 (infinity, §6)",
+            lambda b: _meta_member(b[ML], "float_underflow", b"1e999"),
+        ),
+        v(
+            "meta_depth_65",
+            "metadata",
+            "meta_number_limits with deep_64 one level deeper: 65 levels (§6)",
+            lambda b: _meta_member(b[ML], "deep_64", b"[" * 64 + b"]" * 64),
+        ),
+        v(
+            "zstd_shorter_than_ratio_limit",
+            "layout",
+            "compressed's 'zeros' (a zstd blob of L bytes) declares 8192 L + 1 float32 elements: "
+            "its raw length 32768 L + 4 needs at least L + 1 stored bytes (§8)",
+            lambda b: _claim_elements(b[C], 2, lambda stored: 8192 * stored + 1),
+        ),
+        v(
+            "zstd_at_ratio_limit",
+            "layout",
+            "compressed's 'zeros' declares 8192 L float32 elements: exactly the §8 ratio limit, so "
+            "it opens; its frame declares another content size, so reading it fails",
+            lambda b: _claim_elements(b[C], 2, lambda stored: 8192 * stored),
+            "read",
+            "zeros",
+            "part",
+        ),
+        v(
+            "zstd_claims_2_47_codes",
+            "layout",
+            "compressed's 'zero_codes' NESTED [64, 2^41]: 2^47 codes behind a zstd HIGH blob of a "
+            "few bytes (a decompression bomb, §8)",
+            lambda b: replace_record(b[C], 0, dims=_dims(64, 1 << 41)),
+        ),
+        v(
+            "zero_size_nonzero_dims_over_2_48",
+            "limit",
+            "zero_size_huge_dims with raw_f64 [2^40, 0, 2^9]: no element, but its nonzero "
+            "dimensions multiply to 2^49 (§4)",
+            lambda b: replace_record(b[Z], 0, dims=_dims(1 << 40, 0, 1 << 9)),
+        ),
+        v(
+            "zero_size_channels_over_2_48",
+            "limit",
+            "zero_size_huge_dims with nested_no_channels [0, 2^24, 2^25] (§4)",
+            lambda b: replace_record(b[Z], 1, dims=_dims(0, 1 << 24, 1 << 25)),
+        ),
     ]
+
+
+def _meta_member(raw: bytes, name: str, value: bytes) -> bytes:
+    """``raw`` (written with META_LIMIT_MEMBERS) with member ``name`` set to the JSON text
+    ``value``: a shorter META is padded with spaces, a longer one grows into the padding."""
+    meta = _meta_text(raw)
+    key = json.dumps(name).encode() + b":"
+    if meta.count(key + META_LIMIT_MEMBERS[name]) != 1:
+        raise RuntimeError(f"member {name} not found once in META")
+    new = meta.replace(key + META_LIMIT_MEMBERS[name], key + value)
+    return replace_meta(raw, new) if len(new) <= len(meta) else _grow_meta(raw, new)
+
+
+def _grow_meta(raw: bytes, meta: bytes) -> bytes:
+    """``raw`` with a META longer than its own: the META section grows into the padding before
+    DATA (which starts on the next 4096 boundary, §3.2), so nothing after it moves."""
+    pre = preamble_of(raw)
+    entry = pre.section(Section.META)
+    if entry.offset + len(meta) > pre.section(Section.DATA).offset:
+        raise RuntimeError("the longer META does not fit in the padding before DATA")
+    out = raw[: entry.offset] + meta + raw[entry.offset + len(meta) :]
+    return fix_crcs(replace_section(out, Section.META, length=len(meta)))
+
+
+def _claim_elements(raw: bytes, index: int, count_of: Callable[[int], int]) -> bytes:
+    """RAW record ``index`` (a codec-1 DATA blob) declaring ``count_of(stored length)``
+    elements instead of its own: the blob, its CRC and its place stay as they are."""
+    stored = record_of(raw, index).data.length
+    return replace_record(raw, index, ndim=1, dims=_dims(count_of(stored)))
 
 
 def _low_flip(raw: bytes) -> bytes:
@@ -832,6 +986,9 @@ def build(tmp: pathlib.Path) -> tuple[dict[str, bytes], dict[str, Any]]:
             base = by_name[vec.part_only_of]
             raw = valid_bytes[base.name][: preamble_of(valid_bytes[base.name]).part_end]
             tensors_of = base
+        elif vec.meta_members is not None:
+            raw = _with_meta_members(vec, vec.meta_members, tmp)
+            tensors_of = vec
         else:
             path = tmp / f"{vec.name}.nq"
             _write(vec, path)
@@ -882,6 +1039,26 @@ def _rewrite_meta_any_length(vec: ValidVector, meta: dict[str, Any], tmp: pathli
     path = tmp / f"{vec.name}.meta.nq"
     _write(again, path)
     return path.read_bytes()
+
+
+def _meta_text(raw: bytes) -> bytes:
+    meta = preamble_of(raw).section(Section.META)
+    return raw[meta.offset : meta.end]
+
+
+def _with_meta_members(vec: ValidVector, members: dict[str, bytes], tmp: pathlib.Path) -> bytes:
+    """``vec`` written with a META made of ``members`` as given (plus the writer's "format"),
+    sorted, without whitespace: written first with a placeholder of exactly that length, whose
+    bytes are then replaced (so no section moves and no padding is left)."""
+    fmt = json.loads(_meta_text(_rewrite_meta_any_length(vec, {}, tmp)))["format"]
+    members = {**members, "format": json.dumps(fmt, sort_keys=True, separators=(",", ":")).encode()}
+    text = b"{" + b",".join(json.dumps(k).encode() + b":" + members[k] for k in sorted(members))
+    text += b"}"
+    short = len(_meta_text(_rewrite_meta_any_length(vec, {"pad": ""}, tmp)))
+    raw = _rewrite_meta_any_length(vec, {"pad": "x" * (len(text) - short)}, tmp)
+    if len(_meta_text(raw)) != len(text):
+        raise RuntimeError(f"{vec.name}: placeholder META is not {len(text)} bytes")
+    return replace_meta(raw, text)
 
 
 def _only_adds(old: bytes, new: bytes) -> bool:
