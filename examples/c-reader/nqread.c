@@ -67,6 +67,7 @@ static const unsigned char NQ_MAGIC[8] = {0x89, 'N', 'Q', 'F', 0x0D, 0x0A, 0x1A,
 #define NQ_MAX_JSON_DEPTH 64u                            /* §6 */
 #define NQ_MAX_JSON_VALUES (UINT64_C(1) << 20)           /* §6, §10: values + member names */
 #define NQ_ZSTD_MAX_RATIO UINT64_C(32768) /* §8: no zstd frame is shorter than raw / 32768 */
+#define NQ_ZSTD_MAX_WINDOW (UINT64_C(1) << 27) /* §8: largest Window_Size a frame may ask for */
 /* §6: integers in META have magnitude <= 2^53 (16 digits) */
 #define NQ_JSON_INT_MAX "9007199254740992"
 /* §6: a number with a fraction or exponent must round to a finite binary64, i.e. be below
@@ -1314,6 +1315,7 @@ static int check_blob_crc(struct reader *r, const struct blob *b, const char *na
  * library; a bad header is `layout`. */
 #define ZSTD_MAGIC UINT32_C(0xFD2FB528)
 #define ZSTD_MAX_HEADER 18u /* magic 4 + descriptor 1 + window 1 + dictionary id 4 + size 8 */
+#define ZSTD_WINDOW_LOG_MIN 10u /* RFC 8878: windowLog = 10 + Exponent */
 
 static int zstd_check_header(struct reader *r, const struct blob *b, const char *name,
                              const char *which)
@@ -1321,7 +1323,7 @@ static int zstd_check_header(struct reader *r, const struct blob *b, const char 
     unsigned char h[ZSTD_MAX_HEADER];
     size_t n = b->length < ZSTD_MAX_HEADER ? (size_t)b->length : ZSTD_MAX_HEADER, at;
     unsigned fhd, fcs_flag, single, did_flag, did_size, fcs_size, k;
-    uint64_t did = 0, fcs = 0;
+    uint64_t did = 0, fcs = 0, window;
     static const unsigned DID_SIZES[4] = {0, 1, 2, 4};
     static const unsigned FCS_SIZES[4] = {0, 2, 4, 8};
     if (read_at(r, b->offset, h, n))
@@ -1330,7 +1332,7 @@ static int zstd_check_header(struct reader *r, const struct blob *b, const char 
         return fail(NQ_LAYOUT, "tensor \"%s\": the %s blob is not a zstd frame (§8)", name, which);
     fhd = h[4];
     fcs_flag = fhd >> 6, single = (fhd >> 5) & 1, did_flag = fhd & 3;
-    if (fhd & 0x08) /* AMBIGUITY (docs/spec-ambiguities.md #19): RFC 8878 rejects it; `layout` */
+    if (fhd & 0x08) /* §8: RFC 8878 rejects the reserved bit; `layout` */
         return fail(NQ_LAYOUT, "tensor \"%s\": %s blob: zstd frame header reserved bit set (§8)",
                     name, which);
     did_size = DID_SIZES[did_flag];
@@ -1358,6 +1360,32 @@ static int zstd_check_header(struct reader *r, const struct blob *b, const char 
                     "tensor \"%s\": %s blob: zstd frame declares %" PRIu64
                     " bytes, the raw length is %" PRIu64 " (§8)",
                     name, which, fcs, b->raw);
+    if (single) {
+        window = fcs;
+    } else { /* Window_Descriptor: 2^(10 + Exponent) plus Mantissa eighths of it */
+        uint64_t base = UINT64_C(1) << (ZSTD_WINDOW_LOG_MIN + (h[5] >> 3));
+        window = base + base / 8 * (h[5] & 7);
+    }
+    if (window > NQ_ZSTD_MAX_WINDOW)
+        return fail(NQ_LAYOUT,
+                    "tensor \"%s\": %s blob: zstd frame asks for a window of %" PRIu64
+                    " bytes, more than 2^27 (§8)",
+                    name, which, window);
+    return 0;
+}
+
+/* §7.2: every parameter of a NESTED data blob is finite, so no NaN reaches dequantization
+ * (x86 and ARM give different NaN bits for inf * 0) and results are the same bits everywhere. */
+static int check_params_finite(const unsigned char *params, uint64_t length, const char *name)
+{
+    uint64_t i;
+    for (i = 0; i < length / NQ_PARAM_BYTES; i++) {
+        uint32_t bits = le32(params + NQ_PARAM_BYTES * i);
+        if ((bits & UINT32_C(0x7F800000)) == UINT32_C(0x7F800000)) /* exponent all ones */
+            return fail(NQ_INVALID_HEADER,
+                        "tensor \"%s\": parameter %" PRIu64 " of the data blob is %s (§7.2)",
+                        name, i, (bits & UINT32_C(0x007FFFFF)) ? "NaN" : "infinite");
+    }
     return 0;
 }
 
@@ -1549,39 +1577,36 @@ static int dump_nested(struct reader *r, const struct tensor *t, const char *nam
 
     memset(&hb, 0, sizeof hb);
     memset(&lb, 0, sizeof lb);
+    /* §11 step 13: part_only before any blob; then blob by blob in the order data, high, low,
+     * each completely before the next: its section's CRC (the whole-LOW rule for LOW; a MAY for
+     * DATA and HIGH), its CRC, its zstd frame header (§8; a codec-1 blob then stops the read as
+     * unsupported_feature: this reader does not decompress), and for data the parameters
+     * (§7.2: all 4C finite). */
     if (need_low && enable_low(r, "full-bit mode"))
         return -1;
-    /* step 13: the CRCs of the sections read, then blob by blob (AMBIGUITY #18: the spec does
-     * not order the checks across sections and blobs) */
-    if ((need_params && check_section_crc(r, SEC_DATA)) ||
-        (need_high && check_section_crc(r, SEC_HIGH)) ||
-        (need_low && check_section_crc(r, SEC_LOW)))
-        return -1;
     {
-        /* blob by blob (data, high, low): CRC, then the zstd frame header (§8, §11 step 13) */
         const struct blob *bl[3] = {&t->data, &t->high, &t->low};
         static const char *const which[3] = {"data", "high", "low"};
         const int need[3] = {need_params, need_high, need_low};
-        int k, zstd = -1;
+        int k;
         for (k = 0; k < 3; k++) {
             if (!need[k])
                 continue;
-            if (check_blob_crc(r, bl[k], name, which[k]) ||
-                (bl[k]->codec == NQ_CODEC_ZSTD && zstd_check_header(r, bl[k], name, which[k])))
-                return -1;
-            if (bl[k]->codec == NQ_CODEC_ZSTD && zstd < 0)
-                zstd = k;
+            if (check_section_crc(r, SEC_DATA + k) || check_blob_crc(r, bl[k], name, which[k]) ||
+                require_uncompressed(r, bl[k], name, which[k]))
+                goto done; /* frees params when the data blob passed */
+            if (k == 0) {
+                /* 16*C bytes: checked equal to the blob length, which lies inside the file */
+                params = malloc(t->data.length ? (size_t)t->data.length : 1);
+                if (!params) {
+                    fail(NQ_IO, "out of memory");
+                    goto done;
+                }
+                if (read_at(r, t->data.offset, params, (size_t)t->data.length) ||
+                    check_params_finite(params, t->data.length, name))
+                    goto done;
+            }
         }
-        if (zstd >= 0)
-            return require_uncompressed(r, bl[zstd], name, which[zstd]);
-    }
-    if (need_params) {
-        /* 16*C bytes: checked equal to the blob length, which lies inside the real file */
-        params = malloc(t->data.length ? (size_t)t->data.length : 1);
-        if (!params)
-            return fail(NQ_IO, "out of memory");
-        if (read_at(r, t->data.offset, params, (size_t)t->data.length))
-            goto done;
     }
     if ((need_high && br_init(&hb, r, &t->high, r->h)) ||
         (need_low && br_init(&lb, r, &t->low, r->l + 1)))
@@ -1671,6 +1696,18 @@ static int cmd_check(struct reader *r, int *zstd_skipped)
                 check_blob_crc(r, bl[k], name, which[k]))
                 return -1;
             pend[k] = bl[k]->offset + bl[k]->length;
+            if (k == 0 && t->kind == NQ_KIND_NESTED && bl[0]->codec == NQ_CODEC_NONE) {
+                /* §7.2: finite parameters (16*C bytes, inside the file) */
+                unsigned char *params = malloc(bl[0]->length ? (size_t)bl[0]->length : 1);
+                int bad;
+                if (!params)
+                    return fail(NQ_IO, "out of memory");
+                bad = read_at(r, bl[0]->offset, params, (size_t)bl[0]->length) ||
+                      check_params_finite(params, bl[0]->length, name);
+                free(params);
+                if (bad)
+                    return -1;
+            }
             if (bl[k]->codec == NQ_CODEC_ZSTD) {
                 if (zstd_check_header(r, bl[k], name, which[k]))
                     return -1;

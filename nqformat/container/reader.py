@@ -23,6 +23,7 @@ import numpy as np
 from nqformat import bitpack, fused
 from nqformat.container import spec
 from nqformat.container.dequant import Scratch as _Scratch
+from nqformat.container.dequant import check_params_finite as _check_params_finite
 from nqformat.container.dequant import dequantize as _dequantize
 from nqformat.container.dequant import zstd_decompress as _zstd_decompress
 from nqformat.container.header import Header, TensorInfo, parse_header
@@ -227,6 +228,8 @@ class NQFile:
             raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
         if out is not None:
             _check_out(out, info)
+        if mode == "full" and info.kind is Kind.NESTED:
+            self._check_has_low()  # §11 step 13: refused before any blob is read
         self._check_budget(info, _read_cost(info, mode, self.n, self.h), f"read({mode!r})")
         if info.kind is Kind.RAW:
             data = self._blob(info, Section.DATA)
@@ -242,11 +245,12 @@ class NQFile:
             scale, offset = params.scale_full, params.offset_full
         if fused.BACKEND == "c":
             # one pass from the packed blobs to float32 (nqformat/fused.py), bit-identical to
-            # the numpy path below
+            # the numpy path below; blobs checked in the order data, high, low (§11 step 13)
+            high = self._blob(info, Section.HIGH)
             low = None if mode == "part" else self._blob(info, Section.LOW)
             values = np.empty(info.shape, np.float32) if out is None else out
             fused.dequantize_packed(
-                self._blob(info, Section.HIGH),
+                high,
                 low,
                 h=self.h,
                 lbits=self.l,
@@ -271,6 +275,8 @@ class NQFile:
         info = self._nested(name)
         if part not in ("high", "low", "full"):
             raise NQError(f"part must be 'high', 'low' or 'full', got {part!r}")
+        if part != "high":
+            self._check_has_low()
         self._check_budget(info, _codes_cost(info, part, self.n, self.h), f"codes({part!r})")
         if part == "high":
             return self._unpack(info, Section.HIGH, self.h)
@@ -279,8 +285,10 @@ class NQFile:
         return self._full_codes(info, _Scratch())  # a fresh scratch: the caller owns it
 
     def params(self, name: str) -> ChannelParams:
+        """The four parameter arrays (§7.2), all checked finite (else InvalidHeaderError)."""
         info = self._nested(name)
         arr = np.frombuffer(self._blob(info, Section.DATA), dtype="<f4")
+        _check_params_finite(arr, repr(info.name))
         c = info.shape[0]
         return ChannelParams(arr[0:c], arr[c : 2 * c], arr[2 * c : 3 * c], arr[3 * c : 4 * c])
 
@@ -469,9 +477,10 @@ class NQFile:
         return bitpack.unpack(buf, width, info.numel, out=out).reshape(info.shape)
 
     def _full_codes(self, info: TensorInfo, scratch: _Scratch) -> np.ndarray:
-        """q = H * 2^l + L (§7.3) in a scratch int16 array of the tensor's shape."""
-        low = self._unpack(info, Section.LOW, self.l + 1, scratch.int8(info.numel, 1))
+        """q = H * 2^l + L (§7.3) in a scratch int16 array of the tensor's shape; HIGH is
+        read before LOW (the blob order of §11 step 13)."""
         high = self._unpack(info, Section.HIGH, self.h, scratch.int8(info.numel, 0))
+        low = self._unpack(info, Section.LOW, self.l + 1, scratch.int8(info.numel, 1))
         full = scratch.int16(info.numel).reshape(info.shape)
         # H * 2^l + L is exact in int16 since |q| < 2^8 (forced: int8 could wrap)
         np.left_shift(high, self.l, out=full, dtype=np.int16)

@@ -52,6 +52,7 @@ __all__ = [
     "VERSION_MAJOR",
     "VERSION_MINOR",
     "ZSTD_MAX_RATIO",
+    "ZSTD_MAX_WINDOW",
     "ZSTD_SLACK_BYTES",
     "ZSTD_SLACK_DIVISOR",
     "BlobRef",
@@ -114,6 +115,9 @@ ZSTD_SLACK_BYTES = 1024  # §8
 #: §8: no zstd frame regenerates more than 32768 bytes per stored byte (a block of at most
 #: 128 KiB costs at least 4 bytes), so a codec-1 blob is at least ceil(raw / 32768) bytes
 ZSTD_MAX_RATIO = 32768
+#: §8: largest Window_Size a codec-1 frame may declare (for a single-segment frame, its content
+#: size): libzstd's default decoding limit, checked from the frame header before allocating
+ZSTD_MAX_WINDOW = 1 << 27
 
 # --- §10 limits ---------------------------------------------------------------------------------
 MAX_TENSOR_COUNT = 1 << 20  # §10: 1,048,576

@@ -1,8 +1,9 @@
 """Deep verification of an open ``.nq`` file: everything ``open`` does not check up front.
 
 Section and blob CRCs (§3.2, §7.1; step 13 of §11), zero padding between sections and blobs
-(§3.2, §7.1) and after the last code of a packed blob (§7.3), decompression (§8) and the range
-of every recomposed code (§7.3). Problems are returned, not raised, so a tool can list them all.
+(§3.2, §7.1) and after the last code of a packed blob (§7.3), decompression (§8), finite
+parameters (§7.2) and the range of every recomposed code (§7.3). The bytes of a part-bit-only
+file from ``part_end`` on are not checked (§9: ignored). Problems are returned, not raised, so a tool can list them all.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from nqformat.container import spec
+from nqformat.container.dequant import check_params_finite
 from nqformat.container.source import crc_range
 from nqformat.container.spec import Kind, Section
 from nqformat.errors import NQError
@@ -84,6 +88,8 @@ def find_problems(f: NQFile) -> list[Problem]:
                     continue
                 try:
                     stored = f._blob(info, which, force_check=True, named=False)
+                    if which is Section.DATA and info.kind is Kind.NESTED:
+                        check_params_finite(np.frombuffer(stored, "<f4"), "data blob")
                 except NQError as exc:
                     problems.append(Problem(str(exc), info.name))
                     continue
