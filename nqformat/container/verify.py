@@ -3,7 +3,8 @@
 Section and blob CRCs (§3.2, §7.1; step 13 of §11), zero padding between sections and blobs
 (§3.2, §7.1) and after the last code of a packed blob (§7.3), decompression (§8), finite
 parameters (§7.2) and the range of every recomposed code (§7.3). The bytes of a part-bit-only
-file from ``part_end`` on are not checked (§9: ignored). Problems are returned, not raised, so a tool can list them all.
+file from ``part_end`` on are not checked (§9: ignored). Problems are returned, not raised, so
+a tool can list them all.
 """
 
 from __future__ import annotations
