@@ -1157,11 +1157,12 @@ def invalid_vectors() -> list[InvalidVector]:
         v(
             "zstd_window_over_2_27",
             "layout",
-            "zstd_frame_options with zero_codes' HIGH frame asking for a window of 2^27 + 2^24 "
-            "bytes (Window_Descriptor 0x89; CRCs fixed): over the §8 bound",
-            lambda b: _zstd_damage(b[FO], 0, "high", 5, mask=0x01),
+            "zstd_frame_options with the zeros blob's frame asking for a window of 2^27 + 2^24 "
+            "bytes (Window_Descriptor 0x89; CRCs fixed): over the §8 bound, rejected from the "
+            "frame header, so a reader without zstd rejects it too",
+            lambda b: _zstd_damage(b[FO], 1, "data", 5, mask=0x01),
             "read",
-            "zero_codes",
+            "zeros",
             "part",
         ),
     ]
