@@ -1740,7 +1740,7 @@ static int cmd_check(struct reader *r, int *zstd_skipped)
                                    name, e, q, qmin, qmax);
                 }
             }
-            /* AMBIGUITY (#17): §7.3 pad bits MUST be zero but step 14 names no code; `layout` */
+            /* §7.3, §11 step 14: nonzero pad bits after the last code are `layout` */
             if (!bad && !br_tail_zero(&hb))
                 bad = fail(NQ_LAYOUT, "tensor \"%s\": high blob padding bits are not zero (§7.3)",
                            name);
