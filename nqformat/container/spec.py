@@ -25,9 +25,13 @@ __all__ = [
     "DEFAULT_READ_BUDGET",
     "FORMAT_VERSION",
     "INDEX_OFFSET",
+    "LEVELS_MINOR",
+    "LEVEL_COUNT_OFFSET",
+    "LEVEL_WIDTHS_OFFSET",
     "MAGIC",
     "MAX_DIMS",
     "MAX_HEADER_END",
+    "MAX_LEVELS",
     "MAX_META_DEPTH",
     "MAX_META_INT",
     "MAX_META_LENGTH",
@@ -38,6 +42,7 @@ __all__ = [
     "MAX_OFFSET",
     "MAX_TENSOR_COUNT",
     "MIN_H",
+    "MIN_LEVELS",
     "MIN_N",
     "NESTED_PARAM_ARRAYS",
     "PARAM_ITEMSIZE",
@@ -90,6 +95,11 @@ PREAMBLE_CRC_OFFSET = 252  # §3.1: CRC-32 of bytes 0..251, stored at 252..255
 MIN_N = 2  # §3.1: 2 <= n <= 8
 MAX_N = 8  # §3.1
 MIN_H = 1  # §3.1: 1 <= h <= n - 1
+MIN_LEVELS = 3  # §14.1: a LEVELS file has 3 <= level_count <= 8 (two levels are a 1.0 file)
+MAX_LEVELS = 8  # §14.1: one level per width 1..8 at most
+LEVELS_MINOR = 1  # §14.1: a writer sets version_minor = 1 in a LEVELS file
+LEVEL_COUNT_OFFSET = 232  # §14.1: u8 level_count
+LEVEL_WIDTHS_OFFSET = 233  # §14.1: u8 widths[8]
 
 # --- §3.2 section table -------------------------------------------------------------------------
 SECTION_TABLE_OFFSET = 64  # §3.2
