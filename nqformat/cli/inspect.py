@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 from typing import Any
@@ -92,6 +93,10 @@ def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
             "l": f.l,
             "part_only": bool(f.part_only),
             "low_present": not f.part_only,
+            # spec §14: the nested widths, coarsest first, each level's byte end, those present
+            "levels": list(f.levels),
+            "level_ends": [int(e) for e in f.level_ends],
+            "available_levels": list(f.available_levels),
             "rounding": _meta_get(meta, "quant", "rounding"),
             "part_params": _meta_get(meta, "quant", "part_params"),
             "params": _meta_get(meta, "quant", "params"),
@@ -211,6 +216,19 @@ def _render(data: dict[str, Any], layers: bool) -> str:
             f"{sizes['nested_channels']:,} channels",
         ),
     ]
+    levels = data.get("levels") or [h, n]
+    if len(levels) > 2:  # a file of several levels (spec §14): LOW holds one residual per level
+        residual = ", ".join(str(b - a + 1) for a, b in itertools.pairwise(levels))
+        overview[1] = (
+            "bits",
+            f"n={n} h={h}  (full-bit INT{n}, part-bit INT{h}, LOW residuals of {residual} bits)",
+        )
+        widths = "|".join(map(str, levels[::-1]))
+        ends = ", ".join(
+            f"{w}-bit {e:,} B" + ("" if w in data["available_levels"] else " (absent)")
+            for w, e in zip(levels, data["level_ends"], strict=True)
+        )
+        overview.insert(2, ("levels", f"INT({widths}); each level ends at: {ends}"))
     width = max(len(k) for k, _ in overview)
     out += [f"{k.ljust(width)}  {printable(v)}" for k, v in overview]
     if data["random_init"] is True:

@@ -1,0 +1,72 @@
+"""Converting a model to a file of several levels (``--h 6,4``, spec §14) and reading it back."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import nqformat
+from nqformat.cli import main
+from nqformat.container.spec import Kind
+from nqformat.torch import convert_model
+from tests._torch_models import tiny
+
+SMALL = "mobilenet_wd4"  # pytorchcv, 0.5 M parameters
+
+
+@pytest.mark.parametrize("params", ["bn", "lsq", "reference"])
+def test_the_top_two_levels_are_the_two_level_file(tmp_path: pathlib.Path, params: str) -> None:
+    # INT(8|6|4) nests INT4 inside the INT6 code of INT(8|6): its 6- and 8-bit levels have
+    # the same codes and the same fitted pairs as the INT(8|6) file, so identical values
+    module = tiny()
+    three = convert_model(module, tmp_path / "864.nq", n=8, h=(6, 4), params=params)
+    two = convert_model(module, tmp_path / "86.nq", n=8, h=6, params=params)
+    assert three.levels == (4, 6, 8) and two.levels == ()
+    with nqformat.open(three.path) as f3, nqformat.open(two.path) as f2:
+        assert f3.version == (1, 1) and f2.version == (1, 0)
+        assert f3.metadata["quant"]["levels"] == [4, 6, 8]
+        for info in f2.tensors():
+            if info.kind is Kind.RAW:
+                assert f3.read(info.name).tobytes() == f2.read(info.name).tobytes()
+                continue
+            assert f3.read(info.name, bits=8).tobytes() == f2.read(info.name, "full").tobytes()
+            assert f3.read(info.name, bits=6).tobytes() == f2.read(info.name, "part").tobytes()
+            q6 = f3.level_codes(info.name, 6).astype(np.int32)
+            q4 = f3.level_codes(info.name, 4).astype(np.int32)
+            assert np.abs(q6 - 4 * q4).max() <= 4  # the INT4 code is the INT6 one rounded
+        assert f3.verify() == []
+
+
+def test_cli_converts_every_level_and_inspect_lists_them(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "m.nq"
+    runner = CliRunner()
+    res = runner.invoke(
+        main, ["convert", SMALL, "--n", "8", "--h", "6,4", "--random-init", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.stderr
+    assert "INT(8|6|4)" in res.stdout and "6-bit" in res.stdout
+    with nqformat.open(out) as f:
+        assert f.levels == (4, 6, 8)
+        ends = f.level_ends
+    res = runner.invoke(main, ["inspect", str(out)])
+    assert res.exit_code == 0, res.stderr
+    assert "INT(8|6|4)" in res.stdout and f"6-bit {ends[1]:,} B" in res.stdout
+    res = runner.invoke(main, ["inspect", "--json", str(out)])
+    assert (
+        '"levels": [\n    4,\n    6,\n    8\n  ]' in res.stdout
+        or '"levels": [4, 6, 8]' in res.stdout
+    )
+    assert runner.invoke(main, ["verify", str(out)]).exit_code == 0
+
+
+@pytest.mark.parametrize("h", ["4,6", "6,6", "8,4", "6,0", "6,x"])
+def test_cli_refuses_widths_that_do_not_fall_strictly_below_n(tmp_path, h: str) -> None:
+    res = CliRunner().invoke(
+        main, ["convert", SMALL, "--n", "8", "--h", h, "--random-init", "-o", str(tmp_path / "m")]
+    )
+    assert res.exit_code != 0
+    assert not (tmp_path / "m").exists()
