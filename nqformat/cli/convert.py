@@ -44,7 +44,7 @@ def parse_h(value: str) -> int | str | tuple[int, ...]:
         parts = tuple(int(p) for p in value.split(","))
     except ValueError:
         raise click.BadParameter(
-            f"expected an integer, 'auto' or widths like 6,4, got {value!r}"
+            f"expected an integer or 'auto' (or widths high to low, like 6,4), got {value!r}"
         ) from None
     return parts[0] if len(parts) == 1 else parts
 
