@@ -68,3 +68,65 @@ def test_cli_refuses_widths_that_do_not_fall_strictly_below_n(tmp_path, h: str) 
     )
     assert res.exit_code != 0
     assert not (tmp_path / "m").exists()
+
+
+def _state(module) -> dict:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_load_and_switch_reach_every_level_bit_exact(tmp_path: pathlib.Path) -> None:
+    import torch
+
+    import nqformat.torch as nqt
+
+    path = tmp_path / "m.nq"
+    convert_model(tiny(), path, n=8, h=(6, 4))
+    fresh = {b: _state(nqt.load(path, bits=b, module=tiny())) for b in (4, 6, 8)}
+    with nqformat.open(path) as f:
+        for b, state in fresh.items():
+            for info in f.tensors():
+                want = f.read(info.name, bits=b)
+                assert np.array_equal(state[info.name].numpy(), want), (b, info.name)
+    assert all(
+        torch.equal(fresh[4][k], v) for k, v in _state(nqt.load(path, module=tiny())).items()
+    )
+    module = nqt.load(path, module=tiny())
+    labels = {4: "part", 6: "6-bit", 8: "full"}
+    for b in (6, 8, 4, 8, 6, 4, 6):
+        report = nqt.switch(module, bits=b)
+        assert report.to_mode == labels[b]
+        assert set(nqt.modes(module).values()) == {labels[b]}
+        state = _state(module)
+        assert all(torch.equal(state[k], fresh[b][k]) for k in state), b
+    assert nqt.switch(module, "full").to_mode == "full"
+    assert nqt.switch(module, "part").bytes_paged_out > 0
+    with pytest.raises(nqformat.errors.NQError):
+        nqt.switch(module, bits=5)
+    nqt.close(module)
+
+
+def test_a_prefix_loads_its_levels_and_refuses_finer_ones(tmp_path: pathlib.Path) -> None:
+    import nqformat.torch as nqt
+    from nqformat.errors import PartOnlyError
+
+    path = tmp_path / "m.nq"
+    convert_model(tiny(), path, n=8, h=(6, 4))
+    with nqformat.open(path) as f:
+        end6 = f.level_ends[1]
+    cut = tmp_path / "cut.nq"
+    cut.write_bytes(path.read_bytes()[:end6])
+    module = nqt.load(cut, bits=6, module=tiny())
+    with pytest.raises(PartOnlyError):
+        nqt.switch(module, "full")
+    assert nqt.modes(module)  # still the 6-bit model, usable
+    cut.write_bytes(path.read_bytes())  # the download completes: full becomes reachable
+    assert nqt.switch(module, bits=8).to_mode == "full"
+
+
+def test_codes_runtime_refuses_files_of_several_levels(tmp_path: pathlib.Path) -> None:
+    import nqformat.torch as nqt
+
+    path = tmp_path / "m.nq"
+    convert_model(tiny(), path, n=8, h=(6, 4))
+    with pytest.raises(nqformat.errors.NQError, match="several levels"):
+        nqt.load(path, resident="codes", module=tiny())
