@@ -123,10 +123,30 @@ def test_a_prefix_loads_its_levels_and_refuses_finer_ones(tmp_path: pathlib.Path
     assert nqt.switch(module, bits=8).to_mode == "full"
 
 
-def test_codes_runtime_refuses_files_of_several_levels(tmp_path: pathlib.Path) -> None:
+def test_codes_runtime_serves_every_level_bit_exact(tmp_path: pathlib.Path) -> None:
+    import torch
+
     import nqformat.torch as nqt
 
     path = tmp_path / "m.nq"
     convert_model(tiny(), path, n=8, h=(6, 4))
-    with pytest.raises(nqformat.errors.NQError, match="several levels"):
-        nqt.load(path, resident="codes", module=tiny())
+    x = torch.randn(2, 3, 8, 8)
+    want = {}
+    for b in (4, 6, 8):
+        ref = nqt.load(path, bits=b, module=tiny()).eval()
+        want[b] = (ref(x), _state(ref))
+    for b in (4, 6, 8):  # loaded directly at each level
+        module = nqt.load(path, bits=b, module=tiny(), resident="codes").eval()
+        assert torch.equal(module(x), want[b][0])
+        nqt.close(module)
+    module = nqt.load(path, module=tiny(), resident="codes").eval()
+    labels = {4: "part", 6: "6-bit", 8: "full"}
+    for b in (6, 8, 4, 6, 4, 8):  # and switched there, codes staying resident
+        report = nqt.switch(module, bits=b)
+        assert report.to_mode == labels[b] and set(nqt.modes(module).values()) == {labels[b]}
+        assert torch.equal(module(x), want[b][0])
+        state = module.state_dict()
+        assert all(torch.equal(state[k], want[b][1][k]) for k in want[b][1])
+    with pytest.raises(nqformat.errors.NQError):
+        nqt.switch(module, bits=6, layers=["conv"])
+    nqt.close(module)

@@ -24,7 +24,7 @@ from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat.container.reader import NQFile, TensorInfo
-from nqformat.container.spec import Kind
+from nqformat.container.spec import Kind, Section
 from nqformat.errors import NQError
 from nqformat.torch._tensors import to_torch, writable_view
 
@@ -247,21 +247,21 @@ def load(
         from nqformat.torch.resident import load_codes
 
         with nqformat.open(path, verify=False) as probe:
-            if len(probe.levels) > 2:
-                raise NQError(
-                    f"{path}: resident='codes' does not read files of several levels "
-                    f"{probe.levels} yet; load it with resident='float'"
-                )
-            if bits is not None:
-                wanted = _end_mode(probe, _wanted_bits(probe, mode, bits))
-        return load_codes(
+            level = _wanted_bits(probe, mode, bits)
+            several = len(probe.levels) > 2
+        if not several:
+            wanted = "part" if level == probe.levels[0] else "full"
+        loaded = load_codes(
             path,
-            wanted,
+            "part" if several else wanted,
             module=module,
             verify=verify,
             act_quant=act_quant,
             cache_bytes=cache_bytes,
         )
+        if several and level != probe.levels[0]:
+            _codes_level(runtime(loaded), level)
+        return loaded
     f = nqformat.open(path, verify=verify)
     try:
         target = module if module is not None else _build(f.metadata, f.path)
@@ -313,17 +313,23 @@ def _reopen_if_completed(handle: NQRuntime, bits: int | None = None) -> None:
     handle.file = new
 
 
-def _end_mode(f: NQFile, bits: int) -> Mode:
-    """The mode a runtime that holds only the two end levels uses for ``bits``; NQError for a
-    level between them (the codes runtime switches part <-> full only)."""
-    if bits == f.levels[0]:
-        return "part"
-    if bits == f.levels[-1]:
-        return "full"
-    raise NQError(
-        f"resident='codes' holds the lowest or the highest level; load the {bits}-bit level "
-        "with resident='float'"
-    )
+def _codes_level(handle: Any, level: int) -> tuple[int, int]:
+    """Put every layer of a codes-resident module of a multi-level file (spec §14) on the
+    level of width ``level``: levels above the lowest page their residuals in (whole-level
+    CRCs) and dequantize through the reader; returning to the lowest releases LOW. Returns
+    (bytes paged in, bytes paged out)."""
+    f = handle.file
+    lowest = level == f.levels[0]
+    paged_in = 0 if lowest else f.page_in_level(level)
+    for rec in handle.layers.values():
+        rec.bits = None if lowest else level
+        rec.mode = _label(f, level)
+        rec.low = None
+    handle.invalidate()
+    paged_out = f.release_low() if lowest else 0
+    handle.mode = _label(f, level)
+    handle.bits = level
+    return paged_in, paged_out
 
 
 def switch(
@@ -349,10 +355,27 @@ def switch(
     start = time.perf_counter()
     level = _wanted_bits(handle.file, mode, bits)
     wanted: Mode = "part" if level == handle.file.levels[0] else "full"
+    if handle.resident == "codes" and len(handle.file.levels) > 2:
+        if layers is not None:
+            raise NQError("per-layer switching of a file of several levels is not supported")
+        previous = _label(handle.file, handle.bits)
+        old = handle.file
+        _reopen_if_completed(handle, level)
+        if handle.file is not old:  # completed since: the layers' HIGH views follow the file
+            for rec in handle.layers.values():
+                rec.high = handle.file._blob(rec.info, Section.HIGH)
+        paged_in, paged_out = _codes_level(handle, level)
+        return SwitchReport(
+            previous,
+            _label(handle.file, level),
+            paged_in,
+            paged_out,
+            len(handle.layers),
+            time.perf_counter() - start,
+        )
     if handle.resident == "codes":
         from nqformat.torch.resident import switch_codes
 
-        wanted = _end_mode(handle.file, level)
         return switch_codes(handle, wanted, layers, start)  # type: ignore[arg-type]
     if layers is not None:
         raise NQError("per-layer switching needs a module loaded with resident='codes'")
