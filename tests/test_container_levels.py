@@ -303,3 +303,17 @@ def test_array_check_and_record_walk_agree_on_levels_files(entry: dict[str, Any]
         assert fast is None
     else:
         assert fast == walked
+
+
+def test_over_http_a_level_downloads_only_its_prefix(tmp_path) -> None:
+    from nqformat.remote.server import serve
+
+    local = nqformat.open(VECTORS / "valid" / "levels_four.nq")
+    with (
+        serve(VECTORS / "valid") as srv,
+        nqformat.open(srv.url_of("levels_four.nq"), cache_dir=tmp_path) as f,
+    ):
+        for j, width in enumerate(f.levels):
+            _same(f.read("a", bits=width), local.read("a", bits=width))
+            assert srv.bytes_sent() <= f.level_ends[j]  # nothing past this level's end
+    local.close()
