@@ -55,6 +55,7 @@ def test_cli_converts_every_level_and_inspect_lists_them(tmp_path: pathlib.Path)
     res = runner.invoke(main, ["inspect", str(out)])
     assert res.exit_code == 0, res.stderr
     assert "INT(8|6|4)" in res.stdout and f"6-bit {ends[1]:,} B" in res.stdout
+    assert "residuals of 3, 3 bits" in res.stdout and "6-bit model (prefix)" in res.stdout
     res = runner.invoke(main, ["inspect", "--json", str(out)])
     data = json.loads(res.stdout)
     assert (data["levels"], data["level_ends"]) == ([4, 6, 8], list(ends))
