@@ -317,3 +317,17 @@ def test_over_http_a_level_downloads_only_its_prefix(tmp_path) -> None:
             _same(f.read("a", bits=width), local.read("a", bits=width))
             assert srv.bytes_sent() <= f.level_ends[j]  # nothing past this level's end
     local.close()
+
+
+def test_verify_of_a_level_prefix_checks_the_padding_before_low(tmp_path) -> None:
+    # a prefix that reaches the 6-bit level of INT(8|6|4): the padding [part_end, LOW.offset)
+    # is in the file and must be zero (found by the C/Python differential mutants)
+    raw = bytearray((VECTORS / "valid" / "levels_n8h4_model.nq").read_bytes())
+    with nqformat.open(VECTORS / "valid" / "levels_n8h4_model.nq") as f:
+        part_end, end6 = f.level_ends[:2]
+    raw[part_end + 10] = 0x40
+    path = tmp_path / "cut.nq"
+    path.write_bytes(bytes(raw[: end6 + 100]))
+    with nqformat.open(path) as f:
+        assert f.available_levels == (4, 6)
+        assert any("padding before LOW" in p for p in f.verify())

@@ -132,7 +132,8 @@ def _level_problems(f: NQFile) -> list[Problem]:
                 problems.append(
                     Problem(f"level {j} CRC is {entry.crc:#010x}, computed {actual:#010x}")
                 )
-            gaps = [(f"before level {j}", cursor, entry.offset)] if j > 1 else []
+            # before R_1 is the padding before LOW (checked above when all of LOW is present)
+            gaps = [(f"before level {j}" if j > 1 else "before LOW", cursor, entry.offset)]
             blob_cursor = entry.offset
             width = lv.widths[j] - lv.widths[j - 1] + 1
             for info in nested:
