@@ -94,3 +94,29 @@ def test_invalid_levels_vector_fails_with_its_code(nqread: Runner, vector: dict)
         assert nqread("info", path).rc == EXIT_OK
         res = nqread("check", path)
         assert (res.rc, res.code) == (EXIT_INVALID, vector["error"]), res.stderr
+
+
+@pytest.mark.timeout(600)
+def test_readers_agree_on_mutants_of_the_levels_vectors(
+    tmp_path: pathlib.Path,
+    c_reader_bins: dict[str, pathlib.Path],  # noqa: F811
+) -> None:
+    # the differential check of tests/test_differential.py, on the 1.1 vectors only (the
+    # general run draws them rarely among all vectors)
+    from _hostile import mutate
+    from test_c_reader import _runner
+    from test_differential import assert_agree
+
+    run = _runner(c_reader_bins["asan"])
+    sources = [p.read_bytes() for p in sorted(VECTORS.glob("*/level*.nq"))]
+    assert len(sources) == len(MANIFEST["levels_valid"]) + len(MANIFEST["levels_invalid"])
+    rng = np.random.default_rng(17)
+    path = tmp_path / "mutant.nq"
+    for i in range(300):
+        path.write_bytes(mutate(sources[int(rng.integers(0, len(sources)))], rng))
+        try:
+            assert_agree(path, run("check", path))
+        except AssertionError as exc:
+            keep = tmp_path / f"disagree-{i}.nq"
+            keep.write_bytes(path.read_bytes())
+            raise AssertionError(f"mutant {i} (kept as {keep}): {exc}") from None
