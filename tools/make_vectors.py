@@ -14,6 +14,7 @@ error instead of "fixing" the vector. The test suite only reads the stored files
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import pathlib
@@ -27,12 +28,14 @@ import numpy as np
 
 from nqformat import NQWriter
 from nqformat.container import spec
-from nqformat.container.spec import IncompatFlag, Section
+from nqformat.container.spec import IncompatFlag, Section, SectionEntry
 from nqformat.container.testing import (
     fix_crcs,
     preamble_of,
     record_of,
     replace_blob,
+    replace_level_blob,
+    replace_level_entry,
     replace_meta,
     replace_preamble,
     replace_record,
@@ -1312,8 +1315,411 @@ def build(tmp: pathlib.Path) -> tuple[dict[str, bytes], dict[str, Any]]:
         if inv.streamed_low is not None:
             item["streamed_low"] = inv.streamed_low
         manifest["invalid"].append(item)
+    _build_levels(tmp, files, manifest)
     files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     return files, manifest
+
+
+# --- version 1.1: several nested levels (spec §14) -----------------------------------------------
+
+
+@dataclass
+class LevelsIn:
+    """A NESTED tensor of a LEVELS file: H, residuals L_1 .. L_(m-1), a pair per level."""
+
+    high: np.ndarray
+    residuals: list[np.ndarray]
+    scales: list[np.ndarray]  # coarsest level first
+    offsets: list[np.ndarray]
+    dtype: str = "F32"
+
+
+@dataclass
+class LevelsVector:
+    name: str
+    description: str
+    widths: tuple[int, ...]
+    tensors: list[tuple[str, Any]]  # (name, LevelsIn | np.ndarray)
+    compress: bool = False
+    cut_of: tuple[str, int] | None = None  # (vector, level): the prefix ending at that level
+
+
+def _levels_codes(t: LevelsIn, widths: tuple[int, ...]) -> list[np.ndarray]:
+    """q_0 .. q_(m-1) as int16 (§14.3), the oracle's recomposition."""
+    q = [t.high.astype(np.int16)]
+    for j, low in enumerate(t.residuals, start=1):
+        q.append((q[-1] * (1 << (widths[j] - widths[j - 1])) + low).astype(np.int16))
+    return q
+
+
+def levels_nested(
+    rng: np.random.Generator, shape: tuple[int, ...], widths: tuple[int, ...], zeros: bool = False
+) -> LevelsIn:
+    """Random valid codes nested at ``widths``: q_top uniform, each coarser code rounded from
+    the finer one and clipped, residuals exact."""
+    n = widths[-1]
+    q = np.zeros(shape, np.int64) if zeros else rng.integers(-(1 << (n - 1)), 1 << (n - 1), shape)
+    residuals = []
+    for j in range(len(widths) - 1, 0, -1):
+        d, w = widths[j] - widths[j - 1], widths[j - 1]
+        high = np.clip(np.round(q / (1 << d)), -(1 << (w - 1)), (1 << (w - 1)) - 1).astype(np.int64)
+        residuals.append((q - high * (1 << d)).astype(np.int8))
+        q = high
+    c = shape[0]
+    scales, offsets = [], []
+    for w in widths:
+        scales.append((rng.uniform(1e-3, 1e-1, c) * (1 << (n - w))).astype(np.float32))
+        offsets.append(rng.uniform(-0.5, 0.5, c).astype(np.float32))
+    return LevelsIn(q.astype(np.int8), residuals[::-1], scales, offsets)
+
+
+def levels_vectors() -> list[LevelsVector]:
+    rng = np.random.default_rng(20261201)
+    f32 = np.float32
+    example = LevelsIn(
+        np.array([[1, -2, 0], [-1, 1, -2]], np.int8),
+        [
+            np.array([[-3, 2, 1], [0, -4, 3]], np.int8),
+            np.array([[1, 0, -1], [3, -4, 2]], np.int8),
+        ],
+        [np.array([2.0, 1.0], f32), np.array([0.5, 0.25], f32), np.array([0.125, 0.0625], f32)],
+        [np.array([0.125, -1.0], f32), np.array([0.0, -1.0], f32), np.array([0.0, -1.0], f32)],
+    )
+    bias = np.array([0.5, -1.25], f32)
+    model = [
+        ("conv.weight", levels_nested(rng, (4, 3, 3, 3), (4, 6, 8))),
+        ("conv.bias", rng.standard_normal(4).astype(f32)),
+        ("fc.weight", levels_nested(rng, (3, 11), (4, 6, 8))),
+        ("fc.bias", rng.standard_normal(3).astype(f32)),
+    ]
+    return [
+        LevelsVector(
+            "levels_n6h2",
+            "the worked example of spec §14.5: widths 2, 4, 6, §13's tensors plus a third level",
+            (2, 4, 6),
+            [("w", example), ("b", bias)],
+        ),
+        LevelsVector(
+            "levels_n6h2_l1",
+            "levels_n6h2 cut at the end of its 4-bit level: serves 2 and 4 bits, not 6",
+            (2, 4, 6),
+            [],
+            cut_of=("levels_n6h2", 1),
+        ),
+        LevelsVector(
+            "levels_n6h2_l0",
+            "levels_n6h2 cut at part_end: serves 2 bits only",
+            (2, 4, 6),
+            [],
+            cut_of=("levels_n6h2", 0),
+        ),
+        LevelsVector(
+            "levels_n8h4_model",
+            "INT(8|6|4): a conv and a linear layer with biases, random valid codes",
+            (4, 6, 8),
+            model,
+        ),
+        LevelsVector(
+            "levels_n8h4_compressed",
+            "INT(8|6|4) with zstd blobs (all-zero codes compress) beside plain ones (§8, §14.2)",
+            (4, 6, 8),
+            [
+                ("zeros", levels_nested(rng, (8, 64), (4, 6, 8), zeros=True)),
+                ("fc.weight", levels_nested(rng, (3, 11), (4, 6, 8))),
+                ("fc.bias", np.zeros(64, f32)),
+            ],
+            compress=True,
+        ),
+        LevelsVector(
+            "levels_four",
+            "four levels, widths 2, 3, 5, 8: two levels between part and full",
+            (2, 3, 5, 8),
+            [
+                ("a", levels_nested(rng, (5, 7), (2, 3, 5, 8))),
+                ("r", np.arange(6, dtype=np.int32)),
+                ("b", levels_nested(rng, (2, 2, 3), (2, 3, 5, 8))),
+            ],
+        ),
+    ]
+
+
+def _write_levels(vec: LevelsVector, path: pathlib.Path) -> None:
+    n, h = vec.widths[-1], vec.widths[0]
+    with NQWriter(path, n=n, h=h, metadata={}, compress=vec.compress, widths=vec.widths) as w:
+        for name, t in vec.tensors:
+            if isinstance(t, LevelsIn):
+                w.add_levels(
+                    name,
+                    w_high=t.high,
+                    residuals=t.residuals,
+                    scales=t.scales,
+                    offsets=t.offsets,
+                    dtype=t.dtype,
+                )
+            else:
+                w.add_raw(name, t)
+
+
+def _levels_expected(
+    vec: LevelsVector, available: tuple[int, ...]
+) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    out = []
+    for name, t in vec.tensors:
+        files: dict[str, bytes] = {}
+        if isinstance(t, LevelsIn):
+            codes = _levels_codes(t, vec.widths)
+            files["high"] = _npy(t.high.astype(np.int8))
+            for j, w in enumerate(vec.widths):
+                if w in available:
+                    files[f"codes_{w}"] = _npy(codes[j])
+                    files[f"f32_{w}"] = _npy(dequantize(codes[j], t.scales[j], t.offsets[j]))
+            entry = {"name": name, "kind": "NESTED", "dtype": t.dtype, "shape": list(t.high.shape)}
+        else:
+            files["raw"] = _npy(t)
+            code = spec.DType.from_numpy(t.dtype).name
+            entry = {"name": name, "kind": "RAW", "dtype": code, "shape": list(t.shape)}
+        out.append((entry, files))
+    return out
+
+
+def _levels_edit(raw: bytes, at: int, data: bytes) -> bytes:
+    """Bytes ``at`` .. of LEVELS replaced by ``data``; LEVELS and preamble CRCs fixed."""
+    decl = spec.LevelDecl.from_preamble(preamble_of(raw))
+    return fix_crcs(_set(raw, decl.entry.offset + at, data))
+
+
+def _decl_edit(raw: bytes, **changes: Any) -> bytes:
+    """The level declaration (preamble bytes 208..251) changed; preamble CRC fixed."""
+    pre = preamble_of(raw)
+    decl = spec.LevelDecl.from_preamble(pre)
+    new = dataclasses.replace(decl, **changes)
+    return fix_crcs(replace_preamble(raw, reserved=pre.reserved[:14] + new.pack()))
+
+
+def _level_data_flip(raw: bytes, j: int, index: int) -> bytes:
+    """Flip a byte of record ``index``'s level-``j`` blob and fix that blob's CRC only."""
+    pre = preamble_of(raw)
+    decl = spec.LevelDecl.from_preamble(pre)
+    m = decl.count
+    at = decl.entry.offset + (m - 1) * spec.SECTION_ENTRY_SIZE
+    at += (index * (m - 2) + j - 2) * spec.BLOB_REF_SIZE
+    ref = spec.BlobRef.unpack(raw[at : at + spec.BLOB_REF_SIZE])
+    out = _flip(raw, ref.offset)
+    return replace_level_blob(out, index, j, crc=spec.crc32(out[ref.offset : ref.end]))
+
+
+def levels_invalid() -> list[InvalidVector]:
+    E, F = "levels_n6h2", "levels_four"
+    v = InvalidVector
+    return [
+        v(
+            "levels_count_two",
+            "invalid_header",
+            "levels_n6h2 declaring level_count 2 (a two-level file is a 1.0 file, §14.1)",
+            lambda b: _decl_edit(b[E], count=2),
+        ),
+        v(
+            "levels_count_nine",
+            "invalid_header",
+            "levels_n6h2 declaring level_count 9 (§14.1)",
+            lambda b: _decl_edit(b[E], count=9),
+        ),
+        v(
+            "levels_widths_not_rising",
+            "invalid_header",
+            "levels_n6h2 with widths 2, 2, 6 (§14.1)",
+            lambda b: _decl_edit(b[E], widths_raw=bytes([2, 2, 6, 0, 0, 0, 0, 0])),
+        ),
+        v(
+            "levels_width_past_count",
+            "invalid_header",
+            "levels_n6h2 with a nonzero widths[3] (§14.1)",
+            lambda b: _decl_edit(b[E], widths_raw=bytes([2, 4, 6, 7, 0, 0, 0, 0])),
+        ),
+        v(
+            "levels_top_width_not_n",
+            "invalid_header",
+            "levels_n6h2 with widths 2, 4, 5 while n = 6 (§14.1)",
+            lambda b: _decl_edit(b[E], widths_raw=bytes([2, 4, 5, 0, 0, 0, 0, 0])),
+        ),
+        v(
+            "levels_flag_cleared",
+            "layout",
+            "levels_n6h2 without the LEVELS flag: read as 1.0, its DATA blob is 24 bytes, not 16 "
+            "(never a wrong model, §14.1)",
+            lambda b: replace_preamble(b[E], incompat_flags=0),
+        ),
+        v(
+            "levels_crc",
+            "checksum",
+            "levels_n6h2 with its LEVELS CRC wrong (§14.4 step 10)",
+            lambda b: _levels_crc_wrong(b[E]),
+        ),
+        v(
+            "levels_length_wrong",
+            "layout",
+            "levels_n6h2 with LEVELS.length 24 more (DATA's place moves, §14.4 step 8)",
+            lambda b: _decl_edit(
+                b[E],
+                entry=dataclasses.replace(
+                    spec.LevelDecl.from_preamble(preamble_of(b[E])).entry, length=120
+                ),
+            ),
+        ),
+        v(
+            "level_entry_offset",
+            "layout",
+            "levels_n6h2 with R_2.offset 64 bytes late (§14.2)",
+            lambda b: replace_level_entry(b[E], 2, offset=_level_entry(b[E], 2).offset + 64),
+        ),
+        v(
+            "level_entry_reserved",
+            "invalid_header",
+            "levels_n6h2 with a nonzero reserved byte in R_1's entry (§14.4 step 10a)",
+            lambda b: replace_level_entry(b[E], 1, reserved=b"\x00\x01\x00\x00"),
+        ),
+        v(
+            "level_entry_past_full_end",
+            "layout",
+            "levels_n6h2 with R_2 one byte longer than LOW (§14.4 step 10a)",
+            lambda b: replace_level_entry(b[E], 2, length=_level_entry(b[E], 2).length + 1),
+        ),
+        v(
+            "level_blob_offset",
+            "layout",
+            "levels_four: record 0's level-3 blob 64 bytes late (§7.1, §14.2)",
+            lambda b: replace_level_blob(b[F], 0, 3, offset=_level_ref(b[F], 0, 3).offset + 64),
+        ),
+        v(
+            "level_blob_of_raw_record",
+            "invalid_header",
+            "levels_four: the RAW record 'r' with a nonzero level-2 reference (§14.4 step 11)",
+            lambda b: replace_level_blob(b[F], 1, 2, crc=1),
+        ),
+        v(
+            "level_blob_codec_2",
+            "unsupported_feature",
+            "levels_four: record 2's level-2 blob with codec 2 (§8)",
+            lambda b: replace_level_blob(b[F], 2, 2, codec=2),
+        ),
+        v(
+            "level_blob_zstd_flag_clear",
+            "invalid_header",
+            "levels_four: record 0's level-3 blob with codec 1 but no ZSTD flag (§3.3)",
+            lambda b: replace_level_blob(b[F], 0, 3, codec=1),
+        ),
+        v(
+            "level_blob_crc",
+            "checksum",
+            "levels_four: a byte of a's level-3 blob changed, R_3's CRC fixed (the blob's own "
+            "CRC still fails when a's 8-bit values are read, §14.4 step 13)",
+            lambda b: fix_crcs(_flip(b[F], _level_ref(b[F], 0, 3).offset), data=True),
+            when="read",
+            tensor="a",
+            mode="8",
+        ),
+        v(
+            "level_section_crc",
+            "checksum",
+            "levels_four: a byte of a's level-2 blob and that blob's CRC changed: R_2's CRC fails "
+            "when a 5-bit level is paged in (whole-level rule, §14.4 step 13)",
+            lambda b: _level_data_flip(b[F], 2, 0),
+            when="read",
+            tensor="a",
+            mode="5",
+        ),
+        v(
+            "level_padding",
+            "layout",
+            "levels_n6h2 with a nonzero byte in the padding between R_1 and R_2 (CRCs fixed: "
+            "only a full verification finds it, §14.4 step 14)",
+            lambda b: fix_crcs(_flip(b[E], _level_entry(b[E], 1).end + 5), data=True),
+            when="verify",
+        ),
+    ]
+
+
+def _levels_crc_wrong(raw: bytes) -> bytes:
+    """The LEVELS CRC in the preamble off by one bit; the preamble CRC fixed."""
+    pre = preamble_of(raw)
+    decl = spec.LevelDecl.from_preamble(pre)
+    bad = dataclasses.replace(decl, entry=dataclasses.replace(decl.entry, crc=decl.entry.crc ^ 1))
+    return dataclasses.replace(pre, reserved=pre.reserved[:14] + bad.pack()).pack() + raw[256:]
+
+
+def _level_entry(raw: bytes, j: int) -> SectionEntry:
+    decl = spec.LevelDecl.from_preamble(preamble_of(raw))
+    at = decl.entry.offset + (j - 1) * spec.SECTION_ENTRY_SIZE
+    return SectionEntry.unpack(raw[at : at + spec.SECTION_ENTRY_SIZE])
+
+
+def _level_ref(raw: bytes, index: int, j: int) -> spec.BlobRef:
+    decl = spec.LevelDecl.from_preamble(preamble_of(raw))
+    m = decl.count
+    at = decl.entry.offset + (m - 1) * spec.SECTION_ENTRY_SIZE
+    at += (index * (m - 2) + j - 2) * spec.BLOB_REF_SIZE
+    return spec.BlobRef.unpack(raw[at : at + spec.BLOB_REF_SIZE])
+
+
+def _build_levels(tmp: pathlib.Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """The version 1.1 vectors (§14), listed under ``levels_valid`` and ``levels_invalid``: a
+    1.0 reader skips them (or checks that it rejects each with ``unsupported_feature``)."""
+    raws: dict[str, bytes] = {}
+    vecs = levels_vectors()
+    by_name = {v.name: v for v in vecs}
+    manifest["levels_valid"] = []
+    for vec in vecs:
+        if vec.cut_of is not None:
+            base = by_name[vec.cut_of[0]]
+            full = raws[base.name]
+            decl = spec.LevelDecl.from_preamble(preamble_of(full))
+            ends = [preamble_of(full).part_end] + [
+                _level_entry(full, j).end for j in range(1, decl.count)
+            ]
+            raw = full[: ends[vec.cut_of[1]]]
+            available = base.widths[: vec.cut_of[1] + 1]
+            tensors_of = base
+        else:
+            path = tmp / f"{vec.name}.nq"
+            _write_levels(vec, path)
+            raw = path.read_bytes()
+            available = vec.widths
+            tensors_of = vec
+        raws[vec.name] = raw
+        rel = f"valid/{vec.name}.nq"
+        files[rel] = raw
+        entry: dict[str, Any] = {
+            "file": rel,
+            "description": vec.description,
+            "n": vec.widths[-1],
+            "h": vec.widths[0],
+            "levels": list(vec.widths),
+            "available": list(available),
+            "part_only": len(available) < len(vec.widths),
+            "compressed": bool(preamble_of(raw).incompat_flags & IncompatFlag.ZSTD),
+            "tensors": [],
+        }
+        for i, (tentry, npys) in enumerate(_levels_expected(tensors_of, available)):
+            tentry["expected"] = {}
+            for suffix, data in npys.items():
+                npy_rel = f"valid/{vec.name}/{i}.{suffix}.npy"
+                files[npy_rel] = data
+                tentry["expected"][suffix] = npy_rel
+            entry["tensors"].append(tentry)
+        manifest["levels_valid"].append(entry)
+    manifest["levels_invalid"] = []
+    for inv in levels_invalid():
+        rel = f"invalid/{inv.name}.nq"
+        files[rel] = inv.make(raws)
+        item: dict[str, Any] = {
+            "file": rel,
+            "error": inv.error,
+            "when": inv.when,
+            "description": inv.description,
+        }
+        if inv.when == "read":
+            item["tensor"], item["bits"] = inv.tensor, int(inv.mode or 0)
+        manifest["levels_invalid"].append(item)
 
 
 def _rewrite_meta_any_length(vec: ValidVector, meta: dict[str, Any], tmp: pathlib.Path) -> bytes:
@@ -1347,9 +1753,9 @@ def _with_meta_members(vec: ValidVector, members: dict[str, bytes], tmp: pathlib
 
 def _only_adds(old: bytes, new: bytes) -> bool:
     """True if manifest ``new`` lists every entry of ``old`` unchanged, in the same place, and
-    more entries after them (vectors were added, none changed)."""
+    more entries after them, or new keys (vectors were added, none changed)."""
     before, after = json.loads(old), json.loads(new)
-    if before == after or set(before) != set(after):
+    if before == after or not set(before) <= set(after):
         return False
     for key, value in before.items():
         if isinstance(value, list):

@@ -76,6 +76,7 @@ class _Layer:
     high: Any = None  # zero-copy view of the HIGH blob in the file's mapping
     low: Any = None  # view of the LOW blob; only while this layer is in full mode
     hooks: list[Any] = field(default_factory=list)  # removable handles of the layer's hooks
+    bits: int | None = None  # a level above the lowest of a multi-level file (spec §14)
 
     @property
     def numel(self) -> int:
@@ -148,8 +149,11 @@ class CodesRuntime(NQRuntime):
 
     def values(self, rec: _Layer, out: np.ndarray) -> np.ndarray:
         """Dequantize ``rec`` in its current mode into ``out`` (float32, C-contiguous)."""
-        scale, offset = rec.full if rec.mode == "full" else rec.part
         f = self.file
+        if rec.bits is not None:  # a level of several (spec §14): the reader's level path
+            f.read(rec.tensor, bits=rec.bits, out=out.reshape(rec.info.shape))
+            return out
+        scale, offset = rec.full if rec.mode == "full" else rec.part
         fused.dequantize_packed(
             rec.high,
             rec.low if rec.mode == "full" else None,
