@@ -39,6 +39,7 @@ __all__ = [
     "Blob",
     "Rec",
     "colliding_names",
+    "exercise_reader",
     "fix_all_crcs",
     "forge",
     "mutate",
@@ -400,6 +401,29 @@ def _truncate_while_open(path: str, keep: int) -> str:
             f.read(info.name, "part")
             f.read(info.name, "full")
     return "ok"
+
+
+def exercise_reader(path: os.PathLike[str] | str, max_bytes: int) -> None:
+    """Open, read every tensor in every mode, its codes, verify: what the Python fuzzer does
+    with each input. Only the format's own errors may come out; a blob's own fault is
+    swallowed so that the other tensors are still read."""
+    import nqformat
+    from nqformat.errors import NQFormatError
+
+    try:
+        with nqformat.open(path, max_bytes=max_bytes) as f:
+            modes = ("part",) if f.part_only else ("part", "full")
+            for info in f.tensors():
+                for mode in modes:
+                    try:
+                        f.read(info.name, mode)
+                        if info.kind is Kind.NESTED:
+                            f.codes(info.name, "high" if mode == "part" else "full")
+                    except NQFormatError:
+                        pass
+            f.verify()
+    except NQFormatError:
+        pass
 
 
 ACTIONS = {

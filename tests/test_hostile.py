@@ -10,13 +10,16 @@ the measured times are printed by ``fuzz/hostile_report.py``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pathlib
 import subprocess
 import sys
 import time
+import tracemalloc
 
+import numpy as np
 import pytest
 from _container_util import write_small
 from _hostile import (
@@ -26,9 +29,13 @@ from _hostile import (
     Rec,
     Scenario,
     colliding_names,
+    exercise_reader,
+    fix_all_crcs,
     fnv1a,
     forge,
+    iter_vectors,
     meta_file,
+    mutate,
     run_bounded,
 )
 from hypothesis import HealthCheck, given, settings
@@ -398,6 +405,56 @@ def test_nqtool_verify_exits_3_on_declared_sizes(
     res = _nqtool("verify", path, timeout=60)
     assert res.returncode == 3, res.stderr
     assert f"[{code}]" in res.stderr or "read budget" in res.stderr, res.stderr
+
+
+# --- a long-lived reader process keeps nothing per file ------------------------------------------
+
+#: rounds before measuring: they fill what is cached on purpose (bit-unpacking tables, worker
+#: pools) and numpy's and json's own small caches, which level off after a few rounds
+_WARM_ROUNDS = 3
+_LEAK_ROUNDS = 4
+#: allowed growth per read on average. Measured: ~31 KiB over the 1,152 reads (~27 bytes a read:
+#: free lists and small caches still settling, not growing with the reads). One object kept
+#: per read does not fit: an ndarray, a dict, an exception with its traceback, a frame or an
+#: NQFile is more than this.
+_LEAK_BYTES_PER_READ = 64
+
+
+@pytest.mark.timeout(300)
+def test_reading_vectors_and_mutants_again_and_again_keeps_no_memory(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The Python fuzzer runs the reader ~10^6 times in one process; its growth there is atheris'
+    # (fuzz/README.md "Why the Python fuzzer restarts"). The reader's own share must be nil:
+    # every read of every vector, its CRC-fixed twin and seeded mutants, opened again and
+    # again with the fuzzer's budget, leaves nothing allocated behind (counted by tracemalloc,
+    # which also sees numpy's buffers: deterministic, not timed).
+    rng = np.random.default_rng(11)
+    raws = [p.read_bytes() for p in iter_vectors()]
+    inputs = raws + [fix_all_crcs(r) for r in raws]
+    inputs += [mutate(raws[i % len(raws)], rng) for i in range(len(raws))]
+    path = tmp_path / "input.nq"
+
+    def one_round() -> None:
+        for raw in inputs:
+            path.write_bytes(raw)
+            exercise_reader(path, max_bytes=64 << 20)
+
+    for _ in range(_WARM_ROUNDS):
+        one_round()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(_LEAK_ROUNDS):
+            one_round()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        top = tracemalloc.take_snapshot().statistics("traceback")[:3] if grown > 0 else []
+    finally:
+        tracemalloc.stop()
+    reads = _LEAK_ROUNDS * len(inputs)
+    assert grown < _LEAK_BYTES_PER_READ * reads, (grown, reads, [str(t) for t in top])
 
 
 # --- the linear META scan (spec.json_shape) -----------------------------------------------------
