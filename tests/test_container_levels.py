@@ -331,3 +331,15 @@ def test_verify_of_a_level_prefix_checks_the_padding_before_low(tmp_path) -> Non
     with nqformat.open(path) as f:
         assert f.available_levels == (4, 6)
         assert any("padding before LOW" in p for p in f.verify())
+
+
+def test_nqtool_verify_names_each_levels_range_not_the_two_level_formula() -> None:
+    from click.testing import CliRunner
+
+    from nqformat.cli import main
+
+    vector = pathlib.Path(__file__).parent.parent / "spec" / "vectors" / "valid" / "levels_four.nq"
+    result = CliRunner().invoke(main, ["verify", str(vector)])
+    assert result.exit_code == 0, result.output
+    assert "levels 2, 3, 5, 8" in result.output
+    assert "q = H*2^" not in result.output

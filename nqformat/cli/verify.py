@@ -24,8 +24,9 @@ __all__ = ["verify"]
 def verify(file: pathlib.Path, quiet: bool) -> None:
     """Verify FILE: checksums of every section present, structure, and code ranges.
 
-    Checks that every recomposed code q = H*2^l + L lies in [-2^(n-1), 2^(n-1)-1]. For a
-    part-bit-only file it checks what is present and reports LOW as absent.
+    Checks that every recomposed code q = H*2^l + L lies in [-2^(n-1), 2^(n-1)-1] (in a file of
+    several levels, every level's code in its own range). For a part-bit-only file it checks
+    what is present and reports LOW as absent.
     """
     import nqformat
     from nqformat.container.verify import find_problems, group_by_tensor
@@ -42,6 +43,7 @@ def verify(file: pathlib.Path, quiet: bool) -> None:
         count = len(f.names())
         part_only = f.part_only
         n, h, low_shift = f.n, f.h, f.l
+        levels = tuple(f.levels)
     for line in group_by_tensor(problems):  # one line per tensor, naming it once
         click.echo(f"FAIL {line}", err=True)
     if problems:
@@ -57,6 +59,12 @@ def verify(file: pathlib.Path, quiet: bool) -> None:
         click.echo(
             f"--   {absent} absent (part-bit-only file): HIGH codes checked in [-2^{h - 1}, "
             f"2^{h - 1}-1]; full-bit recomposition not checkable"
+        )
+    elif len(levels) > 2:  # §14.3: each level recomposes from the one below it
+        widths = ", ".join(str(w) for w in levels)
+        click.echo(
+            f"ok   every code: each level's q_j = q_(j-1)*2^d_j + L_j within its w_j-bit range "
+            f"(levels {widths})"
         )
     else:
         click.echo(f"ok   every code: q = H*2^{low_shift} + L within [-2^{n - 1}, 2^{n - 1}-1]")
