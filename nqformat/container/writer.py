@@ -289,6 +289,14 @@ class NQWriter:
         low_ref = self._append(Section.LOW, name, bitpack.pack(low, self.l + 1).data)
         self._add_record(raw_name, Kind.NESTED, code, shape, data_ref, high_ref, low_ref)
 
+    def update_metadata(self, entries: Mapping[str, Any]) -> None:
+        """Set top-level META keys before :meth:`close`: for values known only once the
+        tensors are in (e.g. per-layer scores computed while quantizing)."""
+        self._check_open()
+        if not isinstance(entries, Mapping):
+            raise MetadataError(f"metadata must be a mapping, got {type(entries).__name__}")
+        self._metadata.update(entries)
+
     # --- finishing ------------------------------------------------------------------------------
 
     def close(self) -> pathlib.Path:

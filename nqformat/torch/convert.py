@@ -46,6 +46,7 @@ __all__ = [
     "ProgressCallback",
     "auto_h",
     "convert_model",
+    "predicted_inputs",
     "quantized_layers",
     "resolve_params",
 ]
@@ -243,6 +244,30 @@ def _bn_inputs(module: nn.Module, layers: list[str]) -> tuple[dict[str, _LayerIn
     return out, stats
 
 
+def predicted_inputs(
+    module: nn.Module, layers: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Layer -> (variance, mean) per weight element of its predicted inputs ([1, L] or
+    [C, L]), for the layers that have a prediction (the BN fit's inputs, for other users)."""
+    return {name: (li.var, li.mean) for name, li in _bn_inputs(module, layers)[0].items()}
+
+
+def _sensitivity_meta(
+    scorer: Any, gains: dict[str, float], low_bytes: dict[str, int]
+) -> dict[str, Any]:
+    """META ``sensitivity`` (spec/metadata.md): per-tensor gains and the LOW delivery order."""
+    from nqformat.quant.sensitivity import SCORE_METHOD, gain_order
+
+    return {
+        "method": SCORE_METHOD,
+        "score": scorer.score.value,
+        "propagation": scorer.propagation,
+        # 6 significant digits: enough to order layers, and META stays small
+        "gains": {k: float(f"{v:.6g}") for k, v in gains.items()},
+        "low_order": gain_order(gains, low_bytes),
+    }
+
+
 def _bn_fit(
     result: NestQuantResult, weight: np.ndarray, inputs: _LayerInputs
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -273,6 +298,7 @@ def convert_model(
     metadata: Mapping[str, Any] | None = None,
     compress: bool = False,
     progress: ProgressCallback | None = None,
+    sensitivity: bool = True,
 ) -> ConvertReport:
     """Write ``module`` as a NestQuant ``.nq`` file at ``path`` (atomically).
 
@@ -289,6 +315,10 @@ def convert_model(
     pairs; the integer codes are the same for every choice. ``part_params`` is the older,
     narrower switch (``refit`` = ``lsq``, ``inherited`` = ``reference``); giving both must agree.
     META ``quant.params`` records the choice, ``quant.params_fit`` the BN fit's inputs.
+
+    ``sensitivity`` (default True) scores each layer's part -> full gain data-free
+    (nqformat.quant.sensitivity) and records the gains and the recommended LOW order in META
+    ``sensitivity``, which ``nqformat.torch.upgrade_within`` and streamed LOW follow.
     """
     start = time.perf_counter()
     kept_patterns = tuple(keep_float)
@@ -337,6 +367,21 @@ def convert_model(
         stats_seconds = time.perf_counter() - t_stats
     else:
         stats_seconds = 0.0
+    scorer = None
+    if sensitivity and layers:
+        from nqformat.quant.sensitivity import DEFAULT_SCORE
+        from nqformat.torch.sensitivity import scorer as make_scorer
+
+        t_stats = time.perf_counter()
+        if params != Params.BN.value:
+            bn_sens, _ = _bn_inputs(module, layers)
+        else:
+            bn_sens = bn_inputs
+        inputs = {name: (li.var, li.mean) for name, li in bn_sens.items()}
+        scorer = make_scorer(module, layers, DEFAULT_SCORE, inputs)
+        stats_seconds += time.perf_counter() - t_stats
+    gains: dict[str, float] = {}
+    low_bytes: dict[str, int] = {}
     by_key = {f"{name}.weight": name for name in layers}
     total = len(sd)
     nested_elements = raw_elements = nested_count = 0
@@ -354,6 +399,14 @@ def convert_model(
                 pairs += (result.scale_part, result.offset_part)
                 if inputs is not None:
                     pairs = _bn_fit(result, weight, inputs)
+                if scorer is not None:
+                    from nqformat import bitpack
+                    from nqformat.torch.sensitivity import part_full_weights
+
+                    both = part_full_weights(result.w_int, result.w_high, *pairs)
+                    gains[key] = scorer.gain(by_key[key], *both)
+                    low_bytes[key] = bitpack.packed_size(tensor.numel(), n - h + 1)
+                    del both
                 writer.add_nested(
                     key,
                     w_high=result.w_high,
@@ -374,6 +427,8 @@ def convert_model(
                 raw_elements += tensor.numel()
             if progress is not None:
                 progress(key, done, total)
+        if scorer is not None:
+            writer.update_metadata({"sensitivity": _sensitivity_meta(scorer, gains, low_bytes)})
         out = writer.close()
     with nqformat.open(out, verify=False) as f:
         part_end, full_end, size = f.part_end, f.full_end, f.file_size

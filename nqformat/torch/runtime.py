@@ -176,6 +176,7 @@ def load(
     act_quant: bool = False,
     resident: str = "float",
     cache_bytes: int | None = 0,
+    budget: int | None = None,
 ) -> nn.Module:
     """Load a ``.nq`` file as an nn.Module holding the part-bit or the full-bit model.
 
@@ -204,10 +205,20 @@ def load(
     the file's packed codes and dequantizes it just before its layer runs (nqformat/torch/
     resident.py; outputs bit-identical to ``"float"``), keeping at most ``cache_bytes`` of
     float32 weights between forwards (0: none; None: all after first use).
+
+    ``budget`` (bytes; part mode; always codes-resident, the runtime whose layers can differ in
+    mode) then upgrades the layers with the largest
+    predicted gain per LOW byte within that many LOW bytes (``nqformat.torch.upgrade_within``;
+    its report: ``nqformat.torch.budget.last_report(module)``).
     """
     wanted = _check_mode(mode)
     if resident not in RESIDENT:
         raise NQError(f"resident must be 'float' or 'codes', got {resident!r}")
+    if budget is not None:
+        from nqformat.torch.budget import load_within
+
+        return load_within(path, wanted, budget, module=module, verify=verify,
+                           act_quant=act_quant, cache_bytes=cache_bytes)  # fmt: skip
     if resident == "codes":
         from nqformat.torch.resident import load_codes
 
