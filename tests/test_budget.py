@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import nqformat
 import nqformat.torch as nqt
-from nqformat.errors import NQError
+from nqformat.errors import NQError, QuantizationError
 from nqformat.quant.sensitivity import (
     Score,
     choose_within,
@@ -353,3 +353,32 @@ def test_eval_budget_refuses_full_mode_and_bad_values(lite0_file: pathlib.Path) 
             main, ["eval", str(lite0_file), "--data", str(data), *extra], catch_exceptions=False
         )
         assert result.exit_code != 0 and message in result.output
+
+
+def test_low_order_sensitivity_writes_lows_most_valuable_first(
+    tiny_file: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    path = nqt.convert_model(tiny(), tmp_path / "m.nq", n=N, h=H, low_order="sensitivity").path
+    with nqformat.open(path) as f, nqformat.open(tiny_file) as g:
+        order = f.metadata["sensitivity"]["low_order"]
+        assert order == g.metadata["sensitivity"]["low_order"]
+        records = [t for t in f.tensors() if t.kind.name == "NESTED"]
+        assert [t.name for t in records] == order
+        offsets = [t.low.offset for t in records]
+        assert offsets == sorted(offsets)  # LOW's bytes lie in the recommended order
+        assert sorted(f.names()) == sorted(g.names())
+        for name in g.names():  # the same tensors, bit for bit, only placed differently
+            for mode in ("part", "full"):
+                assert np.array_equal(f.read(name, mode), g.read(name, mode))
+        raw = [t.name for t in f.tensors() if t.kind.name == "RAW"]
+        assert raw == [t.name for t in g.tensors() if t.kind.name == "RAW"]
+
+
+def test_low_order_needs_the_sensitivity_and_a_known_choice(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(QuantizationError, match="sensitivity=True"):
+        nqt.convert_model(
+            tiny(), tmp_path / "a.nq", n=N, h=H, low_order="sensitivity", sensitivity=False
+        )
+    with pytest.raises(QuantizationError, match="low_order"):
+        nqt.convert_model(tiny(), tmp_path / "b.nq", n=N, h=H, low_order="best")
+    assert not list(tmp_path.iterdir())

@@ -28,13 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--h", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=5, help="random orders (median reported)")
     ap.add_argument("--candidates", action="store_true", help="also every sensitivity score")
+    ap.add_argument("--only", nargs="*", default=(), help="orders whose labels start so")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=pathlib.Path, help="write the markdown tables here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python tools/budget_curve.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     sets = [
-        measure_model(m, n=args.n, h=args.h, seeds=args.seeds, candidates=args.candidates)
+        measure_model(
+            m, n=args.n, h=args.h, seeds=args.seeds, candidates=args.candidates, only=args.only
+        )
         for m in args.models
     ]
     env = {

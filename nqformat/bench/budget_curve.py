@@ -120,6 +120,21 @@ def file_gains(mixer: _Mixer, fp32: torch.nn.Module, score: Score) -> dict[str, 
     return out
 
 
+@torch.inference_mode()
+def synthetic_gains(mixer: _Mixer, size: int, images: int = 8, seed: int = 0) -> dict[str, float]:
+    """Candidate study only: each layer's gain measured at the model's output on random
+    normalised inputs (no photo): KL(full model || full model with that one layer part-bit)."""
+    x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    every = set(mixer.part)
+    mixer.set(every)
+    ref = mixer.module(x)
+    out = {}
+    for name in mixer.part:
+        mixer.set(every - {name})
+        out[name] = float(per_view_kl(ref, mixer.module(x)).mean())
+    return out
+
+
 def _curve(
     mixer: _Mixer,
     order: Sequence[str],
@@ -163,11 +178,13 @@ def measure_model(
     h: int = 4,
     seeds: int = 5,
     candidates: bool = False,
+    only: Sequence[str] = (),
     extended: bool = True,
     workdir: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
 ) -> CurveSet:
-    """Convert ``model_name`` (nqformat.zoo, real weights) to INT(n|h) and measure its curves."""
+    """Convert ``model_name`` (nqformat.zoo, real weights) to INT(n|h) and measure its curves
+    (``only``: just the orders whose labels start with one of these)."""
     import nqformat.torch as nqt
     from nqformat import zoo
 
@@ -205,6 +222,11 @@ def measure_model(
         for score in Score:
             gains = file_gains(mixer, fp32, score)
             orders[f"score={score.value}"] = gain_order(gains, mixer.sizes)
+        if not only or any("random-inputs".startswith(o) for o in only):
+            gains = synthetic_gains(mixer, cfg.input_size)
+            orders["random-inputs KL"] = gain_order(gains, mixer.sizes)
+    if only:
+        orders = {k: v for k, v in orders.items() if any(k.startswith(o) for o in only)}
     for label, order in orders.items():
         result.curves.append(Curve(label, tuple(_curve(mixer, order, score_fn, cache))))
         log(_line(result.curves[-1]))

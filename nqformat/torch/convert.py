@@ -33,6 +33,7 @@ from nqformat.quant import (
     per_element_inputs,
     refit_part_params,
 )
+from nqformat.quant.sensitivity import gain_order as gain_order_of
 from nqformat.report import fp32_bytes
 from nqformat.torch._tensors import FLOAT_DTYPES, nq_dtype, to_numpy
 
@@ -66,6 +67,10 @@ QUANTIZED_TYPES = (nn.Conv2d, nn.Linear)
 _VAR_FLOOR = 1e-6
 #: META quant.params_fit.method: bump when the statistics or the fit change
 PARAMS_FIT_METHOD = "graphstats-1"
+
+#: ``low_order`` choices: nested tensors in state_dict order, or most valuable first
+LOW_ORDER_STATE_DICT = "state_dict"
+LOW_ORDER_SENSITIVITY = "sensitivity"
 
 #: called after each tensor is written: (tensor name, tensors done, tensors in total)
 ProgressCallback = Callable[[str, int, int], None]
@@ -256,7 +261,7 @@ def _sensitivity_meta(
     scorer: Any, gains: dict[str, float], low_bytes: dict[str, int]
 ) -> dict[str, Any]:
     """META ``sensitivity`` (spec/metadata.md): per-tensor gains and the LOW delivery order."""
-    from nqformat.quant.sensitivity import SCORE_METHOD, gain_order
+    from nqformat.quant.sensitivity import SCORE_METHOD
 
     return {
         "method": SCORE_METHOD,
@@ -264,8 +269,23 @@ def _sensitivity_meta(
         "propagation": scorer.propagation,
         # 6 significant digits: enough to order layers, and META stays small
         "gains": {k: float(f"{v:.6g}") for k, v in gains.items()},
-        "low_order": gain_order(gains, low_bytes),
+        "low_order": gain_order_of(gains, low_bytes),
     }
+
+
+def _nested_in_order(items: list[tuple[str, Any]], order: list[str]) -> list[tuple[str, Any]]:
+    """``items`` with the nested entries (the names in ``order``) refilled in ``order``, each
+    raw entry where it was."""
+    tensors = dict(items)
+    queue = iter(order)
+    wanted = set(order)
+    out = []
+    for key, tensor in items:
+        if key in wanted:
+            key = next(queue)
+            tensor = tensors[key]
+        out.append((key, tensor))
+    return out
 
 
 def _bn_fit(
@@ -299,6 +319,7 @@ def convert_model(
     compress: bool = False,
     progress: ProgressCallback | None = None,
     sensitivity: bool = True,
+    low_order: str = LOW_ORDER_STATE_DICT,
 ) -> ConvertReport:
     """Write ``module`` as a NestQuant ``.nq`` file at ``path`` (atomically).
 
@@ -319,6 +340,10 @@ def convert_model(
     ``sensitivity`` (default True) scores each layer's part -> full gain data-free
     (nqformat.quant.sensitivity) and records the gains and the recommended LOW order in META
     ``sensitivity``, which ``nqformat.torch.upgrade_within`` and streamed LOW follow.
+    ``low_order="sensitivity"`` writes the nested tensors in that order (raw ones keep their
+    places; the layers are quantized twice), so that LOW's bytes lie most valuable first and a
+    front-to-back download (HTTP) stopped early holds the best layers; the default keeps
+    ``state_dict()`` order.
     """
     start = time.perf_counter()
     kept_patterns = tuple(keep_float)
@@ -383,30 +408,46 @@ def convert_model(
     gains: dict[str, float] = {}
     low_bytes: dict[str, int] = {}
     by_key = {f"{name}.weight": name for name in layers}
+
+    def quantize(key: str, tensor: Any) -> tuple[NestQuantResult, tuple[np.ndarray, ...]]:
+        """The codes and (scale, offset) pairs of one nested weight; its gain when scored."""
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise NQError(f"{key}: cannot quantize a {tensor.dtype} weight")
+        weight = to_numpy(tensor.float())
+        inputs = bn_inputs.get(by_key[key])
+        # the BN fit starts from the inherited pair; LSQ's part refit would be wasted
+        pp = PartParams.INHERITED.value if inputs is not None else part_params
+        result = nest_quantize(weight, n, h, rounding=rounding, part_params=pp)
+        pairs = (result.scale_full, result.offset_full, result.scale_part, result.offset_part)
+        if inputs is not None:
+            pairs = _bn_fit(result, weight, inputs)
+        if scorer is not None and key not in gains:
+            from nqformat import bitpack
+            from nqformat.torch.sensitivity import part_full_weights
+
+            both = part_full_weights(result.w_int, result.w_high, *pairs)
+            gains[key] = scorer.gain(by_key[key], *both)
+            low_bytes[key] = bitpack.packed_size(tensor.numel(), n - h + 1)
+        return result, pairs
+
+    items = list(sd.items())
+    if low_order == LOW_ORDER_SENSITIVITY:
+        if scorer is None:
+            raise QuantizationError("low_order='sensitivity' needs sensitivity=True")
+        for key, tensor in items:  # a first pass for the gains; the codes are made again below
+            if key in nested_keys:
+                quantize(key, tensor)
+        items = _nested_in_order(items, gain_order_of(gains, low_bytes))
+    elif low_order != LOW_ORDER_STATE_DICT:
+        raise QuantizationError(
+            f"low_order must be 'state_dict' or 'sensitivity', got {low_order!r}"
+        )
     total = len(sd)
     nested_elements = raw_elements = nested_count = 0
     with nqformat.NQWriter(path, n=n, h=h, metadata=meta, compress=compress) as writer:
-        for done, (key, tensor) in enumerate(sd.items(), start=1):
+        for done, (key, tensor) in enumerate(items, start=1):
             if key in nested_keys:
-                if tensor.dtype not in FLOAT_DTYPES:
-                    raise NQError(f"{key}: cannot quantize a {tensor.dtype} weight")
-                weight = to_numpy(tensor.float())
-                inputs = bn_inputs.get(by_key[key])
-                # the BN fit starts from the inherited pair; LSQ's part refit would be wasted
-                pp = PartParams.INHERITED.value if inputs is not None else part_params
-                result = nest_quantize(weight, n, h, rounding=rounding, part_params=pp)
-                pairs = (result.scale_full, result.offset_full)
-                pairs += (result.scale_part, result.offset_part)
-                if inputs is not None:
-                    pairs = _bn_fit(result, weight, inputs)
-                if scorer is not None:
-                    from nqformat import bitpack
-                    from nqformat.torch.sensitivity import part_full_weights
-
-                    both = part_full_weights(result.w_int, result.w_high, *pairs)
-                    gains[key] = scorer.gain(by_key[key], *both)
-                    low_bytes[key] = bitpack.packed_size(tensor.numel(), n - h + 1)
-                    del both
+                result, pairs = quantize(key, tensor)
                 writer.add_nested(
                     key,
                     w_high=result.w_high,
@@ -418,7 +459,7 @@ def convert_model(
                     dtype=nq_dtype(tensor, key),
                     w_int=result.w_int,
                 )
-                del result, weight  # stream: one layer's codes in memory at a time
+                del result, pairs  # stream: one layer's codes in memory at a time
                 nested_elements += tensor.numel()
                 nested_count += 1
             else:
