@@ -382,3 +382,57 @@ def test_low_order_needs_the_sensitivity_and_a_known_choice(tmp_path: pathlib.Pa
     with pytest.raises(QuantizationError, match="low_order"):
         nqt.convert_model(tiny(), tmp_path / "b.nq", n=N, h=H, low_order="best")
     assert not list(tmp_path.iterdir())
+
+
+# --- the probe: gains measured at the output on a synthetic batch -----------------------------
+
+PROBE_META = {"model": {"data_config": {"input_size": [3, 6, 6]}}}
+
+
+@pytest.fixture(scope="module")
+def probed_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("budget") / "probed.nq"
+    return nqt.convert_model(tiny(), path, n=N, h=H, metadata=PROBE_META).path
+
+
+def test_a_model_with_an_input_shape_is_probed(probed_file: pathlib.Path) -> None:
+    from nqformat.torch.sensitivity import PROBE_SCORE, probe_gains
+
+    with nqformat.open(probed_file) as f:
+        sens = f.metadata["sensitivity"]
+        weights = {
+            name: tuple(torch.from_numpy(np.array(f.read(name, m))) for m in ("full", "part"))
+            for name in NESTED
+        }
+    assert sens["score"] == PROBE_SCORE and sens["probe"]["input_shape"] == [3, 6, 6]
+    assert set(sens["gains"]) == NESTED and any(v > 0 for v in sens["gains"].values())
+    # the same measurement on the file's own weights (dequantized in float32 by §7.2, the
+    # converter's in float64 then rounded: equal to a few ulps) gives the same gains
+    again = probe_gains(tiny(), weights, (3, 6, 6))
+    for name, gain in sens["gains"].items():
+        assert again[name] == pytest.approx(gain, rel=1e-3, abs=1e-9)
+
+
+def test_probe_leaves_the_module_unchanged_and_is_deterministic(tmp_path: pathlib.Path) -> None:
+    module = tiny().train()  # the probe runs it in eval mode and gives its mode back
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    a = nqt.convert_model(module, tmp_path / "a.nq", n=N, h=H, metadata=PROBE_META).path
+    b = nqt.convert_model(tiny(), tmp_path / "b.nq", n=N, h=H, metadata=PROBE_META).path
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert module.training
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_probe_gain_is_the_kl_the_layer_part_bit_costs_at_the_output() -> None:
+    from nqformat.torch.sensitivity import probe_gains
+
+    lin = torch.nn.Linear(4, 3)
+    full = lin.weight.detach().clone()
+    part = full + 0.5
+    gains = probe_gains(lin, {"weight": (full, part)}, (4,), images=4)
+    x = torch.randn((4, 4), generator=torch.Generator().manual_seed(0))
+    lin.requires_grad_(False)
+    ref = torch.log_softmax((x @ full.T + lin.bias).double(), -1)
+    out = torch.log_softmax((x @ part.T + lin.bias).double(), -1)
+    expected = float((ref.exp() * (ref - out)).sum(-1).mean())
+    assert gains["weight"] == pytest.approx(expected) and expected > 0

@@ -121,17 +121,24 @@ def file_gains(mixer: _Mixer, fp32: torch.nn.Module, score: Score) -> dict[str, 
 
 
 @torch.inference_mode()
-def synthetic_gains(mixer: _Mixer, size: int, images: int = 8, seed: int = 0) -> dict[str, float]:
+def synthetic_gains(
+    mixer: _Mixer, size: int, images: int = 8, seed: int = 0, start: str = "full"
+) -> dict[str, float]:
     """Candidate study only: each layer's gain measured at the model's output on random
-    normalised inputs (no photo): KL(full model || full model with that one layer part-bit)."""
+    normalised inputs (no photo). ``start="full"``: KL(full || full with that one layer
+    part-bit); ``"part"``: KL(full || part) - KL(full || part with that one layer full-bit)."""
     x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(seed))
     every = set(mixer.part)
     mixer.set(every)
     ref = mixer.module(x)
     out = {}
+    if start == "part":
+        mixer.set(set())
+        base = float(per_view_kl(ref, mixer.module(x)).mean())
     for name in mixer.part:
-        mixer.set(every - {name})
-        out[name] = float(per_view_kl(ref, mixer.module(x)).mean())
+        mixer.set(every - {name} if start == "full" else {name})
+        kl = float(per_view_kl(ref, mixer.module(x)).mean())
+        out[name] = kl if start == "full" else max(base - kl, 0.0)
     return out
 
 
@@ -222,9 +229,11 @@ def measure_model(
         for score in Score:
             gains = file_gains(mixer, fp32, score)
             orders[f"score={score.value}"] = gain_order(gains, mixer.sizes)
-        if not only or any("random-inputs".startswith(o) for o in only):
-            gains = synthetic_gains(mixer, cfg.input_size)
-            orders["random-inputs KL"] = gain_order(gains, mixer.sizes)
+        for start in ("full", "part"):
+            label = f"random-inputs KL from {start}"
+            if not only or any(label.startswith(o) for o in only):
+                gains = synthetic_gains(mixer, cfg.input_size, images=16, start=start)
+                orders[label] = gain_order(gains, mixer.sizes)
     if only:
         orders = {k: v for k, v in orders.items() if any(k.startswith(o) for o in only)}
     for label, order in orders.items():

@@ -57,7 +57,9 @@ class Score(StrEnum):
     RELATIVE_ROWS = "relative-rows"
 
 
-#: the score the converter stores, chosen by measurement (docs/mixed-precision.md)
+#: the analytic score the converter stores when it cannot run the probe (a model without an
+#: input shape in META), chosen by measurement (docs/mixed-precision.md): never worse than file
+#: order in KL on Lite0, where ``weight`` was better at 10-50 % of LOW but far worse at 75 %
 DEFAULT_SCORE = Score.PROPAGATED
 #: META sensitivity.method: bump when a score's arithmetic changes
 SCORE_METHOD = "sensitivity-1"

@@ -258,19 +258,60 @@ def predicted_inputs(
 
 
 def _sensitivity_meta(
-    scorer: Any, gains: dict[str, float], low_bytes: dict[str, int]
+    scorer: Any,
+    probe_shape: tuple[int, ...] | None,
+    gains: dict[str, float],
+    low_bytes: dict[str, int],
 ) -> dict[str, Any]:
     """META ``sensitivity`` (spec/metadata.md): per-tensor gains and the LOW delivery order."""
     from nqformat.quant.sensitivity import SCORE_METHOD
+    from nqformat.torch import sensitivity as sens
 
+    how: dict[str, Any]
+    if probe_shape is not None:
+        how = {
+            "score": sens.PROBE_SCORE,
+            "probe": {
+                "images": sens.PROBE_IMAGES,
+                "seed": sens.PROBE_SEED,
+                "input_shape": list(probe_shape),
+            },
+        }
+    else:
+        how = {"score": scorer.score.value, "propagation": scorer.propagation}
     return {
         "method": SCORE_METHOD,
-        "score": scorer.score.value,
-        "propagation": scorer.propagation,
+        **how,
         # 6 significant digits: enough to order layers, and META stays small
         "gains": {k: float(f"{v:.6g}") for k, v in gains.items()},
         "low_order": gain_order_of(gains, low_bytes),
     }
+
+
+def _probe(
+    module: nn.Module,
+    items: list[tuple[str, Any]],
+    nested_keys: set[str],
+    quantize: Callable[[str, Any], tuple[NestQuantResult, tuple[np.ndarray, ...]]],
+    shape: tuple[int, ...],
+) -> dict[str, float]:
+    """The probe's gains (nqformat.torch.sensitivity.probe_gains): a first pass quantizes every
+    layer to hold its full-bit and part-bit weights (float32, twice the nested weights in
+    memory, only during this pass), then the model runs on the synthetic batch."""
+    import torch
+
+    from nqformat.torch.sensitivity import part_full_weights, probe_gains
+
+    weights = {}
+    for key, tensor in items:
+        if key in nested_keys:
+            result, pairs = quantize(key, tensor)
+            both = part_full_weights(result.w_int, result.w_high, *pairs)
+            weights[key] = tuple(
+                torch.from_numpy(w.astype(np.float32)).reshape(tensor.shape) for w in both
+            )
+            del result, both
+    return probe_gains(module, weights, shape)
 
 
 def _nested_in_order(items: list[tuple[str, Any]], order: list[str]) -> list[tuple[str, Any]]:
@@ -393,17 +434,18 @@ def convert_model(
     else:
         stats_seconds = 0.0
     scorer = None
+    probe_shape = None
     if sensitivity and layers:
         from nqformat.quant.sensitivity import DEFAULT_SCORE
+        from nqformat.torch.sensitivity import probe_input_shape
         from nqformat.torch.sensitivity import scorer as make_scorer
 
         t_stats = time.perf_counter()
-        if params != Params.BN.value:
-            bn_sens, _ = _bn_inputs(module, layers)
-        else:
-            bn_sens = bn_inputs
-        inputs = {name: (li.var, li.mean) for name, li in bn_sens.items()}
-        scorer = make_scorer(module, layers, DEFAULT_SCORE, inputs)
+        probe_shape = probe_input_shape(meta)
+        if probe_shape is None:  # nothing to run the model on: the analytic score
+            bn_sens = bn_inputs if params == Params.BN.value else _bn_inputs(module, layers)[0]
+            inputs = {name: (li.var, li.mean) for name, li in bn_sens.items()}
+            scorer = make_scorer(module, layers, DEFAULT_SCORE, inputs)
         stats_seconds += time.perf_counter() - t_stats
     gains: dict[str, float] = {}
     low_bytes: dict[str, int] = {}
@@ -422,20 +464,27 @@ def convert_model(
         if inputs is not None:
             pairs = _bn_fit(result, weight, inputs)
         if scorer is not None and key not in gains:
-            from nqformat import bitpack
             from nqformat.torch.sensitivity import part_full_weights
 
-            both = part_full_weights(result.w_int, result.w_high, *pairs)
-            gains[key] = scorer.gain(by_key[key], *both)
-            low_bytes[key] = bitpack.packed_size(tensor.numel(), n - h + 1)
+            gains[key] = scorer.gain(
+                by_key[key], *part_full_weights(result.w_int, result.w_high, *pairs)
+            )
         return result, pairs
 
     items = list(sd.items())
+    if sensitivity and layers:
+        from nqformat import bitpack
+
+        low_bytes = {k: bitpack.packed_size(sd[k].numel(), n - h + 1) for k in nested_keys}
+    if probe_shape is not None:
+        t_stats = time.perf_counter()
+        gains = _probe(module, items, nested_keys, quantize, probe_shape)
+        stats_seconds += time.perf_counter() - t_stats
     if low_order == LOW_ORDER_SENSITIVITY:
-        if scorer is None:
+        if not (sensitivity and layers):
             raise QuantizationError("low_order='sensitivity' needs sensitivity=True")
         for key, tensor in items:  # a first pass for the gains; the codes are made again below
-            if key in nested_keys:
+            if key in nested_keys and key not in gains:
                 quantize(key, tensor)
         items = _nested_in_order(items, gain_order_of(gains, low_bytes))
     elif low_order != LOW_ORDER_STATE_DICT:
@@ -468,8 +517,9 @@ def convert_model(
                 raw_elements += tensor.numel()
             if progress is not None:
                 progress(key, done, total)
-        if scorer is not None:
-            writer.update_metadata({"sensitivity": _sensitivity_meta(scorer, gains, low_bytes)})
+        if sensitivity and layers:
+            sens = _sensitivity_meta(scorer, probe_shape, gains, low_bytes)
+            writer.update_metadata({"sensitivity": sens})
         out = writer.close()
     with nqformat.open(out, verify=False) as f:
         part_end, full_end, size = f.part_end, f.full_end, f.file_size

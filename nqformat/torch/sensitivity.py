@@ -20,11 +20,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import fx, nn
 
 from nqformat.quant.sensitivity import Score, layer_gain
 
-__all__ = ["Scorer", "following_norm_weights", "part_full_weights", "scorer"]
+__all__ = [
+    "PROBE_IMAGES",
+    "PROBE_SCORE",
+    "PROBE_SEED",
+    "Scorer",
+    "following_norm_weights",
+    "part_full_weights",
+    "probe_gains",
+    "probe_input_shape",
+    "scorer",
+]
 
 F64 = np.float64
 
@@ -129,3 +140,67 @@ def scorer(
         found, how = following_norm_weights(module)
         norms = {n: found[n] for n in names if n in found}
     return Scorer(score, dict(inputs), norms, how)
+
+
+#: the probe's synthetic batch: images of independent N(0, 1) values in the model's normalised
+#: input space (no data), and its seed, so the same model gives the same gains
+PROBE_IMAGES = 8
+PROBE_SEED = 0
+#: META sensitivity.score of a probed file
+PROBE_SCORE = "probe-kl"
+
+
+def probe_input_shape(metadata: Mapping[str, object]) -> tuple[int, ...] | None:
+    """(channels, height, width) from META ``model.data_config.input_size``; None without it
+    (the probe cannot run: the converter falls back to an analytic score)."""
+    model = metadata.get("model")
+    config = model.get("data_config") if isinstance(model, Mapping) else None
+    size = config.get("input_size") if isinstance(config, Mapping) else None
+    if isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) for v in size):
+        return tuple(int(v) for v in size)
+    return None
+
+
+@torch.no_grad()
+def probe_gains(
+    module: nn.Module,
+    weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    input_shape: tuple[int, ...],
+    *,
+    images: int = PROBE_IMAGES,
+    seed: int = PROBE_SEED,
+) -> dict[str, float]:
+    """Weight name -> the gain of upgrading that one layer, measured at the model's output on
+    a synthetic batch: ``KL(full || full with that one layer part-bit)``, the KL of the softmax
+    over the last axis, mean over the batch: what the layer's part-bit error costs at the
+    output, through every layer after it. (Measuring from the part-bit model instead, the
+    KL that one upgrade removes, ranked worse on real photos: docs/mixed-precision.md.)
+    ``weights`` maps each
+    nested weight's state-dict name to its (full-bit, part-bit) values; ``module`` is not
+    changed (the weights are passed with torch.func.functional_call)."""
+    from torch.func import functional_call
+
+    x = torch.randn((images, *input_shape), generator=torch.Generator().manual_seed(seed))
+    full = {k: wf for k, (wf, _) in weights.items()}
+    part = {k: wp for k, (_, wp) in weights.items()}
+    was_training = module.training
+    module.eval()
+    try:
+        ref = torch.log_softmax(_logits(functional_call(module, full, (x,))), -1)
+
+        def kl(params: Mapping[str, torch.Tensor]) -> float:
+            out = torch.log_softmax(_logits(functional_call(module, dict(params), (x,))), -1)
+            return float((ref.exp() * (ref - out)).sum(-1).mean())
+
+        return {k: kl({**full, k: part[k]}) for k in weights}
+    finally:
+        module.train(was_training)
+
+
+def _logits(out: object) -> torch.Tensor:
+    """The model output as float64 rows over its last axis (a tuple/list: its first item)."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the probe needs a tensor output, got {type(out).__name__}")
+    return out.double().reshape(-1, out.shape[-1])
