@@ -392,7 +392,7 @@ PROBE_META = {"model": {"data_config": {"input_size": [3, 6, 6]}}}
 @pytest.fixture(scope="module")
 def probed_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("budget") / "probed.nq"
-    return nqt.convert_model(tiny(), path, n=N, h=H, metadata=PROBE_META).path
+    return nqt.convert_model(tiny(), path, n=N, h=H, metadata=PROBE_META, sensitivity="probe").path
 
 
 def test_a_model_with_an_input_shape_is_probed(probed_file: pathlib.Path) -> None:
@@ -416,8 +416,9 @@ def test_a_model_with_an_input_shape_is_probed(probed_file: pathlib.Path) -> Non
 def test_probe_leaves_the_module_unchanged_and_is_deterministic(tmp_path: pathlib.Path) -> None:
     module = tiny().train()  # the probe runs it in eval mode and gives its mode back
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    a = nqt.convert_model(module, tmp_path / "a.nq", n=N, h=H, metadata=PROBE_META).path
-    b = nqt.convert_model(tiny(), tmp_path / "b.nq", n=N, h=H, metadata=PROBE_META).path
+    kw = {"n": N, "h": H, "metadata": PROBE_META, "sensitivity": "probe"}
+    a = nqt.convert_model(module, tmp_path / "a.nq", **kw).path  # type: ignore[arg-type]
+    b = nqt.convert_model(tiny(), tmp_path / "b.nq", **kw).path  # type: ignore[arg-type]
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
     assert module.training
     assert a.read_bytes() == b.read_bytes()
@@ -436,3 +437,15 @@ def test_probe_gain_is_the_kl_the_layer_part_bit_costs_at_the_output() -> None:
     out = torch.log_softmax((x @ part.T + lin.bias).double(), -1)
     expected = float((ref.exp() * (ref - out)).sum(-1).mean())
     assert gains["weight"] == pytest.approx(expected) and expected > 0
+
+
+def test_the_default_score_is_analytic_and_the_probe_needs_an_input_shape(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = nqt.convert_model(tiny(), tmp_path / "a.nq", n=N, h=H, metadata=PROBE_META).path
+    with nqformat.open(path) as f:
+        assert f.metadata["sensitivity"]["score"] == "propagated"
+    with pytest.raises(QuantizationError, match="input_size"):
+        nqt.convert_model(tiny(), tmp_path / "b.nq", n=N, h=H, sensitivity="probe")
+    with pytest.raises(QuantizationError, match="sensitivity must be"):
+        nqt.convert_model(tiny(), tmp_path / "c.nq", n=N, h=H, sensitivity="fast")

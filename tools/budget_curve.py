@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="random orders (median reported)")
     ap.add_argument("--candidates", action="store_true", help="also every sensitivity score")
     ap.add_argument("--only", nargs="*", default=(), help="orders whose labels start so")
+    ap.add_argument(
+        "--sensitivity",
+        default="probe",
+        choices=["probe", "analytic"],
+        help="the converter's score for the 'sensitivity' curve",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=pathlib.Path, help="write the markdown tables here")
     args = ap.parse_args(argv)
@@ -36,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python tools/budget_curve.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     sets = [
         measure_model(
-            m, n=args.n, h=args.h, seeds=args.seeds, candidates=args.candidates, only=args.only
+            m,
+            n=args.n,
+            h=args.h,
+            seeds=args.seeds,
+            candidates=args.candidates,
+            only=args.only,
+            sensitivity=True if args.sensitivity == "analytic" else "probe",
         )
         for m in args.models
     ]

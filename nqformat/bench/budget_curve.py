@@ -186,12 +186,14 @@ def measure_model(
     seeds: int = 5,
     candidates: bool = False,
     only: Sequence[str] = (),
+    sensitivity: bool | str = "probe",
     extended: bool = True,
     workdir: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
 ) -> CurveSet:
     """Convert ``model_name`` (nqformat.zoo, real weights) to INT(n|h) and measure its curves
-    (``only``: just the orders whose labels start with one of these)."""
+    (``only``: just the orders whose labels start with one of these; ``sensitivity``: the
+    converter's option, the score whose stored order is the ``sensitivity`` curve)."""
     import nqformat.torch as nqt
     from nqformat import zoo
 
@@ -204,7 +206,9 @@ def measure_model(
     log(f"{model_name}: {len(photos)} photos, 1 view each, {cfg.describe()}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = pathlib.Path(tmp) / f"{model_name}.nq"
-        nqt.convert_model(fp32, path, n=n, h=h, metadata={"model": model_meta})
+        nqt.convert_model(
+            fp32, path, n=n, h=h, metadata={"model": model_meta}, sensitivity=sensitivity
+        )
         work, _ = zoo.build(zoo.resolve(model_name))
         mixer = _Mixer(work, path)
     total = sum(mixer.sizes.values())

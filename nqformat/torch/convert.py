@@ -68,6 +68,10 @@ _VAR_FLOOR = 1e-6
 #: META quant.params_fit.method: bump when the statistics or the fit change
 PARAMS_FIT_METHOD = "graphstats-1"
 
+#: ``sensitivity`` choice that measures the gains by running the model (the default, True, is
+#: the analytic score)
+SENSITIVITY_PROBE = "probe"
+
 #: ``low_order`` choices: nested tensors in state_dict order, or most valuable first
 LOW_ORDER_STATE_DICT = "state_dict"
 LOW_ORDER_SENSITIVITY = "sensitivity"
@@ -359,7 +363,7 @@ def convert_model(
     metadata: Mapping[str, Any] | None = None,
     compress: bool = False,
     progress: ProgressCallback | None = None,
-    sensitivity: bool = True,
+    sensitivity: bool | str = True,
     low_order: str = LOW_ORDER_STATE_DICT,
 ) -> ConvertReport:
     """Write ``module`` as a NestQuant ``.nq`` file at ``path`` (atomically).
@@ -378,9 +382,13 @@ def convert_model(
     narrower switch (``refit`` = ``lsq``, ``inherited`` = ``reference``); giving both must agree.
     META ``quant.params`` records the choice, ``quant.params_fit`` the BN fit's inputs.
 
-    ``sensitivity`` (default True) scores each layer's part -> full gain data-free
-    (nqformat.quant.sensitivity) and records the gains and the recommended LOW order in META
-    ``sensitivity``, which ``nqformat.torch.upgrade_within`` and streamed LOW follow.
+    ``sensitivity`` (default True: the analytic score, milliseconds) scores each layer's
+    part -> full gain data-free (nqformat.quant.sensitivity) and records the gains and the
+    recommended LOW order in META ``sensitivity``, which ``nqformat.torch.upgrade_within`` and
+    streamed LOW follow. ``sensitivity="probe"`` measures each gain at the output of the model
+    run on a synthetic batch instead (nqformat.torch.sensitivity.probe_gains: better orders,
+    docs/mixed-precision.md, at one forward of 8 inputs per layer; needs META
+    ``model.data_config.input_size``). False records none.
     ``low_order="sensitivity"`` writes the nested tensors in that order (raw ones keep their
     places; the layers are quantized twice), so that LOW's bytes lie most valuable first and a
     front-to-back download (HTTP) stopped early holds the best layers; the default keeps
@@ -441,11 +449,21 @@ def convert_model(
         from nqformat.torch.sensitivity import scorer as make_scorer
 
         t_stats = time.perf_counter()
-        probe_shape = probe_input_shape(meta)
-        if probe_shape is None:  # nothing to run the model on: the analytic score
+        if sensitivity == SENSITIVITY_PROBE:
+            probe_shape = probe_input_shape(meta)
+            if probe_shape is None:
+                raise QuantizationError(
+                    "sensitivity='probe' runs the model: it needs the input shape in META "
+                    "model.data_config.input_size"
+                )
+        elif sensitivity is True:
             bn_sens = bn_inputs if params == Params.BN.value else _bn_inputs(module, layers)[0]
             inputs = {name: (li.var, li.mean) for name, li in bn_sens.items()}
             scorer = make_scorer(module, layers, DEFAULT_SCORE, inputs)
+        else:
+            raise QuantizationError(
+                f"sensitivity must be True, False or 'probe', got {sensitivity!r}"
+            )
         stats_seconds += time.perf_counter() - t_stats
     gains: dict[str, float] = {}
     low_bytes: dict[str, int] = {}
