@@ -34,6 +34,7 @@ __all__ = [
     "eval_cmd",
     "imagenet_synset_index",
     "label_from_filename",
+    "parse_budget",
     "parse_class_index",
     "preprocess_from_meta",
 ]
@@ -379,6 +380,13 @@ def _run(
     help="codes: keep the packed codes and dequantize each layer as it runs (part-bit memory); "
     "float: expand every weight to float32 at load. Outputs are bit-identical.",
 )
+@click.option(
+    "--budget",
+    metavar="BYTES",
+    help="Upgrade the part-bit model within BYTES of LOW (or a share of LOW such as 25%), the "
+    "layers with the largest predicted gain per byte first (nqformat.torch.upgrade_within), and "
+    "evaluate that model as 'budget' (after 'part' with --mode both). Needs --resident codes.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option(
@@ -397,6 +405,7 @@ def eval_cmd(
     labels_from_filename: bool,
     pattern: str,
     resident: str,
+    budget: str | None,
     batch_size: int,
     workers: int,
     limit: int | None,
@@ -424,12 +433,18 @@ def eval_cmd(
         )
     if pattern != "*" and not labels_from_filename:
         fail("--pattern selects files of a flat folder: give --labels-from-filename", EXIT_USAGE)
+    if budget is not None and (mode == "full" or resident != "codes"):
+        fail("--budget upgrades layers of the part-bit model one by one: it needs --mode part "
+             "or both and --resident codes", EXIT_USAGE)  # fmt: skip
     require_torch_extra("eval", "torchvision")
     with nqformat.open(file) as f:
         meta = f.metadata
         part_only = f.part_only
-    if part_only and mode != "part":
+        # the LOW blobs' bytes, as upgrade_within counts them
+        low_bytes = sum(t.low.length for t in f.tensors() if t.kind.name == "NESTED")
+    if part_only and (mode != "part" or budget is not None):
         fail(f"{file} is a part-bit-only file (LOW absent): only --mode part can run")
+    budget_bytes = parse_budget(budget, low_bytes) if budget is not None else None
     preprocess = preprocess_from_meta(meta)
     if class_index is not None:
         mapping: dict[str, int] | None = parse_class_index(class_index)
@@ -477,13 +492,21 @@ def eval_cmd(
     switch_info: dict[str, Any] | None = None
     first = "full" if mode == "full" else "part"
     weight_bytes: dict[str, int] = {}
+    budget_info: dict[str, Any] | None = None
     model = nqtorch.load(file, mode=first, resident=resident)
     try:
         model.eval()
         handle = nqtorch.runtime(model)
-        weight_bytes[first] = handle.weight_bytes(model)
-        results.append(_run(model, loader, first, num_images, sorted_folders))
-        if mode == "both":
+        if budget_bytes is None or mode == "both":
+            weight_bytes[first] = handle.weight_bytes(model)
+            results.append(_run(model, loader, first, num_images, sorted_folders))
+            sorted_folders = None
+        if budget_bytes is not None:
+            chosen = nqtorch.upgrade_within(model, budget_bytes)
+            budget_info = {**asdict(chosen), "summary": chosen.summary()}
+            weight_bytes["budget"] = handle.weight_bytes(model)
+            results.append(_run(model, loader, "budget", num_images, sorted_folders))
+        elif mode == "both":
             report = nqtorch.switch(model, "full")
             switch_info = {**asdict(report), "bytes_paged": report.bytes_paged}
             weight_bytes["full"] = handle.weight_bytes(model)
@@ -499,11 +522,14 @@ def eval_cmd(
             "preprocess": asdict(preprocess),
             "results": {r.mode: r.to_dict() for r in results},
             "switch": switch_info,
+            "budget": budget_info,
             "resident": resident,
             "weight_bytes": weight_bytes,
         }
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
+    if budget_info is not None:
+        click.echo(budget_info["summary"])
     for r in results:
         click.echo(
             f"{r.mode:>4}  top-1 {100 * r.top1_acc:6.2f}% ({r.top1}/{r.images})  "
@@ -516,6 +542,26 @@ def eval_cmd(
             f"switch part -> full: paged in {switch_info['bytes_paged_in']:,} bytes of LOW, "
             f"{done} {switch_info['tensors']} layers in {switch_info['seconds']:.2f} s"
         )
+
+
+def parse_budget(text: str, low_bytes: int) -> int:
+    """``--budget``: a byte count (``1500000``) or a share of the file's LOW (``25%``)."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            share = float(value[:-1])
+            if not 0 <= share <= 100:
+                raise ValueError
+            return int(share / 100 * low_bytes)
+        budget = int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: give a number of bytes or a percentage of LOW such as 25%",
+            param_hint="--budget",
+        ) from None
+    if budget < 0:
+        raise click.BadParameter(f"{text!r}: a budget cannot be negative", param_hint="--budget")
+    return budget
 
 
 def _classes(dataset: Any) -> list[str]:

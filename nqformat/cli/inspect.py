@@ -72,6 +72,7 @@ def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
         meta = f.metadata
         rows = tensor_rows(f)
         sizes = size_report(f, rows)
+        low_order = f.low_order()
         sections = [
             {
                 "name": section_name(s),
@@ -117,6 +118,10 @@ def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
             "metadata": meta,
         }
     if layers:
+        from nqformat.quant.sensitivity import layer_gains
+
+        gains = layer_gains(meta) or {}
+        rank = {name: i for i, name in enumerate(low_order)} if gains else {}
         data["tensors"] = [
             {
                 "name": r.name,
@@ -129,6 +134,9 @@ def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
                 "low_bytes": r.low_bytes,
                 "compressed": r.compressed,
                 "fit": _layer_fit(meta, r.name, r.kind),
+                # META sensitivity (spec/metadata.md): predicted part -> full gain, LOW rank
+                "gain": gains.get(r.name),
+                "low_rank": rank.get(r.name),
             }
             for r in rows
         ]
@@ -352,7 +360,7 @@ def _render(data: dict[str, Any], layers: bool) -> str:
         out.append(
             _table(
                 "Tensors",
-                ("name", "kind", "shape", "dtype", "data", "high", "low", "fit"),
+                ("name", "kind", "shape", "dtype", "data", "high", "low", "fit", "gain", "rank"),
                 [
                     (
                         printable(t["name"]),
@@ -363,10 +371,12 @@ def _render(data: dict[str, Any], layers: bool) -> str:
                         f"{t['high_bytes']:,}" if t["kind"] == "nested" else "",
                         f"{t['low_bytes']:,}" if t["kind"] == "nested" else "",
                         t["fit"] or "",
+                        f"{t['gain']:.4g}" if t["gain"] is not None else "",
+                        str(t["low_rank"] + 1) if t["low_rank"] is not None else "",
                     )
                     for t in data["tensors"]
                 ],
-                {4, 5, 6},
+                {4, 5, 6, 8, 9},
             )
         )
     return "\n".join(out)

@@ -398,22 +398,49 @@ class NQFile:
                 )
         return low.length - self._release_levels()  # all of LOW supersedes levels paged in
 
+    def low_order(self) -> list[str]:
+        """Names of the NESTED tensors in the recommended LOW order: META
+        ``sensitivity.low_order`` (most valuable first, spec/metadata.md), tensors it does not
+        list after it in record order; record order when META has none (older files) or it is
+        not a list of names (META is informational: a bad one never fails a read)."""
+        nested = [t.name for t in self._header.tensors if t.kind is Kind.NESTED]
+        sens = self.metadata.get("sensitivity")
+        order = sens.get("low_order") if isinstance(sens, dict) else None
+        if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+            return nested
+        rank: dict[str, int] = {}
+        for name in order:
+            rank.setdefault(name, len(rank))
+        last = len(rank)
+        return sorted(nested, key=lambda name: rank.get(name, last))  # stable: record order
+
     def stream_low(
-        self, names: Iterable[str] | None = None
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        order: Literal["recommended", "file"] = "recommended",
     ) -> Iterator[tuple[str, ChecksumError | None]]:
         """Page LOW in blob by blob, to use it while it arrives (spec §11 step 13, streamed LOW).
 
-        Yields ``(name, None)`` for each NESTED tensor (in record order, or only ``names``) as
-        soon as its LOW blob is in and its own CRC matches: ``read(name, "full")`` then uses that
-        blob, before the rest of LOW exists. A blob whose CRC is wrong yields ``(name, error)``
-        and that tensor stays part-bit. Streaming all of LOW (no ``names``) ends by checking
-        ``LOW.crc``: LOW is then resident as after :meth:`page_in_low`, or, if the CRC is wrong,
-        every blob streamed is dropped and :class:`ChecksumError` raised. Over HTTP all of LOW
-        is one range request consumed as it arrives; ``names`` fetch LOW up to their blobs."""
+        Yields ``(name, None)`` for each NESTED tensor (all, or only ``names``) as soon as its LOW
+        blob is in and its own CRC matches: ``read(name, "full")`` then uses that blob, before
+        the rest of LOW exists. A blob whose CRC is wrong yields ``(name, error)`` and that
+        tensor stays part-bit. Streaming all of LOW (no ``names``) ends by checking ``LOW.crc``:
+        LOW is then resident as after :meth:`page_in_low`, or, if the CRC is wrong, every blob
+        streamed is dropped and :class:`ChecksumError` raised.
+
+        ``order="recommended"`` (default) takes the blobs most valuable first, as META
+        ``sensitivity.low_order`` recommends (:meth:`low_order`), so that stopping early leaves
+        the best model those blobs allow; ``order="file"`` takes record order. Over HTTP LOW is
+        one range request consumed as it arrives (``names``: up to their last blob), so its
+        bytes come in record order: a file whose records are in the recommended order
+        (``convert_model(..., low_order="sensitivity")``) delivers its best blobs first."""
         self._check_open()
         self._check_has_low()
         if self.low_resident:
             return
+        if order not in ("recommended", "file"):
+            raise NQError(f"order must be 'recommended' or 'file', got {order!r}")
         nested = [t for t in self._header.tensors if t.kind is Kind.NESTED]
         if names is not None:
             wanted = {self._nested(name).index for name in names}
@@ -421,7 +448,11 @@ class NQFile:
         low = self._pre.sections[Section.LOW]
         advise = getattr(self._src, "advise", None)  # a remote source reads ahead; a file need not
         if advise is not None and nested:
+            # the blobs lie in record order: one request from the first to the last of them
             advise(nested[0].low.offset, low.end if names is None else nested[-1].low.end)
+        if order == "recommended":
+            rank = {name: i for i, name in enumerate(self.low_order())}
+            nested.sort(key=lambda t: rank[t.name])
         for info in nested:
             ref = info.low
             stored = self._src.pread(ref.offset, ref.length)

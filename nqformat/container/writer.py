@@ -387,6 +387,14 @@ class NQWriter:
         self._add_record(raw_name, Kind.NESTED, code, shape, data_ref, high_ref, refs[0])
         self._level_refs[-1] = tuple(refs[1:])
 
+    def update_metadata(self, entries: Mapping[str, Any]) -> None:
+        """Set top-level META keys before :meth:`close`: for values known only once the
+        tensors are in (e.g. per-layer scores computed while quantizing)."""
+        self._check_open()
+        if not isinstance(entries, Mapping):
+            raise MetadataError(f"metadata must be a mapping, got {type(entries).__name__}")
+        self._metadata.update(entries)
+
     # --- finishing ------------------------------------------------------------------------------
 
     def close(self) -> pathlib.Path:

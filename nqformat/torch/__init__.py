@@ -4,10 +4,12 @@
 - :func:`load` rebuilds (or fills) a module from a file in ``"part"`` or ``"full"`` mode;
 - :func:`switch` pages the LOW section in or out and rewrites the weights in place (or, for a
   module loaded with ``resident="codes"``, only flips which codes its layers dequantize);
+- :func:`upgrade_within` spends a budget of LOW bytes on the layers that gain most per byte;
 - :func:`modes` reports the model each layer holds;
 - :func:`close` releases the file behind a loaded module.
 """
 
+from nqformat.torch.budget import BudgetReport, upgrade_within
 from nqformat.torch.convert import (
     AUTO_H,
     ConvertReport,
@@ -28,6 +30,7 @@ from nqformat.torch.runtime import (
 
 __all__ = [
     "AUTO_H",
+    "BudgetReport",
     "ConvertReport",
     "NQRuntime",
     "Params",
@@ -40,4 +43,5 @@ __all__ = [
     "quantized_layers",
     "runtime",
     "switch",
+    "upgrade_within",
 ]

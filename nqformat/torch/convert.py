@@ -34,6 +34,7 @@ from nqformat.quant import (
     per_element_inputs,
     refit_part_params,
 )
+from nqformat.quant.sensitivity import gain_order as gain_order_of
 from nqformat.report import fp32_bytes
 from nqformat.torch._tensors import FLOAT_DTYPES, nq_dtype, to_numpy
 
@@ -47,6 +48,7 @@ __all__ = [
     "ProgressCallback",
     "auto_h",
     "convert_model",
+    "predicted_inputs",
     "quantized_layers",
     "resolve_params",
 ]
@@ -66,6 +68,14 @@ QUANTIZED_TYPES = (nn.Conv2d, nn.Linear)
 _VAR_FLOOR = 1e-6
 #: META quant.params_fit.method: bump when the statistics or the fit change
 PARAMS_FIT_METHOD = "graphstats-1"
+
+#: ``sensitivity`` choice that measures the gains by running the model (the default, True, is
+#: the analytic score)
+SENSITIVITY_PROBE = "probe"
+
+#: ``low_order`` choices: nested tensors in state_dict order, or most valuable first
+LOW_ORDER_STATE_DICT = "state_dict"
+LOW_ORDER_SENSITIVITY = "sensitivity"
 
 #: called after each tensor is written: (tensor name, tensors done, tensors in total)
 ProgressCallback = Callable[[str, int, int], None]
@@ -245,6 +255,86 @@ def _bn_inputs(module: nn.Module, layers: list[str]) -> tuple[dict[str, _LayerIn
     return out, stats
 
 
+def predicted_inputs(
+    module: nn.Module, layers: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Layer -> (variance, mean) per weight element of its predicted inputs ([1, L] or
+    [C, L]), for the layers that have a prediction (the BN fit's inputs, for other users)."""
+    return {name: (li.var, li.mean) for name, li in _bn_inputs(module, layers)[0].items()}
+
+
+def _sensitivity_meta(
+    scorer: Any,
+    probe_shape: tuple[int, ...] | None,
+    gains: dict[str, float],
+    low_bytes: dict[str, int],
+) -> dict[str, Any]:
+    """META ``sensitivity`` (spec/metadata.md): per-tensor gains and the LOW delivery order."""
+    from nqformat.quant.sensitivity import SCORE_METHOD
+    from nqformat.torch import sensitivity as sens
+
+    how: dict[str, Any]
+    if probe_shape is not None:
+        how = {
+            "score": sens.PROBE_SCORE,
+            "probe": {
+                "images": sens.PROBE_IMAGES,
+                "seed": sens.PROBE_SEED,
+                "input_shape": list(probe_shape),
+            },
+        }
+    else:
+        how = {"score": scorer.score.value, "propagation": scorer.propagation}
+    return {
+        "method": SCORE_METHOD,
+        **how,
+        # 6 significant digits: enough to order layers, and META stays small
+        "gains": {k: float(f"{v:.6g}") for k, v in gains.items()},
+        "low_order": gain_order_of(gains, low_bytes),
+    }
+
+
+def _probe(
+    module: nn.Module,
+    items: list[tuple[str, Any]],
+    nested_keys: set[str],
+    quantize: Callable[[str, Any], tuple[NestQuantResult, tuple[np.ndarray, ...]]],
+    shape: tuple[int, ...],
+) -> dict[str, float]:
+    """The probe's gains (nqformat.torch.sensitivity.probe_gains): a first pass quantizes every
+    layer to hold its full-bit and part-bit weights (float32, twice the nested weights in
+    memory, only during this pass), then the model runs on the synthetic batch."""
+    import torch
+
+    from nqformat.torch.sensitivity import part_full_weights, probe_gains
+
+    weights = {}
+    for key, tensor in items:
+        if key in nested_keys:
+            result, pairs = quantize(key, tensor)
+            both = part_full_weights(result.w_int, result.w_high, *pairs)
+            weights[key] = tuple(
+                torch.from_numpy(w.astype(np.float32)).reshape(tensor.shape) for w in both
+            )
+            del result, both
+    return probe_gains(module, weights, shape)
+
+
+def _nested_in_order(items: list[tuple[str, Any]], order: list[str]) -> list[tuple[str, Any]]:
+    """``items`` with the nested entries (the names in ``order``) refilled in ``order``, each
+    raw entry where it was."""
+    tensors = dict(items)
+    queue = iter(order)
+    wanted = set(order)
+    out = []
+    for key, tensor in items:
+        if key in wanted:
+            key = next(queue)
+            tensor = tensors[key]
+        out.append((key, tensor))
+    return out
+
+
 def _bn_fit(
     result: NestQuantResult, weight: np.ndarray, inputs: _LayerInputs
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -309,6 +399,8 @@ def convert_model(
     metadata: Mapping[str, Any] | None = None,
     compress: bool = False,
     progress: ProgressCallback | None = None,
+    sensitivity: bool | str = True,
+    low_order: str = LOW_ORDER_STATE_DICT,
 ) -> ConvertReport:
     """Write ``module`` as a NestQuant ``.nq`` file at ``path`` (atomically).
 
@@ -327,6 +419,18 @@ def convert_model(
     pairs; the integer codes are the same for every choice. ``part_params`` is the older,
     narrower switch (``refit`` = ``lsq``, ``inherited`` = ``reference``); giving both must agree.
     META ``quant.params`` records the choice, ``quant.params_fit`` the BN fit's inputs.
+
+    ``sensitivity`` (default True: the analytic score, milliseconds) scores each layer's
+    part -> full gain data-free (nqformat.quant.sensitivity) and records the gains and the
+    recommended LOW order in META ``sensitivity``, which ``nqformat.torch.upgrade_within`` and
+    streamed LOW follow. ``sensitivity="probe"`` measures each gain at the output of the model
+    run on a synthetic batch instead (nqformat.torch.sensitivity.probe_gains: better orders,
+    docs/mixed-precision.md, at one forward of 8 inputs per layer; needs META
+    ``model.data_config.input_size``). False records none.
+    ``low_order="sensitivity"`` writes the nested tensors in that order (raw ones keep their
+    places; the layers are quantized twice), so that LOW's bytes lie most valuable first and a
+    front-to-back download (HTTP) stopped early holds the best layers; the default keeps
+    ``state_dict()`` order.
     """
     start = time.perf_counter()
     kept_patterns = tuple(keep_float)
@@ -381,21 +485,95 @@ def convert_model(
         stats_seconds = time.perf_counter() - t_stats
     else:
         stats_seconds = 0.0
+    scorer = None
+    probe_shape = None
+    if levels:
+        if sensitivity == SENSITIVITY_PROBE or low_order == LOW_ORDER_SENSITIVITY:
+            raise QuantizationError(
+                "per-layer sensitivity and low_order='sensitivity' apply to two-level files: "
+                "a file of several levels switches whole levels (spec §14)"
+            )
+        sensitivity = False  # the default score is not recorded for a file of several levels
+    if sensitivity and layers:
+        from nqformat.quant.sensitivity import DEFAULT_SCORE
+        from nqformat.torch.sensitivity import probe_input_shape
+        from nqformat.torch.sensitivity import scorer as make_scorer
+
+        t_stats = time.perf_counter()
+        if sensitivity == SENSITIVITY_PROBE:
+            probe_shape = probe_input_shape(meta)
+            if probe_shape is None:
+                raise QuantizationError(
+                    "sensitivity='probe' runs the model: it needs the input shape in META "
+                    "model.data_config.input_size"
+                )
+        elif sensitivity is True:
+            bn_sens = bn_inputs if params == Params.BN.value else _bn_inputs(module, layers)[0]
+            inputs = {name: (li.var, li.mean) for name, li in bn_sens.items()}
+            scorer = make_scorer(module, layers, DEFAULT_SCORE, inputs)
+        else:
+            raise QuantizationError(
+                f"sensitivity must be True, False or 'probe', got {sensitivity!r}"
+            )
+        stats_seconds += time.perf_counter() - t_stats
+    gains: dict[str, float] = {}
+    low_bytes: dict[str, int] = {}
     by_key = {f"{name}.weight": name for name in layers}
+
+    def quantize(key: str, tensor: Any) -> tuple[NestQuantResult, tuple[np.ndarray, ...]]:
+        """The codes and (scale, offset) pairs of one nested weight; its gain when scored."""
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise NQError(f"{key}: cannot quantize a {tensor.dtype} weight")
+        weight = to_numpy(tensor.float())
+        inputs = bn_inputs.get(by_key[key])
+        # the BN fit starts from the inherited pair; LSQ's part refit would be wasted
+        pp = PartParams.INHERITED.value if inputs is not None else part_params
+        result = nest_quantize(weight, n, h, rounding=rounding, part_params=pp)
+        pairs = (result.scale_full, result.offset_full, result.scale_part, result.offset_part)
+        if inputs is not None:
+            pairs = _bn_fit(result, weight, inputs)
+        if scorer is not None and key not in gains:
+            from nqformat.torch.sensitivity import part_full_weights
+
+            gains[key] = scorer.gain(
+                by_key[key], *part_full_weights(result.w_int, result.w_high, *pairs)
+            )
+        return result, pairs
+
+    items = list(sd.items())
+    if sensitivity and layers:
+        from nqformat import bitpack
+
+        low_bytes = {k: bitpack.packed_size(sd[k].numel(), n - h + 1) for k in nested_keys}
+    if probe_shape is not None:
+        t_stats = time.perf_counter()
+        gains = _probe(module, items, nested_keys, quantize, probe_shape)
+        stats_seconds += time.perf_counter() - t_stats
+    if low_order == LOW_ORDER_SENSITIVITY:
+        if not (sensitivity and layers):
+            raise QuantizationError("low_order='sensitivity' needs sensitivity=True")
+        for key, tensor in items:  # a first pass for the gains; the codes are made again below
+            if key in nested_keys and key not in gains:
+                quantize(key, tensor)
+        items = _nested_in_order(items, gain_order_of(gains, low_bytes))
+    elif low_order != LOW_ORDER_STATE_DICT:
+        raise QuantizationError(
+            f"low_order must be 'state_dict' or 'sensitivity', got {low_order!r}"
+        )
     total = len(sd)
     nested_elements = raw_elements = nested_count = 0
     with nqformat.NQWriter(
         path, n=n, h=h, metadata=meta, compress=compress, widths=levels
     ) as writer:
-        for done, (key, tensor) in enumerate(sd.items(), start=1):
+        for done, (key, tensor) in enumerate(items, start=1):
             if key in nested_keys:
-                if tensor.dtype not in FLOAT_DTYPES:
-                    raise NQError(f"{key}: cannot quantize a {tensor.dtype} weight")
-                weight = to_numpy(tensor.float())
-                inputs = bn_inputs.get(by_key[key])
-                # the BN fit starts from the inherited pair; LSQ's part refit would be wasted
-                pp = PartParams.INHERITED.value if inputs is not None else part_params
                 if levels:
+                    if tensor.dtype not in FLOAT_DTYPES:
+                        raise NQError(f"{key}: cannot quantize a {tensor.dtype} weight")
+                    weight = to_numpy(tensor.float())
+                    inputs = bn_inputs.get(by_key[key])
+                    # the BN fit starts from the inherited pair; LSQ's part refit would be wasted
+                    pp = PartParams.INHERITED.value if inputs is not None else part_params
                     _add_levels(writer, key, weight, levels, rounding, pp, inputs, tensor)
                     del weight
                     nested_elements += tensor.numel()
@@ -403,11 +581,7 @@ def convert_model(
                     if progress is not None:
                         progress(key, done, total)
                     continue
-                result = nest_quantize(weight, n, h, rounding=rounding, part_params=pp)
-                pairs = (result.scale_full, result.offset_full)
-                pairs += (result.scale_part, result.offset_part)
-                if inputs is not None:
-                    pairs = _bn_fit(result, weight, inputs)
+                result, pairs = quantize(key, tensor)
                 writer.add_nested(
                     key,
                     w_high=result.w_high,
@@ -419,7 +593,7 @@ def convert_model(
                     dtype=nq_dtype(tensor, key),
                     w_int=result.w_int,
                 )
-                del result, weight  # stream: one layer's codes in memory at a time
+                del result, pairs  # stream: one layer's codes in memory at a time
                 nested_elements += tensor.numel()
                 nested_count += 1
             else:
@@ -428,6 +602,9 @@ def convert_model(
                 raw_elements += tensor.numel()
             if progress is not None:
                 progress(key, done, total)
+        if sensitivity and layers:
+            sens = _sensitivity_meta(scorer, probe_shape, gains, low_bytes)
+            writer.update_metadata({"sensitivity": sens})
         out = writer.close()
     with nqformat.open(out, verify=False) as f:
         part_end, full_end, size = f.part_end, f.full_end, f.file_size

@@ -207,6 +207,7 @@ def load(
     resident: str = "float",
     cache_bytes: int | None = 0,
     bits: int | None = None,
+    budget: int | None = None,
 ) -> nn.Module:
     """Load a ``.nq`` file as an nn.Module holding the part-bit or the full-bit model.
 
@@ -239,10 +240,22 @@ def load(
     ``bits`` loads the level of that width of a file of several levels (spec §14; one of
     ``nqformat.open(path).levels``) instead of ``mode``; "part" and "full" are its lowest and
     highest level.
+
+    ``budget`` (bytes; part mode; always codes-resident, the runtime whose layers can differ in
+    mode) then upgrades the layers with the largest
+    predicted gain per LOW byte within that many LOW bytes (``nqformat.torch.upgrade_within``;
+    its report: ``nqformat.torch.budget.last_report(module)``).
     """
     wanted = _check_mode(mode)
     if resident not in RESIDENT:
         raise NQError(f"resident must be 'float' or 'codes', got {resident!r}")
+    if budget is not None:
+        if bits is not None:
+            raise NQError("budget upgrades layers of a two-level file; it cannot be given with bits")
+        from nqformat.torch.budget import load_within
+
+        return load_within(path, wanted, budget, module=module, verify=verify,
+                           act_quant=act_quant, cache_bytes=cache_bytes)  # fmt: skip
     if resident == "codes":
         from nqformat.torch.resident import load_codes
 
