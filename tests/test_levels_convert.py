@@ -151,3 +151,27 @@ def test_codes_runtime_serves_every_level_bit_exact(tmp_path: pathlib.Path) -> N
     with pytest.raises(nqformat.errors.NQError):
         nqt.switch(module, bits=6, layers=["conv"])
     nqt.close(module)
+
+
+def test_per_layer_sensitivity_is_refused_for_a_file_of_several_levels(
+    tmp_path: pathlib.Path,
+) -> None:
+    # a file of several levels switches whole levels: no per-layer order is recorded for it,
+    # and asking for one is an error rather than a META entry nothing can follow
+    from nqformat.errors import QuantizationError
+
+    three = convert_model(tiny(), tmp_path / "864.nq", n=8, h=(6, 4))
+    with nqformat.open(three.path) as f:
+        assert "sensitivity" not in f.metadata
+    with pytest.raises(QuantizationError, match="several levels"):
+        convert_model(tiny(), tmp_path / "x.nq", n=8, h=(6, 4), low_order="sensitivity")
+    assert not (tmp_path / "x.nq").exists()
+
+
+def test_load_refuses_a_budget_together_with_bits(tmp_path: pathlib.Path) -> None:
+    import nqformat.torch as nqt
+    from nqformat.errors import NQError
+
+    three = convert_model(tiny(), tmp_path / "864.nq", n=8, h=(6, 4))
+    with pytest.raises(NQError, match="cannot be given with bits"):
+        nqt.load(three.path, bits=6, budget=1000)

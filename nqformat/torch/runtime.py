@@ -251,7 +251,9 @@ def load(
         raise NQError(f"resident must be 'float' or 'codes', got {resident!r}")
     if budget is not None:
         if bits is not None:
-            raise NQError("budget upgrades layers of a two-level file; it cannot be given with bits")
+            raise NQError(
+                "budget upgrades layers of a two-level file; it cannot be given with bits"
+            )
         from nqformat.torch.budget import load_within
 
         return load_within(path, wanted, budget, module=module, verify=verify,
