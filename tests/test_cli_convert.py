@@ -250,3 +250,24 @@ def test_act_options_without_act_bits_are_usage_errors(tmp_path: pathlib.Path) -
     code, _, stderr = run(SMALL, "--random-init", "--act-sigma", "3", "-o", str(tmp_path / "x"))
     assert code == 2
     assert "--act-bits" in stderr
+
+
+def test_sensitivity_and_low_order_options_reach_the_file(tmp_path: pathlib.Path) -> None:
+    ordered = tmp_path / "ordered.nq"
+    code, _, err = run(
+        SMALL, "--n", "8", "--h", "4", "--random-init", "-q", "--low-order", "sensitivity",
+        "-o", str(ordered),
+    )  # fmt: skip
+    assert code == 0, err
+    with nqformat.open(ordered) as f:
+        order = f.metadata["sensitivity"]["low_order"]
+        nested = [i.name for i in f.tensors() if i.kind is Kind.NESTED]
+        assert nested == order  # the records themselves follow the recommended order
+    off = tmp_path / "off.nq"
+    code, _, err = run(
+        SMALL, "--n", "8", "--h", "4", "--random-init", "-q", "--sensitivity", "off",
+        "-o", str(off),
+    )  # fmt: skip
+    assert code == 0, err
+    with nqformat.open(off) as f:
+        assert "sensitivity" not in f.metadata

@@ -31,6 +31,9 @@ ZOOS = ("pytorchcv", "timm")  # nqformat.zoo.Zoo, spelt out so --help does not i
 ROUNDINGS = tuple(m.value for m in Rounding)
 PART_PARAMS = tuple(m.value for m in PartParams)
 PARAMS = tuple(m.value for m in Params)
+#: --sensitivity and --low-order choices (mapped to convert_model's arguments by _ordering)
+SENSITIVITIES = ("analytic", "probe", "off")
+LOW_ORDERS = ("file", "sensitivity")
 BAR_WIDTH = 24  # keeps bar, counts, time and the tensor name on one 80-column line
 NAME_WIDTH = 28
 
@@ -211,6 +214,24 @@ def _mib(x: int) -> str:
     default=None,
     help="Calibration batch size of --act-bits (ranges depend on it) [default: 128].",
 )
+@click.option(
+    "--sensitivity",
+    type=click.Choice(SENSITIVITIES),
+    default="analytic",
+    show_default=True,
+    help="Per-layer part->full gain stored in META for budgets and LOW delivery order "
+    "(docs/mixed-precision.md): analytic (data-free formula, milliseconds), probe (runs the "
+    "model on a seeded synthetic batch once per layer: the better order, seconds to minutes), "
+    "off. Two-level files only.",
+)
+@click.option(
+    "--low-order",
+    type=click.Choice(LOW_ORDERS),
+    default="file",
+    show_default=True,
+    help="Order of the nested tensors in the file: file (the model's state_dict order) or "
+    "sensitivity (most valuable LOW first, so a download stopped early keeps the best layers).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @human_errors
 def convert(
@@ -232,6 +253,8 @@ def convert(
     act_bits: int | None,
     act_sigma: float | None,
     act_batch: int | None,
+    sensitivity: str,
+    low_order: str,
     quiet: bool,
 ) -> None:
     """Quantize MODEL (a pytorchcv or timm name) into a NestQuant .nq file.
@@ -327,6 +350,7 @@ def convert(
             metadata={"model": model_meta},
             compress=compress,
             progress=callback,
+            **_ordering(sensitivity, low_order),
         )
     finally:
         if bar is not None:
@@ -347,6 +371,7 @@ def convert(
                 keep_float=keep_float,
                 model_meta=model_meta,
                 compress=compress,
+                ordering=_ordering(sensitivity, low_order),
             ),
         )
     if keep_float and not report.kept_float and not quiet:
@@ -424,7 +449,21 @@ def _add_activation_ranges(
         keep_float=options["keep_float"],
         metadata={"model": options["model_meta"], actquant.META_KEY: cal.to_metadata()},
         compress=options["compress"],
+        **options["ordering"],
     )
+
+
+def _ordering(sensitivity: str, low_order: str) -> dict[str, Any]:
+    """convert_model's ``sensitivity`` and ``low_order`` for the CLI's choices."""
+    from nqformat.torch.convert import (
+        LOW_ORDER_SENSITIVITY,
+        LOW_ORDER_STATE_DICT,
+        SENSITIVITY_PROBE,
+    )
+
+    scores = {"analytic": True, "probe": SENSITIVITY_PROBE, "off": False}
+    orders = {"file": LOW_ORDER_STATE_DICT, "sensitivity": LOW_ORDER_SENSITIVITY}
+    return {"sensitivity": scores[sensitivity], "low_order": orders[low_order]}
 
 
 hf_cli.add_options(convert)  # --keep-embeddings-float, --ln-fit, --workers
