@@ -454,6 +454,51 @@ class NQFile:
         what = f"{info.name!r} {which.name}" if named else which.name
         return memoryview(_zstd_decompress(stored, raw_len, what))
 
+    def blobs(self, infos: Iterable[TensorInfo], which: Section) -> list[memoryview]:
+        """The stored bytes of the DATA or HIGH blobs of ``infos`` (in their order), as
+        :meth:`_blob` gives each: CRC-checked (§11 step 13, when verifying) and decompressed.
+
+        For loading many blobs at once (the codes runtime's load): the uncompressed blobs come
+        from one read of the range they span, not one read each; each blob is still checked
+        against its own CRC. The views share that read's memory (it lives while any does).
+        Compressed blobs, and a span over the read budget (§10), go blob by blob."""
+        self._check_open()
+        if which is Section.LOW:
+            raise NQError("blobs() reads DATA or HIGH; LOW is paged in (page_in_low)")
+        infos = list(infos)
+        refs = [info.data if which is Section.DATA else info.high for info in infos]
+        # offset, length, crc, codec of each blob: the checks below are array operations
+        table = np.array([(r.offset, r.length, r.crc, r.codec) for r in refs], np.uint64)
+        table = table.reshape(len(refs), 4)
+        plain = (table[:, 3] == Codec.NONE) & (table[:, 1] > 0)
+        if not plain.any():
+            return [self._blob(info, which) for info in infos]
+        start = int(table[plain, 0].min())
+        end = int((table[plain, 0] + table[plain, 1]).max())
+        if end - start > self.max_bytes:
+            return [self._blob(info, which) for info in infos]
+        span = self._src.view(_PART_MAP, start, end - start)
+        if self._verify_blobs:
+            todo = plain.copy()
+            if self._checked:
+                todo &= [(info.index, which) not in self._checked for info in infos]
+            rows = np.flatnonzero(todo)
+            # one call for all of them (the C kernel where it is built)
+            actual = fused.crc32_ranges(span, table[rows, 0] - np.uint64(start), table[rows, 1])
+            bad = np.flatnonzero(actual != table[rows, 2])
+            if bad.size:
+                k = int(bad[0])
+                info, ref = infos[int(rows[k])], refs[int(rows[k])]
+                raise ChecksumError(
+                    f"{info.name!r}: {which.name} blob CRC is {ref.crc:#010x}, computed "
+                    f"{int(actual[k]):#010x} (§7.1)"
+                )
+            self._checked.update((infos[i].index, which) for i in rows.tolist())
+        return [
+            span[ref.offset - start : ref.end - start] if p else self._blob(info, which)
+            for info, ref, p in zip(infos, refs, plain.tolist(), strict=True)
+        ]
+
     def _check_budget(self, info: TensorInfo, nbytes: int, what: str) -> None:
         """LimitError, before anything is allocated, when ``nbytes`` exceed the read budget."""
         if nbytes > self.max_bytes:
