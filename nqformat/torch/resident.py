@@ -30,7 +30,7 @@ import collections
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat import fused
-from nqformat.container.reader import NQFile, TensorInfo
+from nqformat.container.reader import BLOB_READ_PIECE, NQFile, TensorInfo
 from nqformat.container.spec import DType, Kind, Section
 from nqformat.errors import NQError
 from nqformat.torch._tensors import _NQ_DTYPE, to_torch
@@ -455,11 +455,12 @@ def _records(
     infos: list[TensorInfo],
     params: list[memoryview],
     mode: Mode,
+    seen: set[str],
 ) -> list[tuple[nn.Module, _Layer]]:
     """A layer record (and the layer) for each NESTED tensor; ``params``: its checked DATA
-    blob (§7.2: scale_full, offset_full, scale_part, offset_part, float32 each)."""
+    blob (§7.2: scale_full, offset_full, scale_part, offset_part, float32 each); ``seen``:
+    the layers recorded so far (one nested weight per layer)."""
     out = []
-    seen = set()
     for info, blob in zip(infos, params, strict=True):
         owner, path, attr = _owner(modules, info.name)
         if attr != "weight" or path in seen:
@@ -482,6 +483,20 @@ def _records(
         )
         out.append((owner, rec))
     return out
+
+
+def _pieces(infos: list[TensorInfo], size: int) -> Iterator[list[TensorInfo]]:
+    """``infos`` in runs whose DATA blobs add up to at most ``size`` bytes (or one blob)."""
+    run: list[TensorInfo] = []
+    total = 0
+    for info in infos:
+        if run and total + info.data.length > size:
+            yield run
+            run, total = [], 0
+        run.append(info)
+        total += info.data.length
+    if run:
+        yield run
 
 
 def load_codes(
@@ -510,13 +525,19 @@ def load_codes(
         if mode == "full":
             f.page_in_low()
         handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
-        infos = f.tensors()
-        data = f.blobs(infos, Section.DATA)
-        raw = [i for i, info in enumerate(infos) if info.kind is Kind.RAW]
-        nested = [i for i, info in enumerate(infos) if info.kind is Kind.NESTED]
-        _restore_raws(modules, own, [infos[i] for i in raw], [data[i] for i in raw])
-        records = _records(modules, [infos[i] for i in nested], [data[i] for i in nested], mode)
-        del data
+        records: list[tuple[nn.Module, _Layer]] = []
+        seen: set[str] = set()
+        # DATA a piece at a time, each piece's bytes gone before the next is read: holding all
+        # of DATA at once left its size as resident memory (freed, not returned by malloc)
+        for infos in _pieces(f.tensors(), BLOB_READ_PIECE):
+            data = f.blobs(infos, Section.DATA)
+            raw = [i for i, info in enumerate(infos) if info.kind is Kind.RAW]
+            nested = [i for i, info in enumerate(infos) if info.kind is Kind.NESTED]
+            _restore_raws(modules, own, [infos[i] for i in raw], [data[i] for i in raw])
+            records += _records(
+                modules, [infos[i] for i in nested], [data[i] for i in nested], mode, seen
+            )
+            del data
         highs = f.blobs([rec.info for _, rec in records], Section.HIGH)
         for (owner, rec), high in zip(records, highs, strict=True):
             rec.high = high
