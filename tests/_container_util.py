@@ -8,7 +8,17 @@ from typing import Any
 
 import numpy as np
 
+import nqformat
 from nqformat import NQWriter
+from nqformat.container import spec
+from nqformat.container.spec import Section
+from nqformat.container.testing import (
+    fix_crcs,
+    preamble_of,
+    record_of,
+    replace_blob,
+    replace_section,
+)
 
 
 @dataclass(frozen=True)
@@ -90,3 +100,44 @@ def write_small(
             else:
                 w.add_raw(name, t)
     return tensors
+
+
+def write_compressible(path: pathlib.Path) -> pathlib.Path:
+    """One channel (incompressible 16-byte DATA blob, codec 0) of 4096 zero codes (HIGH and LOW
+    blobs codec 1)."""
+    one = np.ones(1, np.float32)
+    with NQWriter(path, n=8, h=6, metadata={}, compress=True) as w:
+        zeros = np.zeros((1, 4096), np.int8)
+        w.add_nested(
+            "w",
+            w_high=zeros,
+            w_low=zeros,
+            scale_full=one,
+            offset_full=one,
+            scale_part=one,
+            offset_part=one,
+        )
+    with nqformat.open(path) as f:
+        info = f.info("w")
+        assert (info.data.codec, info.high.codec, info.low.codec) == (0, 1, 1)
+    return path
+
+
+def damage_blob(raw: bytes, which: str, pos: int) -> bytes:
+    """Byte ``pos`` of w's ``which`` blob changed; every CRC fixed."""
+    ref = getattr(record_of(raw, 0), which)
+    buf = bytearray(raw)
+    buf[ref.offset + pos] ^= 0x10
+    out = replace_blob(bytes(buf), 0, which, crc=spec.crc32(buf[ref.offset : ref.end]))
+    return fix_crcs(out, data=True)
+
+
+def two_faults_in_one_read(tmp_path: pathlib.Path) -> pathlib.Path:
+    """write_compressible's file with HIGH's frame magic damaged (layout; CRCs fixed) and
+    LOW.crc wrong (checksum): a full-bit read of "w" meets the HIGH fault first (§11 step 13)."""
+    raw = write_compressible(tmp_path / "m.nq").read_bytes()
+    raw = damage_blob(raw, "high", 0)
+    low = preamble_of(raw).section(Section.LOW)
+    path = tmp_path / "two_faults.nq"
+    path.write_bytes(replace_section(raw, Section.LOW, crc=low.crc ^ 1))
+    return path

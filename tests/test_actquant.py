@@ -328,3 +328,36 @@ def test_calibrate_file_takes_the_batch_shape_from_the_file_metadata(tmp_path) -
     nqt.convert_model(small_cnn(), path, n=8, h=4, metadata=meta)
     calibration = aq.calibrate_file(path, 8, module=small_cnn(1), batch_size=2)
     assert calibration.input_shape == (3, 20, 20)
+
+
+def _documented_fake_quantize(x: np.ndarray, lo: float, hi: float, bits: int, signed: bool):
+    """spec/metadata.md's bit-exact statement, in numpy: width in binary64 then rounded once to
+    binary32, lo rounded to binary32 before the zero point, every other step a binary32 op."""
+    f32 = np.float32
+    width = f32(max(hi - lo, 1e-8))
+    scale = f32(f32(2**bits - 1) / width)
+    zero = f32(np.round(f32(scale * f32(lo))))
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if signed:
+        zero = f32(zero + f32(2 ** (bits - 1)))
+    q = np.clip(np.round((x.astype(f32) * scale).astype(f32) - zero), qmin, qmax).astype(f32)
+    return ((q + zero).astype(f32) / scale).astype(f32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lo=st.floats(-50, 0, allow_subnormal=False),
+    width=st.floats(0, 100, allow_subnormal=False),
+    bits=st.integers(2, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_fake_quantize_is_the_bit_exact_formula_of_metadata_md(
+    lo: float, width: float, bits: int, seed: int
+) -> None:
+    # lo and hi are arbitrary binary64 values (most not binary32), as another tool may write
+    hi = lo + width
+    signed = lo < 0
+    x = np.random.default_rng(seed).uniform(lo - 1, hi + 1, 257).astype(np.float32)
+    got = aq.fake_quantize(torch.from_numpy(x), ActRange(lo, hi, bits, signed)).numpy()
+    want = _documented_fake_quantize(x, lo, hi, bits, signed)
+    assert got.tobytes() == want.tobytes()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from _container_util import two_faults_in_one_read
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -584,7 +585,9 @@ def test_invalid_vector_is_rejected_with_its_error_code(nqread: Runner, vector: 
             compressed = info.kind.name == "NESTED" and _compressed(f, info.name, blobs)
             compressed = compressed or info.data.codec != 0
         res = nqread("dump", path, vector["tensor"], "--mode", vector["mode"])
-        if res.rc == EXIT_UNSUPPORTED:
+        if error == "part_only":  # not a corrupt file: nqread's exit code for unavailable data
+            assert (res.rc, res.code, res.stdout) == (EXIT_UNSUPPORTED, error, b""), res.stderr
+        elif res.rc == EXIT_UNSUPPORTED:
             # nqread checks zstd frame headers but cannot decompress: damage inside a frame
             # body is the one read error it reports as "unsupported" instead of `layout`
             assert compressed and error == "layout", res.stderr
@@ -600,6 +603,37 @@ def test_invalid_vector_is_rejected_with_its_error_code(nqread: Runner, vector: 
             assert nqread("dump", path, name, "--mode", mode).rc == EXIT_OK
     res = nqread("check", path)
     assert (res.rc, res.code) == (EXIT_INVALID, error), res.stderr
+
+
+def test_window_over_the_bound_is_layout_from_the_frame_header(nqread: Runner) -> None:
+    # §8: checked from the header, so this reader (no zstd) rejects it rather than "unsupported"
+    path = VECTORS_DIR / "invalid" / "zstd_window_over_2_27.nq"
+    res = nqread("dump", path, "zeros", "--mode", "part")
+    assert (res.rc, res.code, res.stdout) == (EXIT_INVALID, "layout", b""), res.stderr
+    assert "window" in res.stderr
+
+
+def test_blobs_of_one_read_are_checked_data_then_high_then_low(
+    nqread: Runner, tmp_path: pathlib.Path
+) -> None:
+    path = two_faults_in_one_read(tmp_path)  # HIGH frame damaged, LOW.crc wrong
+    res = nqread("dump", path, "w", "--mode", "full")
+    assert (res.rc, res.code) == (EXIT_INVALID, "layout"), res.stderr
+
+
+def test_non_finite_parameters_are_rejected_by_dump_and_check(nqread: Runner) -> None:
+    for name in ("param_nan", "param_inf"):
+        path = VECTORS_DIR / "invalid" / f"{name}.nq"
+        for args in (("dump", path, "w", "--mode", "full"), ("check", path)):
+            res = nqread(*args)
+            assert (res.rc, res.code) == (EXIT_INVALID, "invalid_header"), res.stderr
+        assert nqread("dump", path, "w", "--codes").rc == EXIT_OK  # codes need no parameters
+        assert nqread("dump", path, "b").rc == EXIT_OK
+
+
+def test_check_ignores_the_bytes_after_part_end_of_a_part_only_file(nqread: Runner) -> None:
+    res = nqread("check", VECTORS_DIR / "valid" / "part_only_nonzero_tail.nq")
+    assert (res.rc, res.stdout) == (EXIT_OK, b"ok (part-bit-only file: LOW not checked)\n")
 
 
 # ------------------------------------------------------------------------------------------------

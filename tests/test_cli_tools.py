@@ -565,7 +565,8 @@ def test_invalid_vectors_found_by_reading_fail_verify_and_extract_keeps_only_a_g
     # in LOW (read in full mode) is left behind and the part-bit file is valid
     out = tmp_path / "part.nq"
     code, _, err = run("extract", path, "--part", "-o", out)
-    if vector.get("mode") == "full":
+    # (a part_only vector is read in full mode, but its damage is in the prefix)
+    if vector.get("mode") == "full" and vector["error"] != "part_only":
         assert code == 0, err
         assert run("verify", out)[0] == 0
     else:

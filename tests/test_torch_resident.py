@@ -497,3 +497,22 @@ def test_blobs_read_in_pieces_equal_blob_by_blob_reads(tiny_file, monkeypatch, p
         for which, chosen in ((Section.DATA, infos), (Section.HIGH, nested)):
             got = f.blobs(chosen, which)
             assert [bytes(b) for b in got] == [bytes(g._blob(i, which)) for i in chosen]
+
+
+def test_non_finite_channel_parameters_fail_the_codes_load(tiny_file, tmp_path) -> None:
+    """§7.2: the codes load reads the parameters in bulk but checks them as NQFile.params."""
+    import struct
+    import zlib
+
+    from nqformat.container.testing import replace_blob
+    from nqformat.errors import InvalidHeaderError
+
+    with nqformat.open(tiny_file) as f:
+        info = f.info("blocks.0.weight")
+    raw = bytearray(tiny_file.read_bytes())
+    raw[info.data.offset : info.data.offset + 4] = struct.pack("<f", float("nan"))
+    crc = zlib.crc32(raw[info.data.offset : info.data.end])
+    bad = tmp_path / "nan.nq"
+    bad.write_bytes(replace_blob(bytes(raw), info.index, "data", crc=crc))
+    with pytest.raises(InvalidHeaderError, match=r"blocks\.0\.weight.*not finite"):
+        nqt.load(bad, "part", module=tiny(), resident="codes")

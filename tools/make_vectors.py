@@ -14,6 +14,7 @@ error instead of "fixing" the vector. The test suite only reads the stored files
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import pathlib
@@ -27,17 +28,20 @@ import numpy as np
 
 from nqformat import NQWriter
 from nqformat.container import spec
-from nqformat.container.spec import IncompatFlag, Section
+from nqformat.container.spec import IncompatFlag, Section, SectionEntry
 from nqformat.container.testing import (
     fix_crcs,
     preamble_of,
     record_of,
     replace_blob,
+    replace_level_blob,
+    replace_level_entry,
     replace_meta,
     replace_preamble,
     replace_record,
     replace_section,
 )
+from nqformat.container.writer import ZSTD_LEVEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MANIFEST_VERSION = 1
@@ -64,6 +68,11 @@ class ValidVector:
     # META members written as exact JSON text (name -> text), for numbers that a JSON encoder
     # would not write as given (1e-999, 9007199254740993.0); the writer's "format" key is kept
     meta_members: dict[str, bytes] | None = None
+    # (issue 17) the bytes of valid vector ``derive_from`` changed by ``derive``; its tensors
+    derive_from: str | None = None
+    derive: Callable[[bytes], bytes] | None = None
+    # (issue 17) rewrites each zstd frame the writer makes (compress=True) before it is stored
+    frame: Callable[[bytes], bytes] | None = None
 
 
 # --- the oracle: spec §7.2, element by element, independent of the reader ------------------
@@ -73,9 +82,10 @@ def dequantize(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.n
     out = np.empty(codes.shape, np.float32)
     if out.size == 0:
         return out  # np.ndindex would expand the ranges of the other (huge) dimensions
-    for idx in np.ndindex(codes.shape):
-        c = idx[0]
-        out[idx] = np.float32(np.float32(np.float32(int(codes[idx])) * scale[c]) + offset[c])
+    with np.errstate(over="ignore"):  # a binary32 overflow is +-inf, as §7.2 wants
+        for idx in np.ndindex(codes.shape):
+            c = idx[0]
+            out[idx] = np.float32(np.float32(np.float32(int(codes[idx])) * scale[c]) + offset[c])
     return out
 
 
@@ -266,7 +276,146 @@ def valid_vectors() -> list[ValidVector]:
             ],
         ),
     ]
+    # added for issue 17 (the places an independent reader had to guess); appended
+    rng17 = np.random.default_rng(20261217)
+    vecs += [
+        ValidVector(
+            "dequant_edge_values",
+            "dequantized outputs (§7.2) with -0.0, +inf and -inf (a finite product or sum that "
+            "overflows binary32) and values that depend on rounding the product before the sum: "
+            "a product exactly halfway between two floats (ties to even), and elements whose "
+            "two-step result differs both from one fused rounding and from a binary64 "
+            "computation rounded once",
+            8,
+            4,
+            [("w", _edge_values_tensor())],
+        ),
+        ValidVector(
+            "meta_surrogate_keys",
+            "META keys that are distinct only as code points (§6): a lone high surrogate "
+            "escape, a lone low one, low then high (two lone code points) and high then low "
+            "(one pair, U+10000)",
+            4,
+            2,
+            [("b", np.array([0.5, -1.25], np.float32))],
+            meta_members=META_SURROGATE_MEMBERS,
+        ),
+        ValidVector(
+            "part_only_nonzero_tail",
+            "n8h6_model cut 3 bytes into LOW, with a nonzero byte in the padding between "
+            "part_end and LOW: a part-bit-only file, whose bytes from part_end on are ignored, "
+            "by verification too (§9, §11 step 14)",
+            8,
+            6,
+            [],
+            derive_from="n8h6_model",
+            derive=_nonzero_tail,
+        ),
+        ValidVector(
+            "zstd_frame_options",
+            "zstd frames (§8) with a content checksum and a Window_Descriptor of exactly 2^27 "
+            "bytes (not single-segment): every reader that decompresses must accept both",
+            8,
+            6,
+            [
+                ("zero_codes", nested(rng17, (64, 64), 8, 6, zeros=True)),
+                ("zeros", np.zeros(4096, np.float32)),
+            ],
+            compress=True,
+            frame=lambda f: _with_window_descriptor(f, ZSTD_WINDOW_2_27),
+        ),
+    ]
     return vecs
+
+
+def _f32(bits: int) -> np.float32:
+    return np.array([bits], np.uint32).view(np.float32)[0]
+
+
+#: a binary32 a bit above 1, and two (scale, offset) pairs found by search (the search is not
+#: repeated here: the constants are the vector), as binary32 bit patterns
+_TIE_SCALE = 0x3F800002  # 1 + 2^-22: 80 * it lies halfway between two binary32 values
+_ROUND_A = (0x3FCE5491, 0x3F9DAA6A)  # 1.6119558, 1.2317631
+_ROUND_B = (0x3DF04691, 0xBEEEDC4C)  # 0.117322095, -0.46652448
+
+
+def _edge_values_tensor() -> NestedIn:
+    """n=8, h=4 (l=4), six channels of eight elements; per channel (q codes, H codes, scale and
+    offset, the same for the full and the part model):"""
+    big = np.float32(3e38)  # finite; 2 * big overflows binary32
+    rows: list[tuple[list[int], list[int], np.float32, np.float32]] = [
+        # q = 0 * negative scale = -0.0, plus offset -0.0: -0.0 (H = 0 likewise)
+        ([0, 1, -1, 5, 0, -7, 16, -16], [0, 0, 0, 0, 0, 0, 1, -1], np.float32(-0.5), _f32(1 << 31)),
+        # product overflow: +-inf from finite parameters
+        ([127, -128, 1, -1, 0, 112, -112, 2], [7, -8, 0, 0, 0, 7, -7, 0], big, np.float32(0)),
+        # sum overflow: big + big = inf; -big + big = +0.0
+        ([1, -1, 0, -2, 16, -16, -32, 127], [0, 0, 0, 0, 1, -1, -2, 7], big, big),
+        # ties to even in the product: +-80 * (1 + 2^-22)
+        (
+            [80, -80, 3, -3, 127, -128, 48, -48],
+            [5, -5, 0, 0, 7, -8, 3, -3],
+            _f32(_TIE_SCALE),
+            np.float32(0),
+        ),
+        # two-step rounding differs from fused and from binary64-then-binary32 (q and H)
+        (
+            [-94, -77, -62, -47, 38, 55, -65, 63],
+            [-5, -5, -3, -3, 3, 3, -5, 3],
+            _f32(_ROUND_A[0]),
+            _f32(_ROUND_A[1]),
+        ),
+        (
+            [-109, -94, 34, 50, 69, 80, 88, 104],
+            [-6, -6, 3, 3, 5, 5, 6, 6],
+            _f32(_ROUND_B[0]),
+            _f32(_ROUND_B[1]),
+        ),
+    ]
+    q = np.array([r[0] for r in rows], np.int64)
+    high = np.array([r[1] for r in rows], np.int8)
+    low = q - high.astype(np.int64) * 16
+    if low.min() < -16 or low.max() > 15:
+        raise RuntimeError("an L code is outside its 5-bit range")
+    scale = np.array([r[2] for r in rows], np.float32)
+    offset = np.array([r[3] for r in rows], np.float32)
+    return NestedIn(high, low.astype(np.int8), (scale, offset, scale.copy(), offset.copy()))
+
+
+#: §6: keys distinct as code points; JSON escapes written by json.dumps (a lone surrogate
+#: stays an escape, "\ud800\udc00" is read as one pair)
+_HI, _LO = chr(0xD800), chr(0xDC00)  # lone surrogates (json.dumps writes them as escapes)
+META_SURROGATE_MEMBERS: dict[str, bytes] = {_HI: b"1", _LO: b"2", _LO + _HI: b"3", _HI + _LO: b"4"}
+
+
+def _nonzero_tail(raw: bytes) -> bytes:
+    """The first LOW.offset + 3 bytes of ``raw``, with byte part_end set to 0xA5."""
+    pre = preamble_of(raw)
+    out = bytearray(raw[: pre.section(Section.LOW).offset + 3])
+    out[pre.part_end] = 0xA5
+    return bytes(out)
+
+
+#: RFC 8878 Window_Descriptor: Exponent 17, Mantissa 0 is 2^(10 + 17) = 2^27 bytes (§8's bound)
+ZSTD_WINDOW_2_27 = 17 << 3
+_ZSTD_SINGLE_SEGMENT = 0x20
+_ZSTD_FCS_FLAG_SHIFT = 6
+
+
+def _with_window_descriptor(frame: bytes, descriptor: int) -> bytes:
+    """``frame`` (single-segment, as zstd writes small inputs) as a frame with a
+    Window_Descriptor: the same blocks and checksum, the content size in 4 or 8 bytes."""
+    fhd = frame[4]
+    if not fhd & _ZSTD_SINGLE_SEGMENT:
+        raise RuntimeError("expected a single-segment frame")
+    fcs_flag = fhd >> _ZSTD_FCS_FLAG_SHIFT
+    fcs_size = (1, 2, 4, 8)[fcs_flag]
+    if fhd & 3:
+        raise RuntimeError("expected no Dictionary_ID")
+    content = int.from_bytes(frame[5 : 5 + fcs_size], "little") + (256 if fcs_size == 2 else 0)
+    new_flag = 2 if content < 1 << 32 else 3
+    new_fhd = (new_flag << _ZSTD_FCS_FLAG_SHIFT) | (fhd & 0x1F)  # single-segment cleared
+    size = content.to_bytes((0, 2, 4, 8)[new_flag], "little")
+    return frame[:4] + bytes([new_fhd, descriptor]) + size + frame[5 + fcs_size :]
 
 
 #: §6 limits: the largest finite decimal is 2^1024 - 2^970 - 1 written with a fraction (the
@@ -290,8 +439,26 @@ def _empty_nested(shape: tuple[int, ...]) -> NestedIn:
     return NestedIn(np.zeros(shape, np.int8), np.zeros(shape, np.int8), (one, one, one, one))
 
 
+class _FrameRewriter:
+    """Stands in for the writer's zstd compressor: its frames, rewritten by ``rewrite``."""
+
+    def __init__(self, rewrite: Callable[[bytes], bytes]) -> None:
+        import zstandard
+
+        # the writer's settings plus a content checksum (§8: optional, verified when present)
+        self._inner = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_content_size=True, write_checksum=True, threads=0
+        )
+        self._rewrite = rewrite
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._rewrite(self._inner.compress(data))
+
+
 def _write(vec: ValidVector, path: pathlib.Path) -> None:
     with NQWriter(path, n=vec.n, h=vec.h, metadata=vec.metadata, compress=vec.compress) as w:
+        if vec.frame is not None:
+            w._zstd = _FrameRewriter(vec.frame)  # the writer's lazily made compressor (a hook)
         for name, t in vec.tensors:
             if isinstance(t, NestedIn):
                 sf, of, sp, op = t.params
@@ -384,6 +551,8 @@ def invalid_vectors() -> list[InvalidVector]:
     C = "compressed"
     ML = "meta_number_limits"
     Z = "zero_size_huge_dims"
+    MS = "meta_surrogate_keys"
+    FO = "zstd_frame_options"
 
     def pre(b: dict[str, bytes]) -> Any:
         return preamble_of(b[E])
@@ -902,6 +1071,103 @@ def invalid_vectors() -> list[InvalidVector]:
             "zero_size_huge_dims with nested_no_channels [0, 2^24, 2^25] (§4)",
             lambda b: replace_record(b[Z], 1, dims=_dims(0, 1 << 24, 1 << 25)),
         ),
+        # issue 17: the places an independent reader had to guess; appended at the end. Each
+        # changes one thing of a valid vector (every CRC fixed unless the CRC is the point)
+        v(
+            "part_only_full_read_bad_blob",
+            "part_only",
+            "the part-bit-only prefix of example_n4h2 with a byte of w's HIGH blob changed (CRC "
+            "not fixed): a full-bit read is refused as part_only before any blob is checked "
+            "(§11 step 13)",
+            lambda b: _flip(b[E][: pre(b).part_end], record_of(b[E], 0).high.offset),
+            "read",
+            "w",
+            "full",
+        ),
+        v(
+            "codec_rules_per_blob",
+            "invalid_header",
+            "w's data blob codec 1 with the ZSTD flag clear, its high blob codec 2: step 11.6 "
+            "checks each blob fully before the next, so the data blob's invalid_header comes "
+            "first",
+            lambda b: replace_blob(replace_blob(b[E], 0, "data", codec=1), 0, "high", codec=2),
+        ),
+        v(
+            "meta_length_16_mib_plus_1",
+            "limit",
+            "META.length 16 MiB + 1: a §10 limit, checked at step 7 before META is read",
+            lambda b: replace_section(b[E], Section.META, length=spec.MAX_META_LENGTH + 1),
+        ),
+        v(
+            "high_end_near_2_64",
+            "layout",
+            "DATA.length 2^63 - 8192, HIGH.offset 2^63 - 4096 (canonical), HIGH.length 2^63 - 1: "
+            "LOW's canonical offset is align(2^64 - 4097, 4096) = 2^64 - 4096, which still fits "
+            "a u64 (§11 step 8) and differs from the stored one",
+            lambda b: replace_section(
+                replace_section(
+                    replace_section(b[E], Section.DATA, length=(1 << 63) - 8192),
+                    Section.HIGH,
+                    offset=(1 << 63) - 4096,
+                ),
+                Section.HIGH,
+                length=(1 << 63) - 1,
+            ),
+        ),
+        v(
+            "param_nan",
+            "invalid_header",
+            "w's scale_full[0] is a NaN (CRCs fixed): a read in either mode fails, since every "
+            "parameter must be finite (§7.2)",
+            lambda b: _set_blob_bytes(b[E], 0, "data", 0, bytes.fromhex("0000c07f")),
+            "read",
+            "w",
+            "part",
+        ),
+        v(
+            "param_inf",
+            "invalid_header",
+            "w's offset_part[1] is +inf (CRCs fixed; §7.2)",
+            lambda b: _set_blob_bytes(b[E], 0, "data", 28, bytes.fromhex("0000807f")),
+            "read",
+            "w",
+            "part",
+        ),
+        v(
+            "meta_duplicate_key_surrogate_pair",
+            "metadata",
+            "meta_surrogate_keys with the key \\udc00\\ud800 written as the UTF-8 of U+10000: "
+            "the same code point as the escaped pair \\ud800\\udc00 (§6)",
+            lambda b: _meta_replace(b[MS], b'"\\udc00\\ud800":', '"\U00010000":'.encode()),
+        ),
+        v(
+            "meta_duplicate_key_hex_case",
+            "metadata",
+            "meta_surrogate_keys with the key \\udc00 written \\uD800: the same code point "
+            "as the key \\ud800 (§6)",
+            lambda b: _meta_replace(b[MS], b'"\\udc00":', b'"\\uD800":'),
+        ),
+        v(
+            "zstd_content_checksum_wrong",
+            "layout",
+            "zstd_frame_options with one bit of the zeros blob's frame content checksum changed "
+            "(CRCs fixed): a reader that decompresses MUST verify it (§8)",
+            lambda b: _zstd_damage(b[FO], 1, "data", record_of(b[FO], 1).data.length - 1),
+            "read",
+            "zeros",
+            "part",
+        ),
+        v(
+            "zstd_window_over_2_27",
+            "layout",
+            "zstd_frame_options with the zeros blob's frame asking for a window of 2^27 + 2^24 "
+            "bytes (Window_Descriptor 0x89; CRCs fixed): over the §8 bound, rejected from the "
+            "frame header, so a reader without zstd rejects it too",
+            lambda b: _zstd_damage(b[FO], 1, "data", 5, mask=0x01),
+            "read",
+            "zeros",
+            "part",
+        ),
     ]
 
 
@@ -941,14 +1207,30 @@ def _low_flip(raw: bytes) -> bytes:
     return replace_blob(out, 0, "low", crc=new_crc)
 
 
-def _zstd_damage(raw: bytes, index: int, which: str, pos: int) -> bytes:
-    """Change byte ``pos`` of a compressed blob, then fix every CRC."""
+def _zstd_damage(raw: bytes, index: int, which: str, pos: int, mask: int = 0x10) -> bytes:
+    """Change byte ``pos`` of a compressed blob (XOR ``mask``), then fix every CRC."""
     ref = getattr(record_of(raw, index), which)
     if ref.codec != spec.Codec.ZSTD:
         raise RuntimeError(f"record {index} {which} blob is not compressed")
-    out = _flip(raw, ref.offset + pos, 0x10)
+    out = _flip(raw, ref.offset + pos, mask)
     out = replace_blob(out, index, which, crc=spec.crc32(out[ref.offset : ref.end]))
     return fix_crcs(out, data=True)
+
+
+def _set_blob_bytes(raw: bytes, index: int, which: str, pos: int, data: bytes) -> bytes:
+    """Bytes ``pos`` … of a blob set to ``data``; the blob, section and header CRCs fixed."""
+    ref = getattr(record_of(raw, index), which)
+    out = _set(raw, ref.offset + pos, data)
+    out = replace_blob(out, index, which, crc=spec.crc32(out[ref.offset : ref.end]))
+    return fix_crcs(out, data=True)
+
+
+def _meta_replace(raw: bytes, old: bytes, new: bytes) -> bytes:
+    """META with the text ``old`` (found once) replaced by the no longer ``new``."""
+    meta = _meta_text(raw)
+    if meta.count(old) != 1:
+        raise RuntimeError(f"{old!r} not found once in META")
+    return replace_meta(raw, meta.replace(old, new))
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -981,6 +1263,11 @@ def build(tmp: pathlib.Path) -> tuple[dict[str, bytes], dict[str, Any]]:
             raw = replace_preamble(
                 raw, version_minor=7, compat_flags=1 << 3, reserved=bytes(reserved)
             )
+            tensors_of = base
+        elif vec.derive_from is not None and vec.derive is not None:
+            base = by_name[vec.derive_from]
+            raw = vec.derive(valid_bytes[base.name])
+            part_only = len(raw) < preamble_of(raw).full_end
             tensors_of = base
         elif part_only:
             base = by_name[vec.part_only_of]
@@ -1028,8 +1315,411 @@ def build(tmp: pathlib.Path) -> tuple[dict[str, bytes], dict[str, Any]]:
         if inv.streamed_low is not None:
             item["streamed_low"] = inv.streamed_low
         manifest["invalid"].append(item)
+    _build_levels(tmp, files, manifest)
     files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     return files, manifest
+
+
+# --- version 1.1: several nested levels (spec §14) -----------------------------------------------
+
+
+@dataclass
+class LevelsIn:
+    """A NESTED tensor of a LEVELS file: H, residuals L_1 .. L_(m-1), a pair per level."""
+
+    high: np.ndarray
+    residuals: list[np.ndarray]
+    scales: list[np.ndarray]  # coarsest level first
+    offsets: list[np.ndarray]
+    dtype: str = "F32"
+
+
+@dataclass
+class LevelsVector:
+    name: str
+    description: str
+    widths: tuple[int, ...]
+    tensors: list[tuple[str, Any]]  # (name, LevelsIn | np.ndarray)
+    compress: bool = False
+    cut_of: tuple[str, int] | None = None  # (vector, level): the prefix ending at that level
+
+
+def _levels_codes(t: LevelsIn, widths: tuple[int, ...]) -> list[np.ndarray]:
+    """q_0 .. q_(m-1) as int16 (§14.3), the oracle's recomposition."""
+    q = [t.high.astype(np.int16)]
+    for j, low in enumerate(t.residuals, start=1):
+        q.append((q[-1] * (1 << (widths[j] - widths[j - 1])) + low).astype(np.int16))
+    return q
+
+
+def levels_nested(
+    rng: np.random.Generator, shape: tuple[int, ...], widths: tuple[int, ...], zeros: bool = False
+) -> LevelsIn:
+    """Random valid codes nested at ``widths``: q_top uniform, each coarser code rounded from
+    the finer one and clipped, residuals exact."""
+    n = widths[-1]
+    q = np.zeros(shape, np.int64) if zeros else rng.integers(-(1 << (n - 1)), 1 << (n - 1), shape)
+    residuals = []
+    for j in range(len(widths) - 1, 0, -1):
+        d, w = widths[j] - widths[j - 1], widths[j - 1]
+        high = np.clip(np.round(q / (1 << d)), -(1 << (w - 1)), (1 << (w - 1)) - 1).astype(np.int64)
+        residuals.append((q - high * (1 << d)).astype(np.int8))
+        q = high
+    c = shape[0]
+    scales, offsets = [], []
+    for w in widths:
+        scales.append((rng.uniform(1e-3, 1e-1, c) * (1 << (n - w))).astype(np.float32))
+        offsets.append(rng.uniform(-0.5, 0.5, c).astype(np.float32))
+    return LevelsIn(q.astype(np.int8), residuals[::-1], scales, offsets)
+
+
+def levels_vectors() -> list[LevelsVector]:
+    rng = np.random.default_rng(20261201)
+    f32 = np.float32
+    example = LevelsIn(
+        np.array([[1, -2, 0], [-1, 1, -2]], np.int8),
+        [
+            np.array([[-3, 2, 1], [0, -4, 3]], np.int8),
+            np.array([[1, 0, -1], [3, -4, 2]], np.int8),
+        ],
+        [np.array([2.0, 1.0], f32), np.array([0.5, 0.25], f32), np.array([0.125, 0.0625], f32)],
+        [np.array([0.125, -1.0], f32), np.array([0.0, -1.0], f32), np.array([0.0, -1.0], f32)],
+    )
+    bias = np.array([0.5, -1.25], f32)
+    model = [
+        ("conv.weight", levels_nested(rng, (4, 3, 3, 3), (4, 6, 8))),
+        ("conv.bias", rng.standard_normal(4).astype(f32)),
+        ("fc.weight", levels_nested(rng, (3, 11), (4, 6, 8))),
+        ("fc.bias", rng.standard_normal(3).astype(f32)),
+    ]
+    return [
+        LevelsVector(
+            "levels_n6h2",
+            "the worked example of spec §14.5: widths 2, 4, 6, §13's tensors plus a third level",
+            (2, 4, 6),
+            [("w", example), ("b", bias)],
+        ),
+        LevelsVector(
+            "levels_n6h2_l1",
+            "levels_n6h2 cut at the end of its 4-bit level: serves 2 and 4 bits, not 6",
+            (2, 4, 6),
+            [],
+            cut_of=("levels_n6h2", 1),
+        ),
+        LevelsVector(
+            "levels_n6h2_l0",
+            "levels_n6h2 cut at part_end: serves 2 bits only",
+            (2, 4, 6),
+            [],
+            cut_of=("levels_n6h2", 0),
+        ),
+        LevelsVector(
+            "levels_n8h4_model",
+            "INT(8|6|4): a conv and a linear layer with biases, random valid codes",
+            (4, 6, 8),
+            model,
+        ),
+        LevelsVector(
+            "levels_n8h4_compressed",
+            "INT(8|6|4) with zstd blobs (all-zero codes compress) beside plain ones (§8, §14.2)",
+            (4, 6, 8),
+            [
+                ("zeros", levels_nested(rng, (8, 64), (4, 6, 8), zeros=True)),
+                ("fc.weight", levels_nested(rng, (3, 11), (4, 6, 8))),
+                ("fc.bias", np.zeros(64, f32)),
+            ],
+            compress=True,
+        ),
+        LevelsVector(
+            "levels_four",
+            "four levels, widths 2, 3, 5, 8: two levels between part and full",
+            (2, 3, 5, 8),
+            [
+                ("a", levels_nested(rng, (5, 7), (2, 3, 5, 8))),
+                ("r", np.arange(6, dtype=np.int32)),
+                ("b", levels_nested(rng, (2, 2, 3), (2, 3, 5, 8))),
+            ],
+        ),
+    ]
+
+
+def _write_levels(vec: LevelsVector, path: pathlib.Path) -> None:
+    n, h = vec.widths[-1], vec.widths[0]
+    with NQWriter(path, n=n, h=h, metadata={}, compress=vec.compress, widths=vec.widths) as w:
+        for name, t in vec.tensors:
+            if isinstance(t, LevelsIn):
+                w.add_levels(
+                    name,
+                    w_high=t.high,
+                    residuals=t.residuals,
+                    scales=t.scales,
+                    offsets=t.offsets,
+                    dtype=t.dtype,
+                )
+            else:
+                w.add_raw(name, t)
+
+
+def _levels_expected(
+    vec: LevelsVector, available: tuple[int, ...]
+) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    out = []
+    for name, t in vec.tensors:
+        files: dict[str, bytes] = {}
+        if isinstance(t, LevelsIn):
+            codes = _levels_codes(t, vec.widths)
+            files["high"] = _npy(t.high.astype(np.int8))
+            for j, w in enumerate(vec.widths):
+                if w in available:
+                    files[f"codes_{w}"] = _npy(codes[j])
+                    files[f"f32_{w}"] = _npy(dequantize(codes[j], t.scales[j], t.offsets[j]))
+            entry = {"name": name, "kind": "NESTED", "dtype": t.dtype, "shape": list(t.high.shape)}
+        else:
+            files["raw"] = _npy(t)
+            code = spec.DType.from_numpy(t.dtype).name
+            entry = {"name": name, "kind": "RAW", "dtype": code, "shape": list(t.shape)}
+        out.append((entry, files))
+    return out
+
+
+def _levels_edit(raw: bytes, at: int, data: bytes) -> bytes:
+    """Bytes ``at`` .. of LEVELS replaced by ``data``; LEVELS and preamble CRCs fixed."""
+    decl = spec.LevelDecl.from_preamble(preamble_of(raw))
+    return fix_crcs(_set(raw, decl.entry.offset + at, data))
+
+
+def _decl_edit(raw: bytes, **changes: Any) -> bytes:
+    """The level declaration (preamble bytes 208..251) changed; preamble CRC fixed."""
+    pre = preamble_of(raw)
+    decl = spec.LevelDecl.from_preamble(pre)
+    new = dataclasses.replace(decl, **changes)
+    return fix_crcs(replace_preamble(raw, reserved=pre.reserved[:14] + new.pack()))
+
+
+def _level_data_flip(raw: bytes, j: int, index: int) -> bytes:
+    """Flip a byte of record ``index``'s level-``j`` blob and fix that blob's CRC only."""
+    pre = preamble_of(raw)
+    decl = spec.LevelDecl.from_preamble(pre)
+    m = decl.count
+    at = decl.entry.offset + (m - 1) * spec.SECTION_ENTRY_SIZE
+    at += (index * (m - 2) + j - 2) * spec.BLOB_REF_SIZE
+    ref = spec.BlobRef.unpack(raw[at : at + spec.BLOB_REF_SIZE])
+    out = _flip(raw, ref.offset)
+    return replace_level_blob(out, index, j, crc=spec.crc32(out[ref.offset : ref.end]))
+
+
+def levels_invalid() -> list[InvalidVector]:
+    E, F = "levels_n6h2", "levels_four"
+    v = InvalidVector
+    return [
+        v(
+            "levels_count_two",
+            "invalid_header",
+            "levels_n6h2 declaring level_count 2 (a two-level file is a 1.0 file, §14.1)",
+            lambda b: _decl_edit(b[E], count=2),
+        ),
+        v(
+            "levels_count_nine",
+            "invalid_header",
+            "levels_n6h2 declaring level_count 9 (§14.1)",
+            lambda b: _decl_edit(b[E], count=9),
+        ),
+        v(
+            "levels_widths_not_rising",
+            "invalid_header",
+            "levels_n6h2 with widths 2, 2, 6 (§14.1)",
+            lambda b: _decl_edit(b[E], widths_raw=bytes([2, 2, 6, 0, 0, 0, 0, 0])),
+        ),
+        v(
+            "levels_width_past_count",
+            "invalid_header",
+            "levels_n6h2 with a nonzero widths[3] (§14.1)",
+            lambda b: _decl_edit(b[E], widths_raw=bytes([2, 4, 6, 7, 0, 0, 0, 0])),
+        ),
+        v(
+            "levels_top_width_not_n",
+            "invalid_header",
+            "levels_n6h2 with widths 2, 4, 5 while n = 6 (§14.1)",
+            lambda b: _decl_edit(b[E], widths_raw=bytes([2, 4, 5, 0, 0, 0, 0, 0])),
+        ),
+        v(
+            "levels_flag_cleared",
+            "layout",
+            "levels_n6h2 without the LEVELS flag: read as 1.0, its DATA blob is 24 bytes, not 16 "
+            "(never a wrong model, §14.1)",
+            lambda b: replace_preamble(b[E], incompat_flags=0),
+        ),
+        v(
+            "levels_crc",
+            "checksum",
+            "levels_n6h2 with its LEVELS CRC wrong (§14.4 step 10)",
+            lambda b: _levels_crc_wrong(b[E]),
+        ),
+        v(
+            "levels_length_wrong",
+            "layout",
+            "levels_n6h2 with LEVELS.length 24 more (DATA's place moves, §14.4 step 8)",
+            lambda b: _decl_edit(
+                b[E],
+                entry=dataclasses.replace(
+                    spec.LevelDecl.from_preamble(preamble_of(b[E])).entry, length=120
+                ),
+            ),
+        ),
+        v(
+            "level_entry_offset",
+            "layout",
+            "levels_n6h2 with R_2.offset 64 bytes late (§14.2)",
+            lambda b: replace_level_entry(b[E], 2, offset=_level_entry(b[E], 2).offset + 64),
+        ),
+        v(
+            "level_entry_reserved",
+            "invalid_header",
+            "levels_n6h2 with a nonzero reserved byte in R_1's entry (§14.4 step 10a)",
+            lambda b: replace_level_entry(b[E], 1, reserved=b"\x00\x01\x00\x00"),
+        ),
+        v(
+            "level_entry_past_full_end",
+            "layout",
+            "levels_n6h2 with R_2 one byte longer than LOW (§14.4 step 10a)",
+            lambda b: replace_level_entry(b[E], 2, length=_level_entry(b[E], 2).length + 1),
+        ),
+        v(
+            "level_blob_offset",
+            "layout",
+            "levels_four: record 0's level-3 blob 64 bytes late (§7.1, §14.2)",
+            lambda b: replace_level_blob(b[F], 0, 3, offset=_level_ref(b[F], 0, 3).offset + 64),
+        ),
+        v(
+            "level_blob_of_raw_record",
+            "invalid_header",
+            "levels_four: the RAW record 'r' with a nonzero level-2 reference (§14.4 step 11)",
+            lambda b: replace_level_blob(b[F], 1, 2, crc=1),
+        ),
+        v(
+            "level_blob_codec_2",
+            "unsupported_feature",
+            "levels_four: record 2's level-2 blob with codec 2 (§8)",
+            lambda b: replace_level_blob(b[F], 2, 2, codec=2),
+        ),
+        v(
+            "level_blob_zstd_flag_clear",
+            "invalid_header",
+            "levels_four: record 0's level-3 blob with codec 1 but no ZSTD flag (§3.3)",
+            lambda b: replace_level_blob(b[F], 0, 3, codec=1),
+        ),
+        v(
+            "level_blob_crc",
+            "checksum",
+            "levels_four: a byte of a's level-3 blob changed, R_3's CRC fixed (the blob's own "
+            "CRC still fails when a's 8-bit values are read, §14.4 step 13)",
+            lambda b: fix_crcs(_flip(b[F], _level_ref(b[F], 0, 3).offset), data=True),
+            when="read",
+            tensor="a",
+            mode="8",
+        ),
+        v(
+            "level_section_crc",
+            "checksum",
+            "levels_four: a byte of a's level-2 blob and that blob's CRC changed: R_2's CRC fails "
+            "when a 5-bit level is paged in (whole-level rule, §14.4 step 13)",
+            lambda b: _level_data_flip(b[F], 2, 0),
+            when="read",
+            tensor="a",
+            mode="5",
+        ),
+        v(
+            "level_padding",
+            "layout",
+            "levels_n6h2 with a nonzero byte in the padding between R_1 and R_2 (CRCs fixed: "
+            "only a full verification finds it, §14.4 step 14)",
+            lambda b: fix_crcs(_flip(b[E], _level_entry(b[E], 1).end + 5), data=True),
+            when="verify",
+        ),
+    ]
+
+
+def _levels_crc_wrong(raw: bytes) -> bytes:
+    """The LEVELS CRC in the preamble off by one bit; the preamble CRC fixed."""
+    pre = preamble_of(raw)
+    decl = spec.LevelDecl.from_preamble(pre)
+    bad = dataclasses.replace(decl, entry=dataclasses.replace(decl.entry, crc=decl.entry.crc ^ 1))
+    return dataclasses.replace(pre, reserved=pre.reserved[:14] + bad.pack()).pack() + raw[256:]
+
+
+def _level_entry(raw: bytes, j: int) -> SectionEntry:
+    decl = spec.LevelDecl.from_preamble(preamble_of(raw))
+    at = decl.entry.offset + (j - 1) * spec.SECTION_ENTRY_SIZE
+    return SectionEntry.unpack(raw[at : at + spec.SECTION_ENTRY_SIZE])
+
+
+def _level_ref(raw: bytes, index: int, j: int) -> spec.BlobRef:
+    decl = spec.LevelDecl.from_preamble(preamble_of(raw))
+    m = decl.count
+    at = decl.entry.offset + (m - 1) * spec.SECTION_ENTRY_SIZE
+    at += (index * (m - 2) + j - 2) * spec.BLOB_REF_SIZE
+    return spec.BlobRef.unpack(raw[at : at + spec.BLOB_REF_SIZE])
+
+
+def _build_levels(tmp: pathlib.Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """The version 1.1 vectors (§14), listed under ``levels_valid`` and ``levels_invalid``: a
+    1.0 reader skips them (or checks that it rejects each with ``unsupported_feature``)."""
+    raws: dict[str, bytes] = {}
+    vecs = levels_vectors()
+    by_name = {v.name: v for v in vecs}
+    manifest["levels_valid"] = []
+    for vec in vecs:
+        if vec.cut_of is not None:
+            base = by_name[vec.cut_of[0]]
+            full = raws[base.name]
+            decl = spec.LevelDecl.from_preamble(preamble_of(full))
+            ends = [preamble_of(full).part_end] + [
+                _level_entry(full, j).end for j in range(1, decl.count)
+            ]
+            raw = full[: ends[vec.cut_of[1]]]
+            available = base.widths[: vec.cut_of[1] + 1]
+            tensors_of = base
+        else:
+            path = tmp / f"{vec.name}.nq"
+            _write_levels(vec, path)
+            raw = path.read_bytes()
+            available = vec.widths
+            tensors_of = vec
+        raws[vec.name] = raw
+        rel = f"valid/{vec.name}.nq"
+        files[rel] = raw
+        entry: dict[str, Any] = {
+            "file": rel,
+            "description": vec.description,
+            "n": vec.widths[-1],
+            "h": vec.widths[0],
+            "levels": list(vec.widths),
+            "available": list(available),
+            "part_only": len(available) < len(vec.widths),
+            "compressed": bool(preamble_of(raw).incompat_flags & IncompatFlag.ZSTD),
+            "tensors": [],
+        }
+        for i, (tentry, npys) in enumerate(_levels_expected(tensors_of, available)):
+            tentry["expected"] = {}
+            for suffix, data in npys.items():
+                npy_rel = f"valid/{vec.name}/{i}.{suffix}.npy"
+                files[npy_rel] = data
+                tentry["expected"][suffix] = npy_rel
+            entry["tensors"].append(tentry)
+        manifest["levels_valid"].append(entry)
+    manifest["levels_invalid"] = []
+    for inv in levels_invalid():
+        rel = f"invalid/{inv.name}.nq"
+        files[rel] = inv.make(raws)
+        item: dict[str, Any] = {
+            "file": rel,
+            "error": inv.error,
+            "when": inv.when,
+            "description": inv.description,
+        }
+        if inv.when == "read":
+            item["tensor"], item["bits"] = inv.tensor, int(inv.mode or 0)
+        manifest["levels_invalid"].append(item)
 
 
 def _rewrite_meta_any_length(vec: ValidVector, meta: dict[str, Any], tmp: pathlib.Path) -> bytes:
@@ -1063,9 +1753,9 @@ def _with_meta_members(vec: ValidVector, members: dict[str, bytes], tmp: pathlib
 
 def _only_adds(old: bytes, new: bytes) -> bool:
     """True if manifest ``new`` lists every entry of ``old`` unchanged, in the same place, and
-    more entries after them (vectors were added, none changed)."""
+    more entries after them, or new keys (vectors were added, none changed)."""
     before, after = json.loads(old), json.loads(new)
-    if before == after or set(before) != set(after):
+    if before == after or not set(before) <= set(after):
         return False
     for key, value in before.items():
         if isinstance(value, list):

@@ -47,6 +47,12 @@ static const unsigned char NQ_MAGIC[8] = {0x89, 'N', 'Q', 'F', 0x0D, 0x0A, 0x1A,
 #define NQ_SECTION_COUNT 6             /* §3.2 */
 #define NQ_SECTION_ALIGN 4096u         /* §3.2 */
 #define NQ_FLAG_ZSTD UINT64_C(1)       /* §3.3 bit 0 */
+#define NQ_FLAG_LEVELS UINT64_C(2)     /* §14.1: incompat bit 1, several nested levels */
+#define NQ_LEVELS_AT 208u              /* §14.1: LEVELS section entry in the preamble */
+#define NQ_LEVEL_COUNT_AT 232u         /* §14.1: u8 level_count */
+#define NQ_LEVEL_WIDTHS_AT 233u        /* §14.1: u8 widths[8] */
+#define NQ_MIN_LEVELS 3u               /* §14.1: 3 <= level_count <= 8 */
+#define NQ_MAX_LEVELS 8u
 #define NQ_RECORD_SIZE 160u            /* §4 */
 #define NQ_MAX_NDIM 8u                 /* §4, §10 */
 #define NQ_BLOB_ALIGN 64u              /* §7.1 */
@@ -67,6 +73,7 @@ static const unsigned char NQ_MAGIC[8] = {0x89, 'N', 'Q', 'F', 0x0D, 0x0A, 0x1A,
 #define NQ_MAX_JSON_DEPTH 64u                            /* §6 */
 #define NQ_MAX_JSON_VALUES (UINT64_C(1) << 20)           /* §6, §10: values + member names */
 #define NQ_ZSTD_MAX_RATIO UINT64_C(32768) /* §8: no zstd frame is shorter than raw / 32768 */
+#define NQ_ZSTD_MAX_WINDOW (UINT64_C(1) << 27) /* §8: largest Window_Size a frame may ask for */
 /* §6: integers in META have magnitude <= 2^53 (16 digits) */
 #define NQ_JSON_INT_MAX "9007199254740992"
 /* §6: a number with a fraction or exponent must round to a finite binary64, i.e. be below
@@ -756,6 +763,7 @@ struct tensor {
     uint64_t dims[NQ_MAX_NDIM];
     uint64_t numel;
     struct blob data, high, low;
+    struct blob lv[NQ_MAX_LEVELS - 2]; /* §14.2: residual levels 2 .. m-1 (LEVELS files) */
 };
 
 struct reader {
@@ -769,7 +777,14 @@ struct reader {
     unsigned n, h, l;
     uint64_t part_end, full_end, header_end;
     struct section sec[NQ_SECTION_COUNT];
-    unsigned char *header; /* bytes [256, header_end): INDEX, NAMES, META */
+    /* §14: levels. A 1.0 file has m = 2, widths {h, n} and res[0] = LOW, so one code path
+     * reads both: level j > 0 adds the residual blob of res[j-1] (width w_j - w_(j-1) + 1). */
+    int levels;                           /* incompat bit 1 set */
+    unsigned m, widths[NQ_MAX_LEVELS];
+    struct section levels_sec;            /* the LEVELS header section */
+    struct section res[NQ_MAX_LEVELS - 1]; /* R_1 .. R_(m-1) */
+    uint64_t end[NQ_MAX_LEVELS];          /* each level's byte end */
+    unsigned char *header; /* bytes [256, header_end): INDEX, NAMES, META (, LEVELS) */
     const unsigned char *names;
     struct tensor *tensors;
     int part_only;
@@ -884,10 +899,9 @@ struct cursor {
     uint64_t end;   /* end of the last blob */
 };
 
-static int place_blob(const struct reader *r, int sec, struct cursor *c, struct blob *b,
-                      uint64_t raw, uint32_t rec, const char *which)
+static int place_blob(const struct section *s, const char *sname, struct cursor *c,
+                      struct blob *b, uint64_t raw, uint32_t rec, const char *which)
 {
-    const struct section *s = &r->sec[sec];
     uint64_t want = s->offset, end, sec_end = s->offset + s->length, bound;
     if (c->any && !align_u64(c->end, NQ_BLOB_ALIGN, &want))
         return fail(NQ_LAYOUT, "record %" PRIu32 ": %s blob offset overflows", rec, which);
@@ -895,7 +909,7 @@ static int place_blob(const struct reader *r, int sec, struct cursor *c, struct 
         return fail(NQ_LAYOUT,
                     "record %" PRIu32 ": %s blob at %" PRIu64 ", expected %" PRIu64
                     " in %s (§7.1)",
-                    rec, which, b->offset, want, SECTION_NAMES[sec]);
+                    rec, which, b->offset, want, sname);
     if (b->codec == NQ_CODEC_NONE) {
         if (b->length != raw)
             return fail(NQ_LAYOUT,
@@ -917,7 +931,7 @@ static int place_blob(const struct reader *r, int sec, struct cursor *c, struct 
     }
     if (!add_u64(b->offset, b->length, &end) || end > sec_end)
         return fail(NQ_LAYOUT, "record %" PRIu32 ": %s blob runs past the end of %s (§7.1)", rec,
-                    which, SECTION_NAMES[sec]);
+                    which, sname);
     c->any = 1;
     c->end = end;
     b->raw = raw;
@@ -925,12 +939,30 @@ static int place_blob(const struct reader *r, int sec, struct cursor *c, struct 
 }
 
 /* §11 step 11 for one record. */
+static const char *const LEVEL_NAMES[NQ_MAX_LEVELS] = {"level 0", "level 1", "level 2", "level 3",
+                                                        "level 4", "level 5", "level 6", "level 7"};
+
+/* The blob reference of residual level j >= 2 of record i, inside LEVELS (§14.2). */
+static const unsigned char *level_ref(const struct reader *r, uint32_t i, unsigned j)
+{
+    uint64_t at = r->levels_sec.offset - NQ_PREAMBLE_SIZE +
+                  (uint64_t)NQ_SECTION_ENTRY_SIZE * (r->m - 1) +
+                  ((uint64_t)i * (r->m - 2) + (j - 2)) * NQ_SECTION_ENTRY_SIZE;
+    return r->header + at;
+}
+
+/* The residual blob of level j >= 1 of a NESTED tensor: INDEX `low` for level 1 (§14.2). */
+static const struct blob *residual(const struct tensor *t, unsigned j)
+{
+    return j == 1 ? &t->low : &t->lv[j - 2];
+}
+
 static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, uint64_t *name_cur,
-                        struct cursor cur[3], int *any_zstd, int *named)
+                        struct cursor cur[NQ_MAX_LEVELS + 1], int *any_zstd, int *named)
 {
     struct tensor *t = &r->tensors[i];
-    const struct blob *used[3];
-    unsigned nused, k;
+    const struct blob *used[NQ_MAX_LEVELS + 1];
+    unsigned nused, k, j;
     uint64_t raw, end;
 
     t->name_offset = le64(rec);
@@ -943,11 +975,18 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
     parse_blob(rec + 80, &t->data);
     parse_blob(rec + 104, &t->high);
     parse_blob(rec + 128, &t->low);
+    for (j = 2; j < r->m; j++)
+        parse_blob(level_ref(r, i, j), &t->lv[j - 2]);
 
-    /* 11.1 reserved bytes (byte 15, 152..159, 21..23 of each blob reference) */
+    /* 11.1 reserved bytes (byte 15, 152..159, 21..23 of each blob reference, §14.4 too) */
     if (rec[15] != 0 || !all_zero(rec + 152, 8) || !all_zero(rec + 80 + 21, 3) ||
         !all_zero(rec + 104 + 21, 3) || !all_zero(rec + 128 + 21, 3))
         return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": reserved bytes are not zero (§4)", i);
+    for (j = 2; j < r->m; j++)
+        if (!all_zero(level_ref(r, i, j) + 21, 3))
+            return fail(NQ_INVALID_HEADER,
+                        "record %" PRIu32 ": reserved bytes of its level %u reference (§14.2)", i,
+                        j);
     /* 11.2 kind */
     if (t->kind != NQ_KIND_RAW && t->kind != NQ_KIND_NESTED)
         return fail(NQ_INVALID_HEADER, "record %" PRIu32 ": kind %u is neither 0 nor 1 (§4)", i,
@@ -973,9 +1012,14 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
                         i, k);
     /* 11.5 a RAW tensor has no high/low blob */
     if (t->kind == NQ_KIND_NESTED) {
-        used[0] = &t->data, used[1] = &t->high, used[2] = &t->low, nused = 3;
+        used[0] = &t->data, used[1] = &t->high, nused = 2;
+        for (j = 1; j < r->m; j++)
+            used[nused++] = residual(t, j);
     } else {
-        if (!all_zero(rec + 104, 48))
+        int zero = all_zero(rec + 104, 48);
+        for (j = 2; j < r->m; j++)
+            zero = zero && all_zero(level_ref(r, i, j), NQ_SECTION_ENTRY_SIZE);
+        if (!zero)
             return fail(NQ_INVALID_HEADER,
                         "record %" PRIu32 ": RAW tensor with non-zero high/low blob refs (§4)", i);
         used[0] = &t->data, nused = 1;
@@ -1034,19 +1078,23 @@ static int check_record(struct reader *r, uint32_t i, const unsigned char *rec, 
     /* 11.12 blob placement and lengths (§4.2, §7.1, §8), in the order data, high, low */
     if (t->kind == NQ_KIND_RAW) {
         raw = t->numel * DTYPES[t->dtype].size; /* <= 2^51, cannot wrap */
-        if (place_blob(r, SEC_DATA, &cur[0], &t->data, raw, i, "data"))
+        if (place_blob(&r->sec[SEC_DATA], "DATA", &cur[0], &t->data, raw, i, "data"))
             return -1;
     } else {
-        if (!mul_u64(t->dims[0], NQ_PARAM_ARRAYS * NQ_PARAM_BYTES, &raw))
+        /* §4.2, §14.3: two float32 arrays per level (16*C bytes in a 1.0 file) */
+        if (!mul_u64(t->dims[0], 2 * r->m * NQ_PARAM_BYTES, &raw))
             raw = UINT64_MAX; /* cannot match any stored length (§4.2) */
-        if (place_blob(r, SEC_DATA, &cur[0], &t->data, raw, i, "data"))
+        if (place_blob(&r->sec[SEC_DATA], "DATA", &cur[0], &t->data, raw, i, "data"))
             return -1;
         packed_len(t->numel, r->h, &raw); /* numel <= 2^48: cannot wrap */
-        if (place_blob(r, SEC_HIGH, &cur[1], &t->high, raw, i, "high"))
+        if (place_blob(&r->sec[SEC_HIGH], "HIGH", &cur[1], &t->high, raw, i, "high"))
             return -1;
-        packed_len(t->numel, r->l + 1, &raw);
-        if (place_blob(r, SEC_LOW, &cur[2], &t->low, raw, i, "low"))
-            return -1;
+        for (j = 1; j < r->m; j++) {
+            packed_len(t->numel, r->widths[j] - r->widths[j - 1] + 1, &raw);
+            if (place_blob(&r->res[j - 1], r->levels ? LEVEL_NAMES[j] : "LOW", &cur[1 + j],
+                           (struct blob *)residual(t, j), raw, i, j == 1 ? "low" : LEVEL_NAMES[j]))
+                return -1;
+        }
     }
     return 0;
 }
@@ -1097,8 +1145,9 @@ static int nq_open(struct reader *r, const char *path)
 {
     unsigned char p[NQ_PREAMBLE_SIZE];
     uint64_t v, want, header_len;
-    struct cursor cur[3];
+    struct cursor cur[NQ_MAX_LEVELS + 1];
     uint64_t name_cur = 0;
+    unsigned j;
     int any_zstd = 0, k;
     uint32_t i;
     off_t end;
@@ -1135,9 +1184,9 @@ static int nq_open(struct reader *r, const char *path)
     r->count = le32(p + 12);
     r->incompat = le64(p + 16);
     r->compat = le64(p + 24);
-    if (r->incompat & ~NQ_FLAG_ZSTD)
+    if (r->incompat & ~(NQ_FLAG_ZSTD | NQ_FLAG_LEVELS))
         return fail(NQ_UNSUPPORTED_FEATURE, "unknown incompat_flags bits 0x%" PRIx64 " (§3.3)",
-                    r->incompat & ~NQ_FLAG_ZSTD);
+                    r->incompat & ~(NQ_FLAG_ZSTD | NQ_FLAG_LEVELS));
     /* 6 */
     r->n = p[32];
     r->h = p[33];
@@ -1146,6 +1195,27 @@ static int nq_open(struct reader *r, const char *path)
     if (r->h < NQ_H_MIN || r->h > r->n - 1)
         return fail(NQ_INVALID_HEADER, "h = %u is not in 1..n-1 = 1..%u (§3.1)", r->h, r->n - 1);
     r->l = r->n - r->h;
+    r->levels = (r->incompat & NQ_FLAG_LEVELS) != 0;
+    r->m = 2, r->widths[0] = r->h, r->widths[1] = r->n;
+    if (r->levels) { /* §14.1: level_count and widths, rising strictly from h to n */
+        r->m = p[NQ_LEVEL_COUNT_AT];
+        if (r->m < NQ_MIN_LEVELS || r->m > NQ_MAX_LEVELS)
+            return fail(NQ_INVALID_HEADER, "level_count %u is not in 3..8 (§14.1)", r->m);
+        for (j = 0; j < NQ_MAX_LEVELS; j++) {
+            unsigned w = p[NQ_LEVEL_WIDTHS_AT + j];
+            int ok = j < r->m ? (j == 0 ? w == r->h : w > r->widths[j - 1]) : w == 0;
+            if (j + 1 == r->m && w != r->n)
+                ok = 0;
+            if (!ok)
+                return fail(NQ_INVALID_HEADER,
+                            "level widths must rise strictly from h to n, zero after (§14.1)");
+            if (j < r->m)
+                r->widths[j] = w;
+        }
+        r->levels_sec.offset = le64(p + NQ_LEVELS_AT);
+        r->levels_sec.length = le64(p + NQ_LEVELS_AT + 8);
+        r->levels_sec.crc = le32(p + NQ_LEVELS_AT + 16);
+    }
     r->part_end = le64(p + 40);
     r->full_end = le64(p + 48);
     for (k = 0; k < NQ_SECTION_COUNT; k++) {
@@ -1160,6 +1230,8 @@ static int nq_open(struct reader *r, const char *path)
     for (k = 0; k < NQ_SECTION_COUNT; k++)
         if (r->sec[k].offset > NQ_MAX_OFFSET || r->sec[k].length > NQ_MAX_OFFSET)
             return fail(NQ_LIMIT, "%s offset or length is over 2^63-1 (§10)", SECTION_NAMES[k]);
+    if (r->levels_sec.offset > NQ_MAX_OFFSET || r->levels_sec.length > NQ_MAX_OFFSET)
+        return fail(NQ_LIMIT, "LEVELS offset or length is over 2^63-1 (§10, §14.4)");
     if (r->part_end > NQ_MAX_OFFSET)
         return fail(NQ_LIMIT, "part_end is over 2^63-1 (§10)");
     if (r->full_end > NQ_MAX_OFFSET)
@@ -1169,7 +1241,7 @@ static int nq_open(struct reader *r, const char *path)
                     r->sec[SEC_META].length);
     v = NQ_PREAMBLE_SIZE + (uint64_t)NQ_RECORD_SIZE * r->count; /* lengths <= 2^63-1: no wrap */
     if (!add_u64(v, r->sec[SEC_NAMES].length, &v) || !add_u64(v, r->sec[SEC_META].length, &v) ||
-        v > NQ_MAX_HEADER_END)
+        !add_u64(v, r->levels_sec.length, &v) || v > NQ_MAX_HEADER_END)
         return fail(NQ_LIMIT, "header (preamble + INDEX + NAMES + META) is over 256 MiB (§10)");
     /* 8: canonical layout (§3.2): INDEX.length, then every offset in table order, then part_end
      * and full_end. Terms are <= 2^63-1 and each comparison bounds the next sum; the arithmetic
@@ -1186,8 +1258,21 @@ static int nq_open(struct reader *r, const char *path)
                         SECTION_NAMES[k], r->sec[k].offset, want);
         if (!add_u64(want, r->sec[k].length, &want))
             return fail(NQ_LAYOUT, "%s end overflows (§3.2)", SECTION_NAMES[k]);
+        if (k == SEC_META && !add_u64(want, r->levels_sec.length, &want)) /* §14.2 */
+            return fail(NQ_LAYOUT, "LEVELS end overflows (§14.2)");
         if (k == SEC_META)
             r->header_end = want;
+    }
+    if (r->levels) { /* §14.4 step 8: LEVELS.offset, then LEVELS.length */
+        uint64_t meta_end = r->sec[SEC_META].offset + r->sec[SEC_META].length;
+        uint64_t len = (uint64_t)NQ_SECTION_ENTRY_SIZE * (r->m - 1) +
+                       (uint64_t)NQ_SECTION_ENTRY_SIZE * (r->m - 2) * r->count;
+        if (r->levels_sec.offset != meta_end)
+            return fail(NQ_LAYOUT, "LEVELS.offset is %" PRIu64 ", expected %" PRIu64 " (§14.2)",
+                        r->levels_sec.offset, meta_end);
+        if (r->levels_sec.length != len)
+            return fail(NQ_LAYOUT, "LEVELS.length is %" PRIu64 ", expected %" PRIu64 " (§14.2)",
+                        r->levels_sec.length, len);
     }
     want = r->sec[SEC_HIGH].offset + r->sec[SEC_HIGH].length; /* <= LOW.offset: no wrap */
     if (r->part_end != want)
@@ -1219,6 +1304,37 @@ static int nq_open(struct reader *r, const char *path)
         if (c != r->sec[k].crc)
             return fail(NQ_CHECKSUM, "%s crc is 0x%08" PRIx32 ", computed 0x%08" PRIx32,
                         SECTION_NAMES[k], r->sec[k].crc, c);
+    }
+    r->end[0] = r->part_end;
+    if (!r->levels) {
+        r->res[0] = r->sec[SEC_LOW];
+        r->end[1] = r->full_end;
+    } else {
+        /* §14.4 step 10: LEVELS CRC; step 10a: the residual levels tile LOW */
+        const unsigned char *lv = r->header + (r->levels_sec.offset - NQ_PREAMBLE_SIZE);
+        uint64_t cursor = r->sec[SEC_LOW].offset;
+        uint32_t c = crc32_buf(lv, (size_t)r->levels_sec.length);
+        if (c != r->levels_sec.crc)
+            return fail(NQ_CHECKSUM, "LEVELS crc is 0x%08" PRIx32 ", computed 0x%08" PRIx32,
+                        r->levels_sec.crc, c);
+        for (j = 1; j < r->m; j++) {
+            const unsigned char *e = lv + NQ_SECTION_ENTRY_SIZE * (j - 1);
+            struct section *s = &r->res[j - 1];
+            uint64_t want_off = 0;
+            s->offset = le64(e), s->length = le64(e + 8), s->crc = le32(e + 16);
+            if (!all_zero(e + 20, 4))
+                return fail(NQ_INVALID_HEADER, "level %u entry: reserved bytes (§14.2)", j);
+            if (s->offset > NQ_MAX_OFFSET || s->length > NQ_MAX_OFFSET)
+                return fail(NQ_LIMIT, "level %u offset or length is over 2^63-1 (§14.4)", j);
+            if (!align_u64(cursor, NQ_SECTION_ALIGN, &want_off) || s->offset != want_off)
+                return fail(NQ_LAYOUT, "level %u starts at %" PRIu64 ", expected %" PRIu64
+                            " (§14.2)", j, s->offset, want_off);
+            cursor = s->offset + s->length; /* both <= 2^63-1: no wrap */
+            r->end[j] = cursor;
+        }
+        if (cursor != r->full_end)
+            return fail(NQ_LAYOUT, "the last level ends at %" PRIu64 ", not full_end %" PRIu64
+                        " (§14.2)", cursor, r->full_end);
     }
     r->names = r->header + (r->sec[SEC_NAMES].offset - NQ_PREAMBLE_SIZE);
     /* 11 */
@@ -1258,12 +1374,13 @@ static int nq_open(struct reader *r, const char *path)
     if (name_cur != r->sec[SEC_NAMES].length)
         return fail(NQ_LAYOUT, "names use %" PRIu64 " bytes but NAMES.length is %" PRIu64 " (§5)",
                     name_cur, r->sec[SEC_NAMES].length);
-    for (k = 0; k < 3; k++) {
-        const struct section *s = &r->sec[SEC_DATA + k];
+    for (k = 0; k < 1 + (int)r->m; k++) {
+        const struct section *s = k < 2 ? &r->sec[SEC_DATA + k] : &r->res[k - 2];
         uint64_t used = cur[k].any ? cur[k].end - s->offset : 0;
         if (s->length != used)
             return fail(NQ_LAYOUT, "%s.length is %" PRIu64 " but its blobs end at +%" PRIu64
-                        " (§7.1)", SECTION_NAMES[SEC_DATA + k], s->length, used);
+                        " (§7.1)", k < 2 || !r->levels ? SECTION_NAMES[SEC_DATA + (k < 2 ? k : 2)]
+                        : LEVEL_NAMES[k - 1], s->length, used);
     }
     if ((r->incompat & NQ_FLAG_ZSTD) && !any_zstd)
         return fail(NQ_INVALID_HEADER,
@@ -1314,6 +1431,7 @@ static int check_blob_crc(struct reader *r, const struct blob *b, const char *na
  * library; a bad header is `layout`. */
 #define ZSTD_MAGIC UINT32_C(0xFD2FB528)
 #define ZSTD_MAX_HEADER 18u /* magic 4 + descriptor 1 + window 1 + dictionary id 4 + size 8 */
+#define ZSTD_WINDOW_LOG_MIN 10u /* RFC 8878: windowLog = 10 + Exponent */
 
 static int zstd_check_header(struct reader *r, const struct blob *b, const char *name,
                              const char *which)
@@ -1321,7 +1439,7 @@ static int zstd_check_header(struct reader *r, const struct blob *b, const char 
     unsigned char h[ZSTD_MAX_HEADER];
     size_t n = b->length < ZSTD_MAX_HEADER ? (size_t)b->length : ZSTD_MAX_HEADER, at;
     unsigned fhd, fcs_flag, single, did_flag, did_size, fcs_size, k;
-    uint64_t did = 0, fcs = 0;
+    uint64_t did = 0, fcs = 0, window;
     static const unsigned DID_SIZES[4] = {0, 1, 2, 4};
     static const unsigned FCS_SIZES[4] = {0, 2, 4, 8};
     if (read_at(r, b->offset, h, n))
@@ -1330,7 +1448,7 @@ static int zstd_check_header(struct reader *r, const struct blob *b, const char 
         return fail(NQ_LAYOUT, "tensor \"%s\": the %s blob is not a zstd frame (§8)", name, which);
     fhd = h[4];
     fcs_flag = fhd >> 6, single = (fhd >> 5) & 1, did_flag = fhd & 3;
-    if (fhd & 0x08) /* AMBIGUITY (docs/spec-ambiguities.md #19): RFC 8878 rejects it; `layout` */
+    if (fhd & 0x08) /* §8: RFC 8878 rejects the reserved bit; `layout` */
         return fail(NQ_LAYOUT, "tensor \"%s\": %s blob: zstd frame header reserved bit set (§8)",
                     name, which);
     did_size = DID_SIZES[did_flag];
@@ -1358,6 +1476,32 @@ static int zstd_check_header(struct reader *r, const struct blob *b, const char 
                     "tensor \"%s\": %s blob: zstd frame declares %" PRIu64
                     " bytes, the raw length is %" PRIu64 " (§8)",
                     name, which, fcs, b->raw);
+    if (single) {
+        window = fcs;
+    } else { /* Window_Descriptor: 2^(10 + Exponent) plus Mantissa eighths of it */
+        uint64_t base = UINT64_C(1) << (ZSTD_WINDOW_LOG_MIN + (h[5] >> 3));
+        window = base + base / 8 * (h[5] & 7);
+    }
+    if (window > NQ_ZSTD_MAX_WINDOW)
+        return fail(NQ_LAYOUT,
+                    "tensor \"%s\": %s blob: zstd frame asks for a window of %" PRIu64
+                    " bytes, more than 2^27 (§8)",
+                    name, which, window);
+    return 0;
+}
+
+/* §7.2: every parameter of a NESTED data blob is finite, so no NaN reaches dequantization
+ * (x86 and ARM give different NaN bits for inf * 0) and results are the same bits everywhere. */
+static int check_params_finite(const unsigned char *params, uint64_t length, const char *name)
+{
+    uint64_t i;
+    for (i = 0; i < length / NQ_PARAM_BYTES; i++) {
+        uint32_t bits = le32(params + NQ_PARAM_BYTES * i);
+        if ((bits & UINT32_C(0x7F800000)) == UINT32_C(0x7F800000)) /* exponent all ones */
+            return fail(NQ_INVALID_HEADER,
+                        "tensor \"%s\": parameter %" PRIu64 " of the data blob is %s (§7.2)",
+                        name, i, (bits & UINT32_C(0x007FFFFF)) ? "NaN" : "infinite");
+    }
     return 0;
 }
 
@@ -1480,6 +1624,10 @@ static int cmd_info(struct reader *r)
     printf("size %" PRIu64 "\npart_end %" PRIu64 "\nfull_end %" PRIu64 "\npart_only %d\n",
            r->size, r->part_end, r->full_end, r->part_only);
     printf("tensor_count %" PRIu32 "\n", r->count);
+    printf("levels");
+    for (k = 0; k < r->m; k++)
+        printf(" %u:%" PRIu64 "%s", r->widths[k], r->end[k], r->end[k] <= r->size ? "" : "(absent)");
+    putchar('\n');
     for (k = 0; k < NQ_SECTION_COUNT; k++)
         printf("section %s offset=%" PRIu64 " length=%" PRIu64 " crc=0x%08" PRIx32 "\n",
                SECTION_NAMES[k], r->sec[k].offset, r->sec[k].length, r->sec[k].crc);
@@ -1536,56 +1684,95 @@ static int dump_raw(struct reader *r, const struct tensor *t, const char *name)
     return 0;
 }
 
-/* Writes a NESTED tensor: float32 values (§7.2) or int32 codes (§7.3), channel by channel. */
-static int dump_nested(struct reader *r, const struct tensor *t, const char *name, int full,
+/* Lets reads reach the end of level `top` (§9, §14.2); part_only if the file stops before it.
+ * Then the whole-level rule of §14.4 step 13: the CRCs of R_1 .. R_top (all of LOW, LOW.crc,
+ * for the top level of a 1.0 file). */
+static int enable_level(struct reader *r, unsigned top, const char *why)
+{
+    unsigned j;
+    if (top == 0)
+        return 0;
+    if (!r->levels)
+        return enable_low(r, why) || check_section_crc(r, SEC_LOW);
+    if (r->size < r->end[top])
+        return fail(NQ_PART_ONLY,
+                    "%s needs the %u-bit level, which ends at %" PRIu64 ", but the file has %" PRIu64
+                    " bytes (§14.2)",
+                    why, r->widths[top], r->end[top], r->size);
+    r->read_limit = r->end[top];
+    for (j = 1; j <= top; j++) {
+        uint32_t c;
+        if (crc_range(r, r->res[j - 1].offset, r->res[j - 1].length, &c))
+            return -1;
+        if (c != r->res[j - 1].crc)
+            return fail(NQ_CHECKSUM, "level %u crc is 0x%08" PRIx32 ", computed 0x%08" PRIx32
+                        " (§14.4)", j, r->res[j - 1].crc, c);
+    }
+    return 0;
+}
+
+/* Writes a NESTED tensor: float32 values (§7.2) or int32 codes (§7.3), channel by channel, of
+ * level `top` (0 = part-bit, m - 1 = full-bit; §14.3 for the levels between). */
+static int dump_nested(struct reader *r, const struct tensor *t, const char *name, unsigned top,
                        enum what what)
 {
-    struct bitreader hb, lb;
+    struct bitreader hb, lb[NQ_MAX_LEVELS - 1];
     struct out *o = NULL;
     unsigned char *params = NULL;
     uint64_t C = t->dims[0], per, c, e;
-    int need_high = what != WHAT_LOW, need_low = full || what == WHAT_LOW, rc = -1;
+    unsigned j, nres = what == WHAT_LOW ? 1 : top;
+    int need_high = what != WHAT_LOW, rc = -1;
     int need_params = what == WHAT_VALUES;
 
     memset(&hb, 0, sizeof hb);
-    memset(&lb, 0, sizeof lb);
-    if (need_low && enable_low(r, "full-bit mode"))
-        return -1;
-    /* step 13: the CRCs of the sections read, then blob by blob (AMBIGUITY #18: the spec does
-     * not order the checks across sections and blobs) */
-    if ((need_params && check_section_crc(r, SEC_DATA)) ||
-        (need_high && check_section_crc(r, SEC_HIGH)) ||
-        (need_low && check_section_crc(r, SEC_LOW)))
-        return -1;
+    memset(lb, 0, sizeof lb);
+    /* §11 step 13: part_only before any blob (a 1.1 file: the level's end, then its level CRCs,
+     * §14.4); then blob by blob in the order data, high, residuals, each completely before the
+     * next: its section's CRC (the whole-LOW rule for a 1.0 LOW; a MAY for DATA and HIGH), its
+     * CRC, its zstd frame header (§8; a codec-1 blob then stops the read as unsupported_feature:
+     * this reader does not decompress), and for data the parameters (§7.2: all finite). */
+    if (nres) {
+        const char *why = top + 1 == r->m ? "full-bit mode" : "this level";
+        if (r->levels ? enable_level(r, nres, why) : enable_low(r, why))
+            return -1;
+    }
     {
-        /* blob by blob (data, high, low): CRC, then the zstd frame header (§8, §11 step 13) */
-        const struct blob *bl[3] = {&t->data, &t->high, &t->low};
-        static const char *const which[3] = {"data", "high", "low"};
-        const int need[3] = {need_params, need_high, need_low};
-        int k, zstd = -1;
-        for (k = 0; k < 3; k++) {
+        const struct blob *bl[NQ_MAX_LEVELS + 1];
+        const char *which[NQ_MAX_LEVELS + 1];
+        int need[NQ_MAX_LEVELS + 1];
+        unsigned k, nb = 2 + nres;
+        bl[0] = &t->data, which[0] = "data", need[0] = need_params;
+        bl[1] = &t->high, which[1] = "high", need[1] = need_high;
+        for (j = 1; j <= nres; j++)
+            bl[1 + j] = residual(t, j), which[1 + j] = j == 1 ? "low" : LEVEL_NAMES[j],
+                   need[1 + j] = 1;
+        for (k = 0; k < nb; k++) {
             if (!need[k])
                 continue;
+            /* DATA and HIGH, and a 1.0 file's LOW; a 1.1 file's levels were checked above */
+            if ((k < 2 || (k == 2 && !r->levels)) && check_section_crc(r, SEC_DATA + (int)k))
+                goto done;
             if (check_blob_crc(r, bl[k], name, which[k]) ||
-                (bl[k]->codec == NQ_CODEC_ZSTD && zstd_check_header(r, bl[k], name, which[k])))
-                return -1;
-            if (bl[k]->codec == NQ_CODEC_ZSTD && zstd < 0)
-                zstd = k;
+                require_uncompressed(r, bl[k], name, which[k]))
+                goto done; /* frees params when the data blob passed */
+            if (k == 0) {
+                /* 8*m*C bytes: checked equal to the blob length, which lies inside the file */
+                params = malloc(t->data.length ? (size_t)t->data.length : 1);
+                if (!params) {
+                    fail(NQ_IO, "out of memory");
+                    goto done;
+                }
+                if (read_at(r, t->data.offset, params, (size_t)t->data.length) ||
+                    check_params_finite(params, t->data.length, name))
+                    goto done;
+            }
         }
-        if (zstd >= 0)
-            return require_uncompressed(r, bl[zstd], name, which[zstd]);
     }
-    if (need_params) {
-        /* 16*C bytes: checked equal to the blob length, which lies inside the real file */
-        params = malloc(t->data.length ? (size_t)t->data.length : 1);
-        if (!params)
-            return fail(NQ_IO, "out of memory");
-        if (read_at(r, t->data.offset, params, (size_t)t->data.length))
-            goto done;
-    }
-    if ((need_high && br_init(&hb, r, &t->high, r->h)) ||
-        (need_low && br_init(&lb, r, &t->low, r->l + 1)))
+    if (need_high && br_init(&hb, r, &t->high, r->h))
         goto done;
+    for (j = 1; j <= nres; j++)
+        if (br_init(&lb[j - 1], r, residual(t, j), r->widths[j] - r->widths[j - 1] + 1))
+            goto done;
     o = malloc(sizeof *o);
     if (!o) {
         fail(NQ_IO, "out of memory");
@@ -1594,23 +1781,27 @@ static int dump_nested(struct reader *r, const struct tensor *t, const char *nam
     o->len = 0;
     per = t->numel ? t->numel / C : 0;
     for (c = 0; t->numel && c < C; c++) {
-        /* §7.2 array order: scale_full, offset_full, scale_part, offset_part */
+        /* §7.2, §14.3 array order: scale_full, offset_full, scale_part, offset_part, then a
+         * (scale, offset) pair for each level 1 .. m-2 */
         float scale = 0, offset = 0;
         if (need_params) {
-            uint64_t base = full ? 0 : 2 * C;
-            scale = f32_from_le(params + 4 * (base + c));
-            offset = f32_from_le(params + 4 * (base + C + c));
+            uint64_t slot = top + 1 == r->m ? 0 : top == 0 ? 1 : top + 1;
+            scale = f32_from_le(params + 4 * (2 * slot * C + c));
+            offset = f32_from_le(params + 4 * ((2 * slot + 1) * C + c));
         }
         for (e = 0; e < per; e++) {
             int32_t H = 0, L = 0, code;
-            if ((need_high && br_get(&hb, &H)) || (need_low && br_get(&lb, &L)))
+            if (need_high && br_get(&hb, &H))
                 goto done;
+            code = H;
+            for (j = 1; j <= nres; j++) {
+                if (br_get(&lb[j - 1], &L))
+                    goto done;
+                /* q_j = q_(j-1) * 2^d_j + L_j, exact (§7.3, §14.3) */
+                code = code * (int32_t)(1 << (r->widths[j] - r->widths[j - 1])) + L;
+            }
             if (what == WHAT_LOW)
                 code = L;
-            else if (full)
-                code = H * (int32_t)(1 << r->l) + L; /* q = H * 2^l + L, exact */
-            else
-                code = H;
             if (what == WHAT_VALUES) {
                 /* w = fl32(fl32(float32(code) * scale) + offset): two separate roundings */
                 float prod = (float)code * scale;
@@ -1627,91 +1818,133 @@ done:
     free(o);
     free(params);
     free(hb.buf);
-    free(lb.buf);
+    for (j = 0; j + 1 < NQ_MAX_LEVELS; j++)
+        free(lb[j].buf);
     return rc;
 }
 
-/* Everything the spec lets a reader check: all CRCs, padding, packing tail bits, code ranges. */
+/* Everything the spec lets a reader check: all CRCs, padding, packing tail bits, code ranges,
+ * for every level the file reaches (§14.4 step 14). */
 static int cmd_check(struct reader *r, int *zstd_skipped)
 {
     uint32_t i;
     int k;
-    uint64_t pend[3], pend_start;
-    int32_t qmin = -(int32_t)(1 << (r->n - 1)), qmax = (int32_t)(1 << (r->n - 1)) - 1;
+    unsigned j, top = 0;
+    uint64_t pend[NQ_MAX_LEVELS + 1], pend_start;
+    while (top + 1 < r->m && r->end[top + 1] <= r->size)
+        top++; /* the finest level present */
     if (!r->part_only && enable_low(r, "check"))
         return -1;
+    if (r->part_only && top > 0)
+        r->read_limit = r->end[top];
     for (k = SEC_DATA; k <= SEC_LOW; k++)
         if ((k != SEC_LOW || !r->part_only) && check_section_crc(r, k))
             return -1;
-    /* §3.2: padding between sections */
+    for (j = 1; r->levels && j <= top; j++) {
+        uint32_t c;
+        if (crc_range(r, r->res[j - 1].offset, r->res[j - 1].length, &c))
+            return -1;
+        if (c != r->res[j - 1].crc)
+            return fail(NQ_CHECKSUM, "level %u crc is 0x%08" PRIx32 ", computed 0x%08" PRIx32,
+                        j, r->res[j - 1].crc, c);
+    }
+    /* §3.2: padding between sections (§14.2: and between the levels inside LOW) */
     if (zero_range(r, r->header_end, r->sec[SEC_DATA].offset - r->header_end, "before DATA") ||
         zero_range(r, r->sec[SEC_DATA].offset + r->sec[SEC_DATA].length,
                    r->sec[SEC_HIGH].offset -
                        (r->sec[SEC_DATA].offset + r->sec[SEC_DATA].length),
                    "before HIGH"))
         return -1;
-    if (!r->part_only &&
+    if (top > 0 &&
         zero_range(r, r->part_end, r->sec[SEC_LOW].offset - r->part_end, "before LOW"))
         return -1;
-    /* §7.1: padding between blobs */
-    for (k = 0; k < 3; k++)
-        pend[k] = r->sec[SEC_DATA + k].offset;
+    for (j = 2; j <= top; j++)
+        if (zero_range(r, r->end[j - 1], r->res[j - 1].offset - r->end[j - 1], "between levels"))
+            return -1;
+    /* §7.1: padding between blobs; slot 0 DATA, 1 HIGH, 1 + j residual level j */
+    pend[0] = r->sec[SEC_DATA].offset, pend[1] = r->sec[SEC_HIGH].offset;
+    for (j = 1; j < r->m; j++)
+        pend[1 + j] = r->res[j - 1].offset;
     for (i = 0; i < r->count; i++) {
         const struct tensor *t = &r->tensors[i];
-        const struct blob *bl[3] = {&t->data, &t->high, &t->low};
+        const struct blob *bl[NQ_MAX_LEVELS + 1];
+        const char *which[NQ_MAX_LEVELS + 1];
         char name[NQ_MAX_NAME + 1];
+        int plain = 1;
         memcpy(name, r->names + t->name_offset, t->name_length);
         name[t->name_length] = 0;
-        for (k = 0; k < (t->kind == NQ_KIND_NESTED ? 3 : 1); k++) {
-            static const char *const which[3] = {"data", "high", "low"};
-            if (k == 2 && r->part_only)
-                continue;
+        bl[0] = &t->data, which[0] = "data", bl[1] = &t->high, which[1] = "high";
+        for (j = 1; j < r->m; j++)
+            bl[1 + j] = residual(t, j), which[1 + j] = j == 1 ? "low" : LEVEL_NAMES[j];
+        for (k = 0; k < (t->kind == NQ_KIND_NESTED ? 2 + (int)top : 1); k++) {
             pend_start = pend[k];
             if (zero_range(r, pend_start, bl[k]->offset - pend_start, "between blobs") ||
                 check_blob_crc(r, bl[k], name, which[k]))
                 return -1;
             pend[k] = bl[k]->offset + bl[k]->length;
+            if (k == 0 && t->kind == NQ_KIND_NESTED && bl[0]->codec == NQ_CODEC_NONE) {
+                /* §7.2: finite parameters (16*C bytes, inside the file) */
+                unsigned char *params = malloc(bl[0]->length ? (size_t)bl[0]->length : 1);
+                int bad;
+                if (!params)
+                    return fail(NQ_IO, "out of memory");
+                bad = read_at(r, bl[0]->offset, params, (size_t)bl[0]->length) ||
+                      check_params_finite(params, bl[0]->length, name);
+                free(params);
+                if (bad)
+                    return -1;
+            }
             if (bl[k]->codec == NQ_CODEC_ZSTD) {
                 if (zstd_check_header(r, bl[k], name, which[k]))
                     return -1;
                 *zstd_skipped += 1;
+                if (k >= 1)
+                    plain = 0;
             }
         }
-        if (t->kind == NQ_KIND_NESTED && t->high.codec == NQ_CODEC_NONE &&
-            (r->part_only || t->low.codec == NQ_CODEC_NONE)) {
-            struct bitreader hb, lb;
+        if (t->kind == NQ_KIND_NESTED && plain) {
+            struct bitreader hb, lb[NQ_MAX_LEVELS - 1];
             uint64_t e;
             int bad = 0;
-            memset(&lb, 0, sizeof lb);
-            if (br_init(&hb, r, &t->high, r->h) ||
-                (!r->part_only && br_init(&lb, r, &t->low, r->l + 1))) {
-                free(hb.buf);
+            memset(lb, 0, sizeof lb);
+            if (br_init(&hb, r, &t->high, r->h))
                 return -1;
-            }
+            for (j = 1; j <= top && !bad; j++)
+                if (br_init(&lb[j - 1], r, residual(t, j), r->widths[j] - r->widths[j - 1] + 1))
+                    bad = -1;
             for (e = 0; e < t->numel && !bad; e++) {
                 int32_t H, L, q;
-                if (br_get(&hb, &H) || (!r->part_only && br_get(&lb, &L))) {
+                if (br_get(&hb, &H)) {
                     bad = -1;
                     break;
                 }
-                if (!r->part_only) {
-                    q = H * (int32_t)(1 << r->l) + L;
-                    if (q < qmin || q > qmax)
+                q = H;
+                for (j = 1; j <= top && !bad; j++) {
+                    int32_t qmin = -(int32_t)(1 << (r->widths[j] - 1));
+                    if (br_get(&lb[j - 1], &L)) {
+                        bad = -1;
+                        break;
+                    }
+                    q = q * (int32_t)(1 << (r->widths[j] - r->widths[j - 1])) + L;
+                    if (q < qmin || q > -qmin - 1)
                         bad = fail(NQ_INVALID_HEADER,
                                    "tensor \"%s\": element %" PRIu64 " recomposes to q = %" PRId32
-                                   ", outside [%" PRId32 ", %" PRId32 "] (§7.3)",
-                                   name, e, q, qmin, qmax);
+                                   ", outside the %u-bit range [%" PRId32 ", %" PRId32 "] (§7.3)",
+                                   name, e, q, r->widths[j], qmin, -qmin - 1);
                 }
             }
-            /* AMBIGUITY (#17): §7.3 pad bits MUST be zero but step 14 names no code; `layout` */
+            /* §7.3, §11 step 14: nonzero pad bits after the last code are `layout` */
             if (!bad && !br_tail_zero(&hb))
                 bad = fail(NQ_LAYOUT, "tensor \"%s\": high blob padding bits are not zero (§7.3)",
                            name);
-            if (!bad && !r->part_only && !br_tail_zero(&lb))
-                bad = fail(NQ_LAYOUT, "tensor \"%s\": low blob padding bits are not zero (§7.3)",
-                           name);
+            for (j = 1; j <= top && !bad; j++)
+                if (!br_tail_zero(&lb[j - 1]))
+                    bad = fail(NQ_LAYOUT,
+                               "tensor \"%s\": %s blob padding bits are not zero (§7.3)", name,
+                               which[1 + j]);
             free(hb.buf);
-            free(lb.buf);
+            for (j = 0; j + 1 < NQ_MAX_LEVELS; j++)
+                free(lb[j].buf);
             if (bad)
                 return -1;
         }
@@ -1725,7 +1958,7 @@ static int usage(const char *msg)
         fprintf(stderr, "nqread: usage error: %s\n", msg);
     fprintf(stderr,
             "usage: nqread info FILE\n"
-            "       nqread dump FILE NAME [--mode part|full] [--codes [--low]] [--stats]\n"
+            "       nqread dump FILE NAME [--mode part|full | --bits B] [--codes [--low]] [--stats]\n"
             "       nqread check FILE\n"
             "exit: 0 ok, 1 I/O error, 2 usage, 3 invalid file, 4 part_only or unsupported zstd\n");
     return EXIT_USAGE;
@@ -1766,7 +1999,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "dump") == 0) {
         const char *name, *mode = "part";
         enum what what = WHAT_VALUES;
-        int low = 0, stats = 0, mode_given = 0, a;
+        int low = 0, stats = 0, mode_given = 0, a, bits = 0;
         const struct tensor *t;
         if (argc < 4)
             return usage("missing NAME");
@@ -1780,6 +2013,8 @@ int main(int argc, char **argv)
                 low = 1;
             else if (strcmp(argv[a], "--stats") == 0)
                 stats = 1;
+            else if (strcmp(argv[a], "--bits") == 0 && a + 1 < argc)
+                bits = atoi(argv[++a]);
             else
                 return usage("unknown option");
         }
@@ -1801,8 +2036,19 @@ int main(int argc, char **argv)
                 rc = fail(NQ_USAGE, "\"%s\" is a RAW tensor: it has no codes", name);
             else if (t->kind == NQ_KIND_RAW)
                 rc = dump_raw(&r, t, name);
-            else
-                rc = dump_nested(&r, t, name, mode[0] == 'f', what);
+            else {
+                unsigned top = mode[0] == 'f' ? r.m - 1 : 0, j;
+                if (bits) { /* §14: the level of that width (a 1.0 file has h and n) */
+                    for (j = 0; j < r.m && (int)r.widths[j] != bits; j++)
+                        ;
+                    if (j == r.m || low || mode_given)
+                        rc = fail(NQ_USAGE, "--bits %d is not a level of this file (or was "
+                                  "given with --mode or --low)", bits);
+                    top = j;
+                }
+                if (rc == 0)
+                    rc = dump_nested(&r, t, name, top, what);
+            }
         }
         if (rc == 0 && fflush(stdout) != 0)
             rc = fail(NQ_IO, "cannot write to stdout");

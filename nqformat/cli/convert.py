@@ -21,7 +21,7 @@ from nqformat.cli._common import (
     process_seconds,
     require_torch_extra,
 )
-from nqformat.container.spec import MAX_N, MIN_H, MIN_N, bits_valid
+from nqformat.container.spec import MAX_LEVELS, MAX_N, MIN_H, MIN_N, bits_valid
 from nqformat.hf import cli as hf_cli
 from nqformat.quant import DEFAULT_PARAMS, Params, PartParams, Rounding
 
@@ -35,21 +35,25 @@ BAR_WIDTH = 24  # keeps bar, counts, time and the tensor name on one 80-column l
 NAME_WIDTH = 28
 
 
-def parse_h(value: str) -> int | str:
-    """``--h``: an integer or ``auto``."""
+def parse_h(value: str) -> int | str | tuple[int, ...]:
+    """``--h``: an integer, ``auto``, or several widths high to low (``6,4``: one file of
+    every level, INT(n|6|4), spec §14)."""
     if value.strip().lower() == "auto":
         return "auto"
     try:
-        return int(value)
+        parts = tuple(int(p) for p in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"expected an integer or 'auto', got {value!r}") from None
+        raise click.BadParameter(
+            f"expected an integer or 'auto' (or widths high to low, like 6,4), got {value!r}"
+        ) from None
+    return parts[0] if len(parts) == 1 else parts
 
 
 class _HType(click.ParamType):
-    name = "H|auto"
+    name = "H|H1,H2,...|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int):
+        if isinstance(value, int | tuple):
             return value
         try:
             return parse_h(str(value))
@@ -57,8 +61,9 @@ class _HType(click.ParamType):
             self.fail(str(exc.message), param, ctx)
 
 
-def _default_output(arch: str, n: int, h: int) -> pathlib.Path:
-    return pathlib.Path(f"{arch.replace('/', '_')}-n{n}h{h}.nq")
+def _default_output(arch: str, n: int, h: int | tuple[int, ...]) -> pathlib.Path:
+    hs = "h".join(map(str, h)) if isinstance(h, tuple) else str(h)
+    return pathlib.Path(f"{arch.replace('/', '_')}-n{n}h{hs}.nq")
 
 
 def _progress(quiet: bool, total_hint: str) -> Any:
@@ -107,7 +112,8 @@ def _mib(x: int) -> str:
     show_default=True,
     help="High (part-bit) width h, 1..n-1, or 'auto': the paper's rule of thumb "
     "(NestQuant Eq. 12) on the FP32 model size D: h = n/2+1 if D < 30 MiB, n/2 if "
-    "D < 300 MiB, else n/2-1 (n/2 rounded down).",
+    "D < 300 MiB, else n/2-1 (n/2 rounded down). Several widths high to low (6,4) write "
+    "one file of every level, INT(n|6|4), each level a byte prefix (format 1.1).",
 )
 @click.option(
     "-o",
@@ -250,12 +256,22 @@ def convert(
         raise click.BadParameter(
             f"h must be in {MIN_H}..{n - 1} for n={n}, got {h}", param_hint="--h"
         )
+    if isinstance(h, tuple):
+        ok = list(h) == sorted(set(h), reverse=True) and all(bits_valid(n, x) for x in h)
+        if not ok or len(h) + 1 > MAX_LEVELS:
+            raise click.BadParameter(
+                f"widths must fall strictly, each in {MIN_H}..{n - 1} for n={n}, got "
+                f"{','.join(map(str, h))}",
+                param_hint="--h",
+            )
     # the output is checked before the model is built (minutes for a large one)
     if output is not None:
         check_output_path(output, force)
     else:
         check_output_dir(pathlib.Path.cwd())
     if hf.is_model_dir(model):  # a local Hugging Face model directory: nqformat.hf streams it
+        if isinstance(h, tuple):
+            raise click.UsageError("several --h widths are not supported for Hugging Face dirs")
         require_torch_extra("convert")
         return hf_cli.convert_dir(click.get_current_context())
     require_torch_extra("convert")
@@ -272,7 +288,7 @@ def convert(
             f"(pass --zoo to choose)",
             err=True,
         )
-    if output is None and isinstance(h, int):
+    if output is None and isinstance(h, int | tuple):
         check_output_path(_default_output(spec.arch, n, h), force)
     module, model_meta = zoo_mod.build(spec, weights=weights, random_init=random_init, seed=seed)
     if random_init and not quiet:
@@ -282,11 +298,12 @@ def convert(
             err=True,
         )
     h_value = auto_h(n, model_meta["fp32_bytes"]) if h == AUTO_H else h
-    out = output if output is not None else _default_output(spec.arch, n, int(h_value))
+    out = output if output is not None else _default_output(spec.arch, n, h_value)
     if output is None:
         check_output_path(out, force)  # --h auto: the name is known only now
+    label = "|".join(map(str, h_value)) if isinstance(h_value, tuple) else h_value
 
-    bar = _progress(quiet, f"{spec.arch} INT({n}|{h_value})")
+    bar = _progress(quiet, f"{spec.arch} INT({n}|{label})")
     callback = None
     if bar is not None:
         task = bar.add_task("", total=len(module.state_dict()))
@@ -344,8 +361,9 @@ def convert(
     h_note = " (auto, paper Eq. 12)" if h == AUTO_H else ""
     click.echo(f"wrote {report.path}")
     click.echo(f"  model        {spec.zoo.value} {spec.arch}, weights {model_meta['weights']}")
+    levels = "|".join(map(str, report.levels[::-1][1:])) if report.levels else report.h
     click.echo(
-        f"  INT({report.n}|{report.h}){h_note}, rounding {rounding}, "
+        f"  INT({report.n}|{levels}){h_note}, rounding {rounding}, "
         f"params {report.params}{', zstd' if compress else ''}"
     )
     click.echo(
@@ -360,6 +378,12 @@ def convert(
         f"  part-bit     {_mib(report.part_end)} (part_end), "
         f"{report.part_bits_per_weight:.3f} bits per weight"
     )
+    if report.levels:
+        from nqformat import open as nq_open
+
+        with nq_open(report.path, verify=False) as f:
+            for width, end in zip(f.levels[1:-1], f.level_ends[1:-1], strict=True):
+                click.echo(f"  {f'{width}-bit':<13}{_mib(end)} (end of the {width}-bit level)")
     click.echo(
         f"  full-bit     {_mib(report.full_end)} (full_end); FP32 model {_mib(report.fp32_bytes)}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 from typing import Any
@@ -92,6 +93,16 @@ def inspect_data(path: pathlib.Path, *, layers: bool = False) -> dict[str, Any]:
             "l": f.l,
             "part_only": bool(f.part_only),
             "low_present": not f.part_only,
+            # spec §14: the nested widths, coarsest first, each level's byte end, those present
+            "levels": list(f.levels),
+            "level_ends": [int(e) for e in f.level_ends],
+            "available_levels": list(f.available_levels),
+            # what the header and the channel parameters really take in a file of several
+            # levels (LEVELS is part of the header; a (scale, offset) pair per level)
+            "level_header_bytes": int(f.header_end),
+            "level_params_bytes": sum(
+                int(t.data.length) for t in f.tensors() if t.kind.name == "NESTED"
+            ),
             "rounding": _meta_get(meta, "quant", "rounding"),
             "part_params": _meta_get(meta, "quant", "part_params"),
             "params": _meta_get(meta, "quant", "params"),
@@ -211,6 +222,19 @@ def _render(data: dict[str, Any], layers: bool) -> str:
             f"{sizes['nested_channels']:,} channels",
         ),
     ]
+    levels = data.get("levels") or [h, n]
+    if len(levels) > 2:  # a file of several levels (spec §14): LOW holds one residual per level
+        residual = ", ".join(str(b - a + 1) for a, b in itertools.pairwise(levels))
+        overview[1] = (
+            "bits",
+            f"n={n} h={h}  (full-bit INT{n}, part-bit INT{h}, LOW residuals of {residual} bits)",
+        )
+        widths = "|".join(map(str, levels[::-1]))
+        ends = ", ".join(
+            f"{w}-bit {e:,} B" + ("" if w in data["available_levels"] else " (absent)")
+            for w, e in zip(levels, data["level_ends"], strict=True)
+        )
+        overview.insert(2, ("levels", f"INT({widths}); each level ends at: {ends}"))
     width = max(len(k) for k, _ in overview)
     out += [f"{k.ljust(width)}  {printable(v)}" for k, v in overview]
     if data["random_init"] is True:
@@ -256,6 +280,10 @@ def _render(data: dict[str, Any], layers: bool) -> str:
     def size_row(label: str, nbytes: int, note: str = "") -> tuple[str, ...]:
         return (label, f"{nbytes:,}", f"{nbytes / 2**20:.2f}", note)
 
+    if len(levels) > 2:  # spec §14: the two-level ideal and switching figures do not apply
+        out.append("")
+        out.append(_levels_sizes(data, levels, size_row))
+        return "\n".join(out)
     out.append("")
     out.append(
         _table(
@@ -342,6 +370,34 @@ def _render(data: dict[str, Any], layers: bool) -> str:
             )
         )
     return "\n".join(out)
+
+
+def _levels_sizes(data: dict[str, Any], levels: list[int], size_row: Any) -> str:
+    """The Sizes table of a file of several levels (spec §14): each level's prefix, and what
+    the file is made of (the ideal and diverse-model rows of a 1.0 file assume two levels)."""
+    sizes = data["sizes"]
+    rows = [
+        size_row(
+            f"{w}-bit model (prefix)" if i + 1 < len(levels) else f"{w}-bit model (file)",
+            end,
+            "header + DATA + HIGH" if i == 0 else f"+ residual level {i}",
+        )
+        for i, (w, end) in enumerate(zip(levels, data["level_ends"], strict=True))
+    ]
+    residual = ", ".join(str(b - a + 1) for a, b in itertools.pairwise(levels))
+    rows += [
+        size_row(
+            "  header", data["level_header_bytes"], "preamble + INDEX + NAMES + META + LEVELS"
+        ),
+        size_row("  raw tensors", sizes["raw_bytes"]),
+        size_row(
+            "  per-channel params", data["level_params_bytes"], "a scale/offset pair per level"
+        ),
+        size_row("  HIGH section", sizes["high_section"], f"{levels[0]} bits per nested weight"),
+        size_row("  LOW section", sizes["low_section"], f"residuals of {residual} bits"),
+        size_row("FP32", sizes["fp32"], f"file is {_smaller(sizes['reduction_vs_fp32'])}"),
+    ]
+    return _table("Sizes", ("what", "bytes", "MiB", "note"), rows, {1, 2})
 
 
 @click.command("inspect")

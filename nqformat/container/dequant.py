@@ -6,14 +6,51 @@ float32; a native kernel can replace its inner loop without touching the reader.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from nqformat.errors import LayoutError
+from nqformat.container.spec import ZSTD_MAX_WINDOW
+from nqformat.errors import InvalidHeaderError, LayoutError, UnsupportedFeatureError
 
-__all__ = ["Scratch", "dequantize", "zstd_decompress"]
+__all__ = [
+    "Scratch",
+    "ZstdFrameHeader",
+    "check_params_finite",
+    "dequantize",
+    "zstd_decompress",
+    "zstd_frame_header",
+]
 
-#: bytes a zstd frame header takes at most, enough to read its declared content size (§8)
+# RFC 8878 §3.1.1: magic, Frame_Header_Descriptor, [Window_Descriptor], [Dictionary_ID],
+# [Frame_Content_Size]; 18 bytes at most
 _ZSTD_FRAME_HEADER_MAX = 18
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # 0xFD2FB528 little-endian
+_ZSTD_FHD_AT = 4
+_ZSTD_RESERVED_BIT = 0x08  # Frame_Header_Descriptor bit 3: a decoder must reject it set
+_ZSTD_DID_SIZES = (0, 1, 2, 4)  # by Dictionary_ID_flag
+_ZSTD_FCS_SIZES = (0, 2, 4, 8)  # by Frame_Content_Size_flag (flag 0: 1 byte if single-segment)
+_ZSTD_FCS2_BIAS = 256  # the 2-byte Frame_Content_Size is stored minus 256
+_ZSTD_WINDOW_LOG_MIN = 10  # Window_Descriptor: windowLog = 10 + Exponent
+
+
+@dataclass(frozen=True)
+class ZstdFrameHeader:
+    """What §8 needs from a frame header: content size, window size, content checksum flag."""
+
+    content_size: int
+    window_size: int
+    checksum: bool
+
+
+def check_params_finite(params: np.ndarray, what: str) -> None:
+    """§7.2: every parameter of a NESTED data blob must be finite (InvalidHeaderError), so
+    dequantization never meets NaN and its float32 results are the same bits everywhere."""
+    if not np.isfinite(params).all():
+        bad = int(np.flatnonzero(~np.isfinite(params))[0])
+        raise InvalidHeaderError(
+            f"{what}: parameter {bad} of the data blob is {params[bad]!r}, not finite (§7.2)"
+        )
 
 
 def dequantize(
@@ -59,21 +96,62 @@ class Scratch:
         return self._int16[:count]
 
 
-def zstd_decompress(stored: memoryview, raw_len: int, what: str) -> bytes:
-    """One zstd frame whose declared content size is exactly ``raw_len`` (§8)."""
-    import zstandard  # lazily: uncompressed files never need it
-
-    try:
-        declared = zstandard.frame_content_size(bytes(stored[:_ZSTD_FRAME_HEADER_MAX]))
-    except zstandard.ZstdError as exc:
-        raise LayoutError(f"{what}: not a zstd frame ({exc}) (§8)") from None
-    if declared != raw_len:
+def zstd_frame_header(stored: memoryview | bytes, raw_len: int, what: str) -> ZstdFrameHeader:
+    """The header of the zstd frame a codec-1 blob stores, checked as §8 requires (RFC 8878
+    §3.1.1.1): no library needed, so a reader without zstd checks it too. LayoutError if it
+    is not a frame, has the reserved bit set, needs a dictionary, does not declare a content
+    size of exactly ``raw_len`` or asks for a window over ZSTD_MAX_WINDOW."""
+    head = bytes(stored[:_ZSTD_FRAME_HEADER_MAX])
+    if len(head) < _ZSTD_FHD_AT + 1 or head[:_ZSTD_FHD_AT] != _ZSTD_MAGIC:
+        raise LayoutError(f"{what}: not a zstd frame (§8)")
+    fhd = head[_ZSTD_FHD_AT]
+    fcs_flag, single, did_flag = fhd >> 6, fhd >> 5 & 1, fhd & 3
+    if fhd & _ZSTD_RESERVED_BIT:
+        raise LayoutError(f"{what}: zstd frame header has its reserved bit set (§8)")
+    at = _ZSTD_FHD_AT + 1 + (0 if single else 1)  # Window_Descriptor unless single-segment
+    did_size = _ZSTD_DID_SIZES[did_flag]
+    fcs_size = single if fcs_flag == 0 else _ZSTD_FCS_SIZES[fcs_flag]
+    if len(head) < at + did_size + fcs_size:
+        raise LayoutError(f"{what}: zstd frame header is cut short (§8)")
+    dictionary = int.from_bytes(head[at : at + did_size], "little")
+    content = int.from_bytes(head[at + did_size : at + did_size + fcs_size], "little")
+    content += _ZSTD_FCS2_BIAS if fcs_size == 2 else 0
+    if dictionary:
+        raise LayoutError(f"{what}: zstd frame needs a dictionary (§8)")
+    if fcs_size == 0:
+        raise LayoutError(f"{what}: zstd frame does not declare its content size (§8)")
+    if content != raw_len:
         raise LayoutError(
-            f"{what}: zstd frame declares {declared} content bytes, expected {raw_len} (§8)"
+            f"{what}: zstd frame declares {content} content bytes, expected {raw_len} (§8)"
         )
-    dobj = zstandard.ZstdDecompressor().decompressobj()
+    if single:
+        window = content
+    else:
+        exponent, mantissa = head[_ZSTD_FHD_AT + 1] >> 3, head[_ZSTD_FHD_AT + 1] & 7
+        base = 1 << (_ZSTD_WINDOW_LOG_MIN + exponent)
+        window = base + base // 8 * mantissa
+    if window > ZSTD_MAX_WINDOW:
+        raise LayoutError(
+            f"{what}: zstd frame asks for a {window}-byte window, more than {ZSTD_MAX_WINDOW} (§8)"
+        )
+    return ZstdFrameHeader(content, window, bool(fhd >> 2 & 1))
+
+
+def zstd_decompress(stored: memoryview, raw_len: int, what: str) -> bytes:
+    """One zstd frame whose declared content size is exactly ``raw_len`` (§8); its content
+    checksum, when present, is verified. Without the zstandard package: UnsupportedFeatureError
+    once the header has passed (§8, a reader without zstd)."""
+    zstd_frame_header(stored, raw_len, what)
     try:
-        out = dobj.decompress(bytes(stored))
+        import zstandard  # lazily: uncompressed files never need it
+    except ImportError:
+        raise UnsupportedFeatureError(
+            f"{what}: the blob is zstd-compressed (codec 1) and the zstandard package is not "
+            "installed (§8)"
+        ) from None
+    dobj = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).decompressobj()
+    try:
+        out = dobj.decompress(bytes(stored))  # libzstd verifies the content checksum
     except zstandard.ZstdError as exc:
         raise LayoutError(f"{what}: zstd decompression failed ({exc}) (§8)") from None
     if not dobj.eof or dobj.unused_data or len(out) != raw_len:

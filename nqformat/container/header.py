@@ -11,6 +11,7 @@ names errors, so their codes and order are those of §11. Both use the same spec
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -27,8 +28,10 @@ from nqformat.container.spec import (
     DType,
     IncompatFlag,
     Kind,
+    LevelDecl,
     Preamble,
     Section,
+    SectionEntry,
     TensorRecord,
 )
 from nqformat.errors import (
@@ -45,7 +48,7 @@ from nqformat.errors import (
     UnsupportedVersionError,
 )
 
-__all__ = ["Header", "TensorInfo", "check_meta", "parse_header"]
+__all__ = ["Header", "Levels", "TensorInfo", "check_meta", "parse_header"]
 
 #: ``read(offset, length)``: file bytes (see :class:`~nqformat.container.source.ByteSource`)
 ReadFn = Callable[[int, int], bytes]
@@ -64,12 +67,30 @@ class TensorInfo:
     high: BlobRef
     low: BlobRef
     index: int
+    #: a LEVELS file's NESTED record: its blobs of residual levels 2 .. m-1 (§14.2)
+    levels: tuple[BlobRef, ...] = ()
 
     @property
     def np_dtype(self) -> np.dtype:
         """dtype of ``NQFile.read``: float32 for NESTED, the stored dtype for RAW (BF16 as
         uint16 bit patterns)."""
         return np.dtype(np.float32) if self.kind is Kind.NESTED else self.dtype.np_dtype
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The validated level table of a LEVELS file (§14): widths coarsest first, and the
+    residual levels R_1 .. R_(m-1) inside LOW."""
+
+    widths: tuple[int, ...]
+    residuals: tuple[SectionEntry, ...]
+    part_end: int
+    refs_offset: int  # where the per-record blob references start in the file (§14.2)
+
+    @property
+    def ends(self) -> tuple[int, ...]:
+        """The byte end of every level: part_end, then each R_j's end (§14.2)."""
+        return (self.part_end, *(r.end for r in self.residuals))
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,7 @@ class Header:
     metadata: dict[str, Any]
     header_end: int
     part_only: bool
+    levels: Levels | None = None
 
 
 # --- validation, spec §11 ----------------------------------------------------------------------
@@ -111,6 +133,7 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
         )
     if not spec.bits_valid(pre.n, pre.h):
         raise InvalidHeaderError(f"need {spec.BITS_RULE}, got n={pre.n}, h={pre.h}")
+    decl = _level_decl(pre)
     # step 7: limits, before any arithmetic that a C reader could overflow
     if pre.tensor_count > spec.MAX_TENSOR_COUNT:
         raise LimitError(f"tensor_count {pre.tensor_count} exceeds {spec.MAX_TENSOR_COUNT} (§10)")
@@ -118,6 +141,12 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
         for what, value in (("offset", entry.offset), ("length", entry.length)):
             if value > spec.MAX_OFFSET:
                 raise LimitError(f"{which.name}.{what} {value} exceeds 2^63-1 (§10)")
+    levels_len = 0
+    if decl is not None:
+        for what, value in (("offset", decl.entry.offset), ("length", decl.entry.length)):
+            if value > spec.MAX_OFFSET:
+                raise LimitError(f"LEVELS.{what} {value} exceeds 2^63-1 (§10, §14.4)")
+        levels_len = decl.entry.length
     for what, value in (("part_end", pre.part_end), ("full_end", pre.full_end)):
         if value > spec.MAX_OFFSET:
             raise LimitError(f"{what} {value} exceeds 2^63-1 (§10)")
@@ -125,10 +154,11 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
     if meta_len > spec.MAX_META_LENGTH:
         raise LimitError(f"META.length {meta_len} exceeds 16 MiB (§10)")
     header_end = spec.header_end(pre.tensor_count, pre.sections[Section.NAMES].length, meta_len)
+    header_end += levels_len
     if header_end > spec.MAX_HEADER_END:
         raise LimitError(f"header_end {header_end} exceeds 256 MiB (§10)")
     # step 8: the canonical layout (§3.2)
-    expected = spec.canonical_offsets([entry.length for entry in pre.sections])
+    expected = spec.canonical_offsets([entry.length for entry in pre.sections], levels_len)
     for which, entry in zip(Section, pre.sections, strict=True):
         if which is Section.INDEX and entry.length != spec.RECORD_SIZE * pre.tensor_count:
             raise LayoutError(
@@ -139,6 +169,13 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
             raise LayoutError(
                 f"{which.name}.offset is {entry.offset}, expected {expected[which]} (§3.2)"
             )
+    if decl is not None:
+        meta_end = pre.sections[Section.META].end
+        if decl.entry.offset != meta_end:
+            raise LayoutError(f"LEVELS.offset is {decl.entry.offset}, expected {meta_end} (§14.2)")
+        want = spec.levels_length(decl.count, pre.tensor_count)
+        if decl.entry.length != want:
+            raise LayoutError(f"LEVELS.length is {decl.entry.length}, expected {want} (§14.2)")
     part_end = pre.sections[Section.HIGH].end
     full_end = pre.sections[Section.LOW].end
     if pre.part_end != part_end:
@@ -158,23 +195,100 @@ def _check_preamble(buf: bytes, size: int) -> Preamble:
     return pre
 
 
-def _check_header_crcs(pre: Preamble, header: bytes) -> None:
-    """Step 10: CRCs of INDEX, NAMES, META; ``header`` holds file bytes [0, header_end)."""
-    for which in (Section.INDEX, Section.NAMES, Section.META):
-        entry = pre.sections[which]
+def _level_decl(pre: Preamble) -> LevelDecl | None:
+    """Step 6 for a LEVELS file (§14.1): level_count and widths; None without the flag."""
+    if not pre.incompat_flags & IncompatFlag.LEVELS:
+        return None
+    decl = LevelDecl.from_preamble(pre)
+    m = decl.count
+    if not spec.MIN_LEVELS <= m <= spec.MAX_LEVELS:
+        raise InvalidHeaderError(
+            f"level_count is {m}, expected {spec.MIN_LEVELS}..{spec.MAX_LEVELS} (§14.1)"
+        )
+    widths = decl.widths
+    increasing = all(a < b for a, b in itertools.pairwise(widths))
+    if widths[0] != pre.h or widths[-1] != pre.n or not increasing or any(decl.widths_raw[m:]):
+        raise InvalidHeaderError(
+            f"level widths {tuple(decl.widths_raw)} (count {m}) must rise strictly from h={pre.h} "
+            f"to n={pre.n}, zero after (§14.1)"
+        )
+    return decl
+
+
+def _check_header_crcs(pre: Preamble, header: bytes, decl: LevelDecl | None = None) -> None:
+    """Step 10: CRCs of INDEX, NAMES, META (and LEVELS, §14.4); ``header`` holds file bytes
+    [0, header_end)."""
+    entries = [(which.name, pre.sections[which]) for which in Section if which <= Section.META]
+    if decl is not None:
+        entries.append(("LEVELS", decl.entry))
+    for name, entry in entries:
         actual = spec.crc32(header[entry.offset : entry.end])
         if actual != entry.crc:
-            raise ChecksumError(
-                f"{which.name} CRC is {entry.crc:#010x}, computed {actual:#010x} (§3.2)"
-            )
+            raise ChecksumError(f"{name} CRC is {entry.crc:#010x}, computed {actual:#010x} (§3.2)")
 
 
-def _check_records(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
+def _check_level_entries(pre: Preamble, header: bytes, decl: LevelDecl) -> Levels:
+    """Step 10a (§14.4): the residual levels R_1 .. R_(m-1) tile LOW, each 4096-aligned."""
+    cursor = pre.sections[Section.LOW].offset
+    entries = []
+    for j in range(1, decl.count):
+        at = decl.entry.offset + (j - 1) * spec.SECTION_ENTRY_SIZE
+        entry = SectionEntry.unpack(header[at : at + spec.SECTION_ENTRY_SIZE])
+        if any(entry.reserved):
+            raise InvalidHeaderError(f"level {j} entry: reserved bytes are not zero (§14.2)")
+        for what, value in (("offset", entry.offset), ("length", entry.length)):
+            if value > spec.MAX_OFFSET:
+                raise LimitError(f"level {j} {what} {value} exceeds 2^63-1 (§14.4)")
+        expect = spec.align(cursor, spec.SECTION_ALIGN)
+        if entry.offset != expect:
+            raise LayoutError(f"level {j} starts at {entry.offset}, expected {expect} (§14.2)")
+        cursor = entry.end
+        entries.append(entry)
+    if cursor != pre.full_end:
+        raise LayoutError(f"the last level ends at {cursor}, not full_end {pre.full_end} (§14.2)")
+    refs_at = decl.entry.offset + (decl.count - 1) * spec.SECTION_ENTRY_SIZE
+    return Levels(decl.widths, tuple(entries), pre.part_end, refs_at)
+
+
+#: a blob slot of a record: DATA, HIGH, LOW, or "L<j>" for residual level j >= 2 (§14.2)
+Slot = Section | str
+
+
+def _slot_name(slot: Slot) -> str:
+    return slot.name if isinstance(slot, Section) else f"level {slot[1:]}"
+
+
+def _slot_bounds(pre: Preamble, levels: Levels | None) -> dict[Slot, tuple[int, int]]:
+    """Where each slot's blobs live: its section, or in a LEVELS file R_1 for LOW and R_j for
+    level j (§14.2)."""
+    bounds: dict[Slot, tuple[int, int]] = {
+        which: (pre.sections[which].offset, pre.sections[which].end)
+        for which in (Section.DATA, Section.HIGH, Section.LOW)
+    }
+    if levels is not None:
+        for j, entry in enumerate(levels.residuals, start=1):
+            bounds[Section.LOW if j == 1 else f"L{j}"] = (entry.offset, entry.end)
+    return bounds
+
+
+def _slot_width(pre: Preamble, levels: Levels | None, slot: Slot) -> int:
+    """Bits per code of a HIGH, LOW or level slot (§7.3, §14.1)."""
+    if slot is Section.HIGH:
+        return pre.h
+    if levels is None:
+        return pre.n - pre.h + 1
+    j = 1 if slot is Section.LOW else int(str(slot)[1:])
+    return levels.widths[j] - levels.widths[j - 1] + 1
+
+
+def _check_records(
+    pre: Preamble, header: bytes, levels: Levels | None = None
+) -> tuple[TensorInfo, ...]:
     """Step 11: every INDEX record. The whole INDEX is checked as one array first; only when
     that finds a problem (or a value too large for its 64-bit arithmetic) does the record-by-
     record walk run, and it alone reports errors, so their codes and order are those of §11."""
-    fast = _records_vectorised(pre, header)
-    return fast if fast is not None else _check_records_each(pre, header)
+    fast = _records_vectorised(pre, header, levels)
+    return fast if fast is not None else _check_records_each(pre, header, levels)
 
 
 #: 256-entry tables over the dtype byte: defined codes, float codes, element sizes (§4.1)
@@ -192,7 +306,9 @@ _VECTOR_SAFE = 1 << 62
 _ZERO_REF = BlobRef()
 
 
-def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] | None:
+def _records_vectorised(
+    pre: Preamble, header: bytes, levels: Levels | None = None
+) -> tuple[TensorInfo, ...] | None:
     """Step 11 for the whole INDEX at once: the TensorInfos if every record passes every check
     of :func:`_check_records_each`, else None (never an error: the caller then walks the
     records to report the first problem exactly)."""
@@ -201,7 +317,19 @@ def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] 
     names = pre.sections[Section.NAMES]
     recs = np.frombuffer(header, dtype=spec.RECORD_DTYPE, count=count, offset=index.offset)
     kind, dtype, ndim, dims = recs["kind"], recs["dtype"], recs["ndim"], recs["dims"]
-    refs = {Section.DATA: recs["data"], Section.HIGH: recs["high"], Section.LOW: recs["low"]}
+    refs: dict[Slot, np.ndarray] = {
+        Section.DATA: recs["data"],
+        Section.HIGH: recs["high"],
+        Section.LOW: recs["low"],
+    }
+    m = len(levels.widths) if levels is not None else 2
+    if levels is not None:
+        table = np.frombuffer(
+            header, dtype=spec.BLOB_REF_DTYPE, count=count * (m - 2), offset=levels.refs_offset
+        ).reshape(count, m - 2)
+        for j in range(2, m):
+            refs[f"L{j}"] = table[:, j - 2]
+    coded = [slot for slot in refs if slot is not Section.DATA]
     nested = kind == Kind.NESTED
     # 11a: reserved bytes, enumerated fields, dims, unused references, codecs
     if recs["reserved0"].any() or recs["reserved1"].any():
@@ -217,12 +345,12 @@ def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] 
     past = np.arange(spec.MAX_DIMS) >= ndim[:, None]
     if dims[past].any():
         return None
-    for which in (Section.HIGH, Section.LOW):
+    for which in coded:
         ref = refs[which][~nested]
         if ref["offset"].any() or ref["length"].any() or ref["crc"].any() or ref["codec"].any():
             return None
     flags_zstd = bool(pre.incompat_flags & IncompatFlag.ZSTD)
-    used = {Section.DATA: slice(None), Section.HIGH: nested, Section.LOW: nested}
+    used: dict[Slot, Any] = {Section.DATA: slice(None), **dict.fromkeys(coded, nested)}
     any_zstd = False
     for which, rows in used.items():
         codec = refs[which]["codec"][rows]
@@ -263,18 +391,19 @@ def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] 
     raw_len = {
         Section.DATA: np.where(
             nested,
-            spec.params_length(dims[:, 0]),
+            spec.params_length(dims[:, 0], m),
             numel * _DTYPE_ITEMSIZE[dtype],
         ),
-        Section.HIGH: spec.packed_length(numel, np.uint64(pre.h)),
-        Section.LOW: spec.packed_length(numel, np.uint64(pre.n - pre.h + 1)),
     }
+    for which in coded:
+        raw_len[which] = spec.packed_length(numel, np.uint64(_slot_width(pre, levels, which)))
+    bounds = _slot_bounds(pre, levels)
     align = np.uint64(spec.BLOB_ALIGN - 1)
     for which, rows in used.items():
         ref = refs[which][rows]
         offset, length, codec = ref["offset"], ref["length"], ref["codec"]
         expect_len = raw_len[which][rows]
-        section = pre.sections[which]
+        section = SectionEntry(bounds[which][0], bounds[which][1] - bounds[which][0], 0)
         if (offset >= _VECTOR_SAFE).any() or (length >= _VECTOR_SAFE).any():
             return None
         end = offset + length
@@ -295,7 +424,28 @@ def _records_vectorised(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...] 
             return None
         if (int(end[-1]) if end.size else section.offset) != section.end:
             return None
-    return _infos(recs, text, numel)
+    infos = _infos(recs, text, numel)
+    if levels is None:
+        return infos
+    extra = [_refs_of(refs[f"L{j}"]) for j in range(2, m)]
+    return tuple(
+        dataclasses.replace(info, levels=tuple(col[i] for col in extra))
+        if info.kind is Kind.NESTED
+        else info
+        for i, info in enumerate(infos)
+    )
+
+
+def _refs_of(ref: np.ndarray) -> list[BlobRef]:
+    """BlobRefs of a column of blob references (all-zero ones share one object)."""
+    rows = zip(
+        ref["offset"].tolist(),
+        ref["length"].tolist(),
+        ref["crc"].tolist(),
+        ref["codec"].tolist(),
+        strict=True,
+    )
+    return [BlobRef(o, n, c, k) if o else _ZERO_REF for o, n, c, k in rows]
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -328,14 +478,16 @@ def _infos(recs: np.ndarray, names: list[str], numel: np.ndarray) -> tuple[Tenso
     )
 
 
-def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
+def _check_records_each(
+    pre: Preamble, header: bytes, levels: Levels | None = None
+) -> tuple[TensorInfo, ...]:
     """Step 11: every INDEX record, in order; the first problem raises its §11 error."""
     index_off = pre.sections[Section.INDEX].offset
     names = pre.sections[Section.NAMES]
     flags_zstd = bool(pre.incompat_flags & IncompatFlag.ZSTD)
-    cursors = {
-        which: pre.sections[which].offset for which in (Section.DATA, Section.HIGH, Section.LOW)
-    }
+    m = len(levels.widths) if levels is not None else 2
+    bounds = _slot_bounds(pre, levels)
+    cursors: dict[Slot, int] = {slot: start for slot, (start, _end) in bounds.items()}
     name_cursor = 0
     seen: set[bytes] = set()
     any_zstd = False
@@ -344,7 +496,15 @@ def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
         start = index_off + i * spec.RECORD_SIZE
         rec = TensorRecord.unpack(header[start : start + spec.RECORD_SIZE])
         where = f"record {i}"
-        blobs = {Section.DATA: rec.data, Section.HIGH: rec.high, Section.LOW: rec.low}
+        blobs: dict[Slot, BlobRef] = {
+            Section.DATA: rec.data,
+            Section.HIGH: rec.high,
+            Section.LOW: rec.low,
+        }
+        if levels is not None:
+            for j in range(2, m):
+                at = levels.refs_offset + (i * (m - 2) + j - 2) * spec.BLOB_REF_SIZE
+                blobs[f"L{j}"] = BlobRef.unpack(header[at : at + spec.BLOB_REF_SIZE])
         # 11a: reserved bytes and enumerated fields
         if any(rec.reserved) or any(any(b.reserved) for b in blobs.values()):
             raise InvalidHeaderError(f"{where}: reserved bytes are not zero (§4)")
@@ -362,17 +522,19 @@ def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
             raise InvalidHeaderError(f"{where}: a NESTED tensor needs ndim >= 1 (§4)")
         if any(rec.dims[rec.ndim :]):
             raise InvalidHeaderError(f"{where}: dims past ndim={rec.ndim} are not zero (§4)")
-        used = (Section.DATA, Section.HIGH, Section.LOW) if kind is Kind.NESTED else (Section.DATA,)
-        if kind is Kind.RAW and not (rec.high.is_zero() and rec.low.is_zero()):
+        used = tuple(blobs) if kind is Kind.NESTED else (Section.DATA,)
+        coded = [b for slot, b in blobs.items() if slot is not Section.DATA]
+        if kind is Kind.RAW and not all(b.is_zero() for b in coded):
             raise InvalidHeaderError(f"{where}: a RAW record's high/low references must be zero")
         for which in used:
             codec = blobs[which].codec
+            what = _slot_name(which)
             if codec > Codec.ZSTD:
-                raise UnsupportedFeatureError(f"{where}: {which.name} blob codec {codec} (§8)")
+                raise UnsupportedFeatureError(f"{where}: {what} blob codec {codec} (§8)")
             if codec == Codec.ZSTD:
                 if not flags_zstd:
                     raise InvalidHeaderError(
-                        f"{where}: {which.name} blob is zstd but incompat flag ZSTD is clear (§3.3)"
+                        f"{where}: {what} blob is zstd but incompat flag ZSTD is clear (§3.3)"
                     )
                 any_zstd = True
         # 11b: element count
@@ -398,44 +560,51 @@ def _check_records_each(pre: Preamble, header: bytes) -> tuple[TensorInfo, ...]:
         # 11d: blob placement and lengths (§4.2, §7.1, §8)
         for which in used:
             ref = blobs[which]
+            what = _slot_name(which)
             expect_off = spec.align(cursors[which], spec.BLOB_ALIGN)
-            raw_len = spec.raw_blob_length(kind, which, dtype, shape, pre.n, pre.h)
+            if isinstance(which, Section):
+                widths = levels.widths if levels is not None else ()
+                raw_len = spec.raw_blob_length(kind, which, dtype, shape, pre.n, pre.h, widths)
+            else:
+                raw_len = spec.packed_length(numel, _slot_width(pre, levels, which))
             if ref.offset != expect_off:
                 raise LayoutError(
-                    f"{where} {name!r}: {which.name} blob at {ref.offset}, expected {expect_off} "
-                    "(§7.1)"
+                    f"{where} {name!r}: {what} blob at {ref.offset}, expected {expect_off} (§7.1)"
                 )
             if ref.codec == Codec.NONE and ref.length != raw_len:
                 raise LayoutError(
-                    f"{where} {name!r}: {which.name} blob is {ref.length} bytes, expected "
+                    f"{where} {name!r}: {what} blob is {ref.length} bytes, expected "
                     f"{raw_len} (§4.2)"
                 )
             if ref.codec == Codec.ZSTD and not (
                 spec.min_zstd_length(raw_len) <= ref.length <= spec.max_zstd_length(raw_len)
             ):
                 raise LayoutError(
-                    f"{where} {name!r}: zstd {which.name} blob of {ref.length} bytes for "
+                    f"{where} {name!r}: zstd {what} blob of {ref.length} bytes for "
                     f"{raw_len} raw bytes: no zstd frame is shorter than 1/{spec.ZSTD_MAX_RATIO} "
                     "of its content, nor much longer (§8)"
                 )
-            section = pre.sections[which]
-            if ref.end > section.end:
+            section_end = bounds[which][1]
+            if ref.end > section_end:
                 raise LayoutError(
-                    f"{where} {name!r}: {which.name} blob ends at {ref.end}, past the section "
-                    f"end {section.end} (§7.1)"
+                    f"{where} {name!r}: {what} blob ends at {ref.end}, past the section "
+                    f"end {section_end} (§7.1)"
                 )
             cursors[which] = ref.end
+        extra = tuple(blobs[f"L{j}"] for j in range(2, m)) if kind is Kind.NESTED else ()
         infos.append(
-            TensorInfo(name, kind, dtype, shape, numel, rec.data, rec.high, rec.low, index=i)
+            TensorInfo(
+                name, kind, dtype, shape, numel, rec.data, rec.high, rec.low, index=i, levels=extra
+            )
         )
     if name_cursor != names.length:
         raise LayoutError(f"NAMES is {names.length} bytes but the names use {name_cursor} (§5)")
     for which, cursor in cursors.items():
-        section = pre.sections[which]
-        if cursor != section.end:
+        section_end = bounds[which][1]
+        if cursor != section_end:
             raise LayoutError(
-                f"{which.name} section ends at {section.end} but its last blob ends at {cursor} "
-                "(§7.1)"
+                f"{_slot_name(which)} section ends at {section_end} but its last blob ends at "
+                f"{cursor} (§7.1)"
             )
     if flags_zstd and not any_zstd:
         raise InvalidHeaderError("incompat flag ZSTD is set but no blob is compressed (§3.3)")
@@ -512,12 +681,15 @@ def parse_header(preamble: bytes, read: ReadFn, size: int) -> Header:
     """Validate preamble and header (§11 steps 1-12). ``read(offset, length)`` returns file
     bytes; it is called once, for ``[0, header_end)``, after every size was checked."""
     pre = _check_preamble(preamble, size)
-    header_end = pre.sections[Section.META].end
+    decl = _level_decl(pre)
+    header_end = pre.sections[Section.META].end if decl is None else decl.entry.end
     header = bytes(read(0, header_end))
     if len(header) != header_end:
         raise TruncatedError(f"could read only {len(header)} of {header_end} header bytes")
-    _check_header_crcs(pre, header)
-    tensors = _check_records(pre, header)
+    _check_header_crcs(pre, header, decl)
+    levels = None if decl is None else _check_level_entries(pre, header, decl)
+    tensors = _check_records(pre, header, levels)
     meta = pre.sections[Section.META]
     metadata = check_meta(header[meta.offset : meta.end])
-    return Header(pre, tensors, metadata, header_end, part_only=size < pre.full_end)
+    part_only = size < pre.full_end
+    return Header(pre, tensors, metadata, header_end, part_only=part_only, levels=levels)

@@ -23,6 +23,7 @@ import numpy as np
 from nqformat import bitpack, fused
 from nqformat.container import spec
 from nqformat.container.dequant import Scratch as _Scratch
+from nqformat.container.dequant import check_params_finite as _check_params_finite
 from nqformat.container.dequant import dequantize as _dequantize
 from nqformat.container.dequant import zstd_decompress as _zstd_decompress
 from nqformat.container.header import Header, TensorInfo, parse_header
@@ -135,6 +136,26 @@ class NQFile:
         return self._pre.n - self._pre.h
 
     @property
+    def levels(self) -> tuple[int, ...]:
+        """The widths of the nested models, coarsest first: ``(h, n)`` for a 1.0 file, e.g.
+        ``(4, 6, 8)`` for a file of several levels (§14)."""
+        lv = self._header.levels
+        return lv.widths if lv is not None else (self._pre.h, self._pre.n)
+
+    @property
+    def level_ends(self) -> tuple[int, ...]:
+        """The byte end of each level (§14.2): the prefix a reader of that level needs."""
+        lv = self._header.levels
+        return lv.ends if lv is not None else (self._pre.part_end, self._pre.full_end)
+
+    @property
+    def available_levels(self) -> tuple[int, ...]:
+        """The widths this file (or prefix of one) can serve: those whose end it reaches."""
+        return tuple(
+            w for w, end in zip(self.levels, self.level_ends, strict=True) if end <= self.file_size
+        )
+
+    @property
     def version(self) -> tuple[int, int]:
         return (self._pre.version_major, self._pre.version_minor)
 
@@ -216,9 +237,12 @@ class NQFile:
         mode: Literal["part", "full"] = "part",
         *,
         out: np.ndarray | None = None,
+        bits: int | None = None,
     ) -> np.ndarray:
         """The tensor's values: NESTED dequantized to float32 (§7.2), RAW as stored (a read-only
-        view for uncompressed blobs).
+        view for uncompressed blobs). ``bits`` picks a level by its width (one of
+        :attr:`levels`; §14) and overrides ``mode``, which names the lowest ("part") and the
+        highest ("full") level.
 
         With ``out`` (a writeable C-contiguous array of the tensor's shape and of
         ``info(name).np_dtype``) the values are written there and ``out`` is returned: a NESTED
@@ -231,7 +255,15 @@ class NQFile:
             raise NQError(f"mode must be 'part' or 'full', got {mode!r}")
         if out is not None:
             _check_out(out, info)
-        self._check_budget(info, _read_cost(info, mode, self.n, self.h), f"read({mode!r})")
+        level = self._level_of(mode, bits)
+        if self._header.levels is not None and info.kind is Kind.NESTED and level > 0:
+            return self._read_level(info, level, out)
+        mode = "part" if level == 0 else "full"
+        if mode == "full" and info.kind is Kind.NESTED:
+            self._check_has_low()  # §11 step 13: refused before any blob is read
+        self._check_budget(
+            info, _read_cost(info, mode, self.n, self.h, self._widths), f"read({mode!r})"
+        )
         if info.kind is Kind.RAW:
             data = self._blob(info, Section.DATA)
             stored = np.frombuffer(data, dtype=info.dtype.np_dtype).reshape(info.shape)
@@ -246,11 +278,12 @@ class NQFile:
             scale, offset = params.scale_full, params.offset_full
         if fused.BACKEND == "c":
             # one pass from the packed blobs to float32 (nqformat/fused.py), bit-identical to
-            # the numpy path below
+            # the numpy path below; blobs checked in the order data, high, low (§11 step 13)
+            high = self._blob(info, Section.HIGH)
             low = None if mode == "part" else self._blob(info, Section.LOW)
             values = np.empty(info.shape, np.float32) if out is None else out
             fused.dequantize_packed(
-                self._blob(info, Section.HIGH),
+                high,
                 low,
                 h=self.h,
                 lbits=self.l,
@@ -275,6 +308,16 @@ class NQFile:
         info = self._nested(name)
         if part not in ("high", "low", "full"):
             raise NQError(f"part must be 'high', 'low' or 'full', got {part!r}")
+        if self._header.levels is not None and part != "high":
+            if part == "full":
+                return self.level_codes(name, self.n)
+            width = self.levels[1] - self.levels[0] + 1
+            self._check_level_present(1)  # §11 step 13: part_only before the budget and blobs
+            self._check_budget(info, self._level_cost(info, 1), "codes('low')")
+            buf = np.frombuffer(self._residual_blob(info, 1), dtype=np.uint8)
+            return bitpack.unpack(buf, width, info.numel).reshape(info.shape)
+        if part != "high":
+            self._check_has_low()
         self._check_budget(info, _codes_cost(info, part, self.n, self.h), f"codes({part!r})")
         if part == "high":
             return self._unpack(info, Section.HIGH, self.h)
@@ -282,9 +325,57 @@ class NQFile:
             return self._unpack(info, Section.LOW, self.l + 1)
         return self._full_codes(info, _Scratch())  # a fresh scratch: the caller owns it
 
+    def level_params(self, name: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) float32[C] of the level of width ``bits`` (§7.2, §14.3)."""
+        info = self._nested(name)
+        return self._level_pair(info, self._level_of("part", bits))
+
+    def level_codes(self, name: str, bits: int) -> np.ndarray:
+        """The recomposed codes q_j (int16, the tensor's shape) of the level of width ``bits``:
+        H for the lowest level, q_j = q_(j-1) * 2^d_j + L_j above it (§7.3, §14.3)."""
+        info = self._nested(name)
+        level = self._level_of("part", bits)
+        if self._header.levels is None:
+            if level == 0:
+                return self._unpack(info, Section.HIGH, self.h).astype(np.int16)
+            return self.codes(name, "full")
+        self._check_level_present(level)  # §11 step 13: part_only before the budget
+        self._check_budget(info, self._level_cost(info, level), f"level_codes({bits})")
+        return self._level_codes(info, level, _Scratch()).copy()
+
+    def page_in_level(self, bits: int) -> int:
+        """Map the residual levels up to width ``bits`` and check their CRCs (whole-level rule,
+        §14.4 step 13); returns the bytes paged in. PartOnlyError if the file ends before that
+        level's end. In a 1.0 file the top level is all of LOW (:meth:`page_in_low`)."""
+        self._check_open()
+        level = self._level_of("part", bits)
+        lv = self._header.levels
+        if lv is None:
+            return self.page_in_low() if level else 0
+        self._check_level_present(level)
+        paged = 0
+        for j in range(1, level + 1):
+            key = _level_map(j)
+            if self.low_resident or self._src.mapped(key):
+                continue
+            entry = lv.residuals[j - 1]
+            self._src.map(key, entry.offset, entry.end)
+            if self._verify_blobs and entry.length:
+                actual = crc_range(self._src, key, entry.offset, entry.length)
+                if actual != entry.crc:
+                    self._src.unmap(key)
+                    raise ChecksumError(
+                        f"level {j} CRC is {entry.crc:#010x}, computed {actual:#010x}: the "
+                        f"{lv.widths[j]}-bit data is corrupt (§14.4 step 13)"
+                    )
+            paged += entry.length
+        return paged
+
     def params(self, name: str) -> ChannelParams:
+        """The four parameter arrays (§7.2), all checked finite (else InvalidHeaderError)."""
         info = self._nested(name)
         arr = np.frombuffer(self._blob(info, Section.DATA), dtype="<f4")
+        _check_params_finite(arr, repr(info.name))
         c = info.shape[0]
         return ChannelParams(arr[0:c], arr[c : 2 * c], arr[2 * c : 3 * c], arr[3 * c : 4 * c])
 
@@ -309,7 +400,7 @@ class NQFile:
                     f"LOW CRC is {low.crc:#010x}, computed {actual:#010x}: the full-bit data is "
                     "corrupt (§11 step 13)"
                 )
-        return low.length
+        return low.length - self._release_levels()  # all of LOW supersedes levels paged in
 
     def stream_low(
         self, names: Iterable[str] | None = None
@@ -375,10 +466,21 @@ class NQFile:
         """Unmap LOW again (and drop streamed LOW blobs); returns the bytes released (0 if LOW
         was not resident)."""
         self._drop_streamed_low()
+        released = self._release_levels()
         if not self.low_resident:
-            return 0
+            return released
         self._src.unmap(_LOW_MAP)
-        return self._pre.sections[Section.LOW].length
+        return released + self._pre.sections[Section.LOW].length
+
+    def _release_levels(self) -> int:
+        """Unmap the residual levels paged in one by one (§14); returns their bytes."""
+        lv = self._header.levels
+        released = 0
+        for j, entry in enumerate(lv.residuals if lv is not None else (), start=1):
+            if self._src.mapped(_level_map(j)):
+                self._src.unmap(_level_map(j))
+                released += entry.length
+        return released
 
     def verify(self) -> list[str]:
         """Check everything present: section and blob CRCs, zero padding, decompression, code
@@ -437,9 +539,11 @@ class NQFile:
             ref, key = info.low, _LOW_MAP
             if not self.low_resident and info.index not in self._streamed_low:
                 self.page_in_low()
-        raw_len = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, self.n, self.h)
+        raw_len = spec.raw_blob_length(
+            info.kind, which, info.dtype, info.shape, self.n, self.h, self._widths
+        )
         # the stored bytes and (codec 1) the decompressed ones, before either is allocated
-        self._check_budget(info, _blob_cost(info, which, self.n, self.h), which.name)
+        self._check_budget(info, _blob_cost(info, which, self.n, self.h, self._widths), which.name)
         if which is Section.LOW and not self.low_resident:
             stored = memoryview(self._streamed_low[info.index])  # checked alone (stream_low)
         else:
@@ -540,14 +644,108 @@ class NQFile:
         return bitpack.unpack(buf, width, info.numel, out=out).reshape(info.shape)
 
     def _full_codes(self, info: TensorInfo, scratch: _Scratch) -> np.ndarray:
-        """q = H * 2^l + L (§7.3) in a scratch int16 array of the tensor's shape."""
-        low = self._unpack(info, Section.LOW, self.l + 1, scratch.int8(info.numel, 1))
+        """q = H * 2^l + L (§7.3) in a scratch int16 array of the tensor's shape; HIGH is
+        read before LOW (the blob order of §11 step 13)."""
         high = self._unpack(info, Section.HIGH, self.h, scratch.int8(info.numel, 0))
+        low = self._unpack(info, Section.LOW, self.l + 1, scratch.int8(info.numel, 1))
         full = scratch.int16(info.numel).reshape(info.shape)
         # H * 2^l + L is exact in int16 since |q| < 2^8 (forced: int8 could wrap)
         np.left_shift(high, self.l, out=full, dtype=np.int16)
         np.add(full, low, out=full, dtype=np.int16)
         return full
+
+    # --- several levels (§14) ---------------------------------------------------------------------
+
+    @property
+    def _widths(self) -> tuple[int, ...]:
+        lv = self._header.levels
+        return lv.widths if lv is not None else ()
+
+    def _level_of(self, mode: str, bits: int | None) -> int:
+        """The level index (0 = coarsest) of ``bits``, or of ``mode`` when bits is None."""
+        widths = self.levels
+        if bits is None:
+            return 0 if mode == "part" else len(widths) - 1
+        if isinstance(bits, bool) or bits not in widths:
+            raise NQError(f"bits={bits!r} is not one of this file's levels {widths}")
+        return widths.index(bits)
+
+    def _check_level_present(self, level: int) -> None:
+        end = self.level_ends[level]
+        if self.file_size < end:
+            raise PartOnlyError(
+                f"{self._where} ends at byte {self.file_size}, before the end {end} of its "
+                f"{self.levels[level]}-bit level: it serves only {self.available_levels} (§14.2)"
+            )
+
+    def _level_pair(self, info: TensorInfo, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """Level ``level``'s (scale, offset): arrays in §14.3 order full, part, 1 .. m-2."""
+        arr = np.frombuffer(self._blob(info, Section.DATA), dtype="<f4")
+        c = info.shape[0]
+        last = len(self.levels) - 1
+        slot = 0 if level == last else 1 if level == 0 else level + 1
+        return arr[2 * slot * c : (2 * slot + 1) * c], arr[(2 * slot + 1) * c : (2 * slot + 2) * c]
+
+    def _residual_blob(self, info: TensorInfo, j: int) -> memoryview:
+        """Level ``j``'s residual blob (j >= 1), CRC-checked and decompressed (§14.2)."""
+        lv = self._header.levels
+        assert lv is not None
+        ref = info.low if j == 1 else info.levels[j - 2]
+        if self.low_resident:
+            key = _LOW_MAP
+        else:
+            self.page_in_level(lv.widths[j])
+            key = _level_map(j)
+        stored = self._src.view(key, ref.offset, ref.length)
+        slot = (info.index, f"L{j}")
+        if self._verify_blobs and slot not in self._checked:
+            actual = spec.crc32(stored)
+            if actual != ref.crc:
+                raise ChecksumError(
+                    f"{info.name!r}: level {j} blob CRC is {ref.crc:#010x}, computed "
+                    f"{actual:#010x} (§7.1)"
+                )
+            self._checked.add(slot)  # type: ignore[arg-type]
+        if ref.codec == Codec.NONE:
+            return stored
+        raw_len = spec.packed_length(info.numel, lv.widths[j] - lv.widths[j - 1] + 1)
+        return memoryview(_zstd_decompress(stored, raw_len, f"{info.name!r} level {j}"))
+
+    def _level_cost(self, info: TensorInfo, level: int) -> int:
+        """Upper bound on the bytes a level read allocates (§10): the blobs, one int8 code
+        buffer, the int16 codes and the float32 values (decompressed blobs included)."""
+        cost = _blob_cost(info, Section.DATA, self.n, self.h, self._widths)
+        cost += _blob_cost(info, Section.HIGH, self.n, self.h, self._widths)
+        widths = self.levels
+        for j in range(1, level + 1):
+            ref = info.low if j == 1 else info.levels[j - 2]
+            raw = spec.packed_length(info.numel, widths[j] - widths[j - 1] + 1)
+            cost += ref.length + (raw if ref.codec != Codec.NONE else 0)
+        return cost + info.numel * (1 + 2 + 4)
+
+    def _level_codes(self, info: TensorInfo, level: int, scratch: _Scratch) -> np.ndarray:
+        """q_level (int16, scratch) from H and the residuals 1 .. level (§14.3)."""
+        widths = self.levels
+        self._check_level_present(level)
+        q = scratch.int16(info.numel)
+        high = self._unpack(info, Section.HIGH, widths[0], scratch.int8(info.numel, 0))
+        np.copyto(q, high.reshape(-1), casting="unsafe")
+        for j in range(1, level + 1):
+            d = widths[j] - widths[j - 1]
+            buf = np.frombuffer(self._residual_blob(info, j), dtype=np.uint8)
+            low = bitpack.unpack(buf, d + 1, info.numel, out=scratch.int8(info.numel, 1))
+            np.left_shift(q, d, out=q)
+            np.add(q, low, out=q, dtype=np.int16)  # exact: |q_j| < 2^8
+        return q.reshape(info.shape)
+
+    def _read_level(self, info: TensorInfo, level: int, out: np.ndarray | None) -> np.ndarray:
+        """read() of a level above the coarsest in a LEVELS file (numpy path, §14.3)."""
+        self._check_level_present(level)
+        self._check_budget(info, self._level_cost(info, level), f"read(bits={self.levels[level]})")
+        scale, offset = self._level_pair(info, level)
+        codes = self._level_codes(info, level, self._scratch())
+        values = _dequantize(codes, scale, offset, info.shape, out=out)
+        return values if out is None else out
 
     def _scratch(self) -> _Scratch:
         scratch = getattr(self._scratch_local, "buffers", None)
@@ -556,19 +754,26 @@ class NQFile:
         return scratch
 
 
-def _blob_cost(info: TensorInfo, which: Section, n: int, h: int) -> int:
+def _level_map(j: int) -> str:
+    """The source's map key of residual level j of a LEVELS file (§14.2)."""
+    return f"level{j}"
+
+
+def _blob_cost(
+    info: TensorInfo, which: Section, n: int, h: int, widths: tuple[int, ...] = ()
+) -> int:
     """Bytes one blob costs a read: its stored bytes, plus the decompressed ones (codec 1)."""
     ref = {Section.DATA: info.data, Section.HIGH: info.high, Section.LOW: info.low}[which]
-    raw = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, n, h)
+    raw = spec.raw_blob_length(info.kind, which, info.dtype, info.shape, n, h, widths)
     return ref.length + (raw if ref.codec != Codec.NONE else 0)
 
 
-def _read_cost(info: TensorInfo, mode: str, n: int, h: int) -> int:
+def _read_cost(info: TensorInfo, mode: str, n: int, h: int, widths: tuple[int, ...] = ()) -> int:
     """Upper bound on the bytes ``read`` allocates (§10 read budget): the blobs it reads, the
     int8 code buffers and int16 recomposition (full), and the float32 result."""
     if info.kind is Kind.RAW:  # the result is an array over the blob's bytes, no copy
-        return _blob_cost(info, Section.DATA, n, h)
-    cost = _blob_cost(info, Section.DATA, n, h) + _blob_cost(info, Section.HIGH, n, h)
+        return _blob_cost(info, Section.DATA, n, h, widths)
+    cost = _blob_cost(info, Section.DATA, n, h, widths) + _blob_cost(info, Section.HIGH, n, h)
     cost += info.numel * (1 + 4)  # H codes, float32 values
     if mode == "full":
         cost += _blob_cost(info, Section.LOW, n, h) + info.numel * (1 + 2)  # L codes, q

@@ -25,9 +25,13 @@ __all__ = [
     "DEFAULT_READ_BUDGET",
     "FORMAT_VERSION",
     "INDEX_OFFSET",
+    "LEVELS_MINOR",
+    "LEVEL_COUNT_OFFSET",
+    "LEVEL_WIDTHS_OFFSET",
     "MAGIC",
     "MAX_DIMS",
     "MAX_HEADER_END",
+    "MAX_LEVELS",
     "MAX_META_DEPTH",
     "MAX_META_INT",
     "MAX_META_LENGTH",
@@ -38,6 +42,7 @@ __all__ = [
     "MAX_OFFSET",
     "MAX_TENSOR_COUNT",
     "MIN_H",
+    "MIN_LEVELS",
     "MIN_N",
     "NESTED_PARAM_ARRAYS",
     "PARAM_ITEMSIZE",
@@ -52,6 +57,7 @@ __all__ = [
     "VERSION_MAJOR",
     "VERSION_MINOR",
     "ZSTD_MAX_RATIO",
+    "ZSTD_MAX_WINDOW",
     "ZSTD_SLACK_BYTES",
     "ZSTD_SLACK_DIVISOR",
     "BlobRef",
@@ -60,6 +66,7 @@ __all__ = [
     "IncompatFlag",
     "JsonShape",
     "Kind",
+    "LevelDecl",
     "Preamble",
     "Section",
     "SectionEntry",
@@ -72,6 +79,8 @@ __all__ = [
     "header_end",
     "json_depth",
     "json_shape",
+    "level_offsets",
+    "levels_length",
     "max_zstd_length",
     "min_zstd_length",
     "numel",
@@ -90,6 +99,11 @@ PREAMBLE_CRC_OFFSET = 252  # §3.1: CRC-32 of bytes 0..251, stored at 252..255
 MIN_N = 2  # §3.1: 2 <= n <= 8
 MAX_N = 8  # §3.1
 MIN_H = 1  # §3.1: 1 <= h <= n - 1
+MIN_LEVELS = 3  # §14.1: a LEVELS file has 3 <= level_count <= 8 (two levels are a 1.0 file)
+MAX_LEVELS = 8  # §14.1: one level per width 1..8 at most
+LEVELS_MINOR = 1  # §14.1: a writer sets version_minor = 1 in a LEVELS file
+LEVEL_COUNT_OFFSET = 232  # §14.1: u8 level_count
+LEVEL_WIDTHS_OFFSET = 233  # §14.1: u8 widths[8]
 
 # --- §3.2 section table -------------------------------------------------------------------------
 SECTION_TABLE_OFFSET = 64  # §3.2
@@ -114,6 +128,9 @@ ZSTD_SLACK_BYTES = 1024  # §8
 #: §8: no zstd frame regenerates more than 32768 bytes per stored byte (a block of at most
 #: 128 KiB costs at least 4 bytes), so a codec-1 blob is at least ceil(raw / 32768) bytes
 ZSTD_MAX_RATIO = 32768
+#: §8: largest Window_Size a codec-1 frame may declare (for a single-segment frame, its content
+#: size): libzstd's default decoding limit, checked from the frame header before allocating
+ZSTD_MAX_WINDOW = 1 << 27
 
 # --- §10 limits ---------------------------------------------------------------------------------
 MAX_TENSOR_COUNT = 1 << 20  # §10: 1,048,576
@@ -233,6 +250,7 @@ class IncompatFlag(enum.IntFlag):
     """``incompat_flags`` bits (§3.3): a reader rejects any bit it does not implement."""
 
     ZSTD = 1 << 0
+    LEVELS = 1 << 1  # §14: several nested levels (version 1.1)
 
     @classmethod
     def known_mask(cls) -> int:
@@ -273,9 +291,27 @@ def packed_length(count: int, width: int) -> int:
     return (count * width + 7) // 8
 
 
-def params_length(channels: int) -> int:
-    """Bytes of a NESTED tensor's DATA blob: four float32 arrays of ``channels`` (§4.2)."""
-    return NESTED_PARAM_ARRAYS * PARAM_ITEMSIZE * channels
+def params_length(channels: int, levels: int = 2) -> int:
+    """Bytes of a NESTED tensor's DATA blob: four float32 arrays of ``channels`` (§4.2), or
+    two per level in a file of ``levels`` > 2 levels (§14.3)."""
+    return NESTED_PARAM_ARRAYS // 2 * levels * PARAM_ITEMSIZE * channels
+
+
+def levels_length(level_count: int, tensor_count: int) -> int:
+    """LEVELS.length (§14.2): m - 1 level entries, then m - 2 blob references per record."""
+    return SECTION_ENTRY_SIZE * (level_count - 1) + BLOB_REF_SIZE * (level_count - 2) * tensor_count
+
+
+def level_offsets(low_offset: int, lengths: Sequence[int]) -> tuple[int, ...]:
+    """Offsets of the residual levels R_1 ... R_(m-1) inside LOW given their lengths: R_1 at
+    LOW.offset, each next one on the next 4096 boundary (§14.2)."""
+    offsets = []
+    cursor = low_offset
+    for length in lengths:
+        offset = align(cursor, SECTION_ALIGN)
+        offsets.append(offset)
+        cursor = offset + length
+    return tuple(offsets)
 
 
 def numel(dims: Sequence[int]) -> int:
@@ -300,29 +336,40 @@ def header_end(tensor_count: int, names_length: int, meta_length: int) -> int:
     return INDEX_OFFSET + RECORD_SIZE * tensor_count + names_length + meta_length
 
 
-def canonical_offsets(lengths: Sequence[int]) -> tuple[int, ...]:
+def canonical_offsets(lengths: Sequence[int], levels: int = 0) -> tuple[int, ...]:
     """The offset of every section (in :class:`Section` order) given their lengths: INDEX at
-    256, NAMES and META straight after, DATA, HIGH and LOW each on the next 4096 boundary (§3.2)."""
+    256, NAMES and META straight after, DATA, HIGH and LOW each on the next 4096 boundary (§3.2).
+    ``levels`` is LEVELS.length (§14.2), which sits between META and DATA."""
     index, names, meta, data, high, _low = lengths
     names_off = INDEX_OFFSET + index
     meta_off = names_off + names
-    data_off = align(meta_off + meta, SECTION_ALIGN)
+    data_off = align(meta_off + meta + levels, SECTION_ALIGN)
     high_off = align(data_off + data, SECTION_ALIGN)
     low_off = align(high_off + high, SECTION_ALIGN)
     return (INDEX_OFFSET, names_off, meta_off, data_off, high_off, low_off)
 
 
 def raw_blob_length(
-    kind: Kind, which: Section, dtype: DType, dims: tuple[int, ...], n: int, h: int
+    kind: Kind,
+    which: Section,
+    dtype: DType,
+    dims: tuple[int, ...],
+    n: int,
+    h: int,
+    widths: Sequence[int] = (),
 ) -> int:
     """Uncompressed length of a blob (§4.2); ``which`` is DATA, HIGH or LOW. ``dims`` must
-    already be within the limits (LimitError otherwise, as :func:`numel`)."""
+    already be within the limits (LimitError otherwise, as :func:`numel`). ``widths`` are the
+    level widths of a LEVELS file (§14): DATA then holds two arrays per level and LOW the
+    level-1 residual."""
     count = numel(dims)
     if kind is Kind.RAW:
         return count * dtype.itemsize if which is Section.DATA else 0
     if which is Section.DATA:
-        return params_length(dims[0])
-    return packed_length(count, h if which is Section.HIGH else n - h + 1)
+        return params_length(dims[0], max(2, len(widths)))
+    if which is Section.HIGH:
+        return packed_length(count, h)
+    return packed_length(count, (widths[1] if widths else n) - h + 1)
 
 
 @dataclass(frozen=True)
@@ -632,3 +679,42 @@ class TensorRecord:
             blobs[2],
             bytes([r0]) + tail,
         )
+
+
+#: §14.1: preamble bytes 208..251 in a LEVELS file: entry 6 (LEVELS), level_count, widths[8]
+_LEVEL_DECL = struct.Struct("<QQI4sB8s11s")
+_LEVEL_DECL_AT = SECTION_TABLE_OFFSET + SECTION_COUNT * SECTION_ENTRY_SIZE  # 208
+assert _LEVEL_DECL.size == PREAMBLE_CRC_OFFSET - _LEVEL_DECL_AT
+assert _LEVEL_DECL_AT + SECTION_ENTRY_SIZE == LEVEL_COUNT_OFFSET == LEVEL_WIDTHS_OFFSET - 1
+
+
+@dataclass(frozen=True)
+class LevelDecl:
+    """The level declaration of a LEVELS file (§14.1): the LEVELS section entry, ``level_count``
+    and ``widths`` (8 bytes as stored), kept in the preamble's bytes 208..251."""
+
+    entry: SectionEntry
+    count: int
+    widths_raw: bytes
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The declared widths, coarsest first (``count`` of them)."""
+        return tuple(self.widths_raw[: self.count])
+
+    def pack(self) -> bytes:
+        """The 44 bytes at 208..251 (the last 11 reserved and zero)."""
+        e = self.entry
+        return _LEVEL_DECL.pack(
+            e.offset, e.length, e.crc, e.reserved, self.count, self.widths_raw, bytes(11)
+        )
+
+    @classmethod
+    def of(cls, entry: SectionEntry, widths: Sequence[int]) -> LevelDecl:
+        return cls(entry, len(widths), bytes(widths) + bytes(MAX_LEVELS - len(widths)))
+
+    @classmethod
+    def from_preamble(cls, pre: Preamble) -> LevelDecl:
+        """Parse bytes 208..251 of ``pre`` (its reserved tail); checks nothing."""
+        off, length, crc, res, count, widths, _ = _LEVEL_DECL.unpack(pre.reserved[14:58])
+        return cls(SectionEntry(off, length, crc, res), count, widths)

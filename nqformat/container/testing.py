@@ -21,6 +21,8 @@ __all__ = [
     "preamble_of",
     "record_of",
     "replace_blob",
+    "replace_level_blob",
+    "replace_level_entry",
     "replace_meta",
     "replace_preamble",
     "replace_record",
@@ -56,8 +58,50 @@ def fix_crcs(raw: bytes | bytearray, *, data: bool = False) -> bytes:
             crc = spec.crc32(buf[entry.offset : entry.end])
             sections[which] = dataclasses.replace(entry, crc=crc)
     pre = dataclasses.replace(pre, sections=tuple(sections))
+    if pre.incompat_flags & spec.IncompatFlag.LEVELS:
+        pre = _fix_levels(buf, pre, data)
     buf[: spec.PREAMBLE_SIZE] = pre.pack()
     return bytes(buf)
+
+
+def _fix_levels(buf: bytearray, pre: Preamble, data: bool) -> Preamble:
+    """Recompute the level entries' CRCs (with ``data``) and the LEVELS CRC (§14) in ``buf``;
+    returns the preamble with the new LEVELS CRC. Parts outside ``buf`` are left alone."""
+    decl = spec.LevelDecl.from_preamble(pre)
+    table = decl.entry
+    if table.end > len(buf) or not 1 <= decl.count <= spec.MAX_LEVELS:
+        return pre
+    if data:
+        for j in range(decl.count - 1):
+            at = table.offset + j * spec.SECTION_ENTRY_SIZE
+            entry = SectionEntry.unpack(bytes(buf[at : at + spec.SECTION_ENTRY_SIZE]))
+            if entry.end <= len(buf):
+                crc = spec.crc32(buf[entry.offset : entry.end])
+                buf[at : at + spec.SECTION_ENTRY_SIZE] = dataclasses.replace(entry, crc=crc).pack()
+    table = dataclasses.replace(table, crc=spec.crc32(buf[table.offset : table.end]))
+    decl = dataclasses.replace(decl, entry=table)
+    return dataclasses.replace(pre, reserved=pre.reserved[:14] + decl.pack())
+
+
+def replace_level_entry(raw: bytes, j: int, **changes: Any) -> bytes:
+    """Change the level entry of residual level ``j`` >= 1 in LEVELS (§14.2); CRCs fixed."""
+    decl = spec.LevelDecl.from_preamble(preamble_of(raw))
+    at = decl.entry.offset + (j - 1) * spec.SECTION_ENTRY_SIZE
+    entry = dataclasses.replace(
+        SectionEntry.unpack(raw[at : at + spec.SECTION_ENTRY_SIZE]), **changes
+    )
+    return fix_crcs(raw[:at] + entry.pack() + raw[at + spec.SECTION_ENTRY_SIZE :])
+
+
+def replace_level_blob(raw: bytes, index: int, j: int, **changes: Any) -> bytes:
+    """Change record ``index``'s blob reference of residual level ``j`` >= 2 (§14.2)."""
+    pre = preamble_of(raw)
+    decl = spec.LevelDecl.from_preamble(pre)
+    m = decl.count
+    at = decl.entry.offset + (m - 1) * spec.SECTION_ENTRY_SIZE
+    at += (index * (m - 2) + j - 2) * spec.BLOB_REF_SIZE
+    ref = dataclasses.replace(BlobRef.unpack(raw[at : at + spec.BLOB_REF_SIZE]), **changes)
+    return fix_crcs(raw[:at] + ref.pack() + raw[at + spec.BLOB_REF_SIZE :])
 
 
 def replace_preamble(raw: bytes, *, fix: bool = True, **changes: Any) -> bytes:

@@ -1,8 +1,10 @@
 """Deep verification of an open ``.nq`` file: everything ``open`` does not check up front.
 
 Section and blob CRCs (§3.2, §7.1; step 13 of §11), zero padding between sections and blobs
-(§3.2, §7.1) and after the last code of a packed blob (§7.3), decompression (§8) and the range
-of every recomposed code (§7.3). Problems are returned, not raised, so a tool can list them all.
+(§3.2, §7.1) and after the last code of a packed blob (§7.3), decompression (§8), finite
+parameters (§7.2) and the range of every recomposed code (§7.3). The bytes of a part-bit-only
+file from ``part_end`` on are not checked (§9: ignored). Problems are returned, not raised, so
+a tool can list them all.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from nqformat.container import spec
+from nqformat.container.dequant import check_params_finite
 from nqformat.container.source import crc_range
 from nqformat.container.spec import Kind, Section
 from nqformat.errors import NQError
@@ -84,6 +89,8 @@ def find_problems(f: NQFile) -> list[Problem]:
                     continue
                 try:
                     stored = f._blob(info, which, force_check=True, named=False)
+                    if which is Section.DATA and info.kind is Kind.NESTED:
+                        check_params_finite(np.frombuffer(stored, "<f4"), "data blob")
                 except NQError as exc:
                     problems.append(Problem(str(exc), info.name))
                     continue
@@ -102,15 +109,97 @@ def find_problems(f: NQFile) -> list[Problem]:
                             info.name,
                         )
                     )
+        if f._header.levels is not None:
+            problems.extend(_level_problems(f))
     finally:
         if not f.part_only and not was_resident:
             src.unmap(f._LOW_MAP)
     return problems
 
 
+def _level_problems(f: NQFile) -> list[Problem]:
+    """The residual levels of a LEVELS file that the file reaches (§14.4 step 14): each R_j's
+    CRC, its blobs' CRCs and pad bits, the zero padding in and between the R_j, and the range
+    of every q_j. Level 1's blobs and the top level's range are checked above when LOW is
+    present."""
+    lv = f._header.levels
+    assert lv is not None
+    src = f._src
+    problems: list[Problem] = []
+    top = len(f.available_levels) - 1
+    nested = [t for t in f.tensors() if t.kind is Kind.NESTED]
+    cursor = f.part_end
+    for j in range(1, top + 1):
+        entry = lv.residuals[j - 1]
+        key = f"verify-level{j}"
+        src.map(key, entry.offset, entry.end)
+        try:
+            actual = crc_range(src, key, entry.offset, entry.length)
+            if actual != entry.crc:
+                problems.append(
+                    Problem(f"level {j} CRC is {entry.crc:#010x}, computed {actual:#010x}")
+                )
+            # before R_1 is the padding before LOW (checked above when all of LOW is present)
+            gaps = [(f"before level {j}" if j > 1 else "before LOW", cursor, entry.offset)]
+            blob_cursor = entry.offset
+            width = lv.widths[j] - lv.widths[j - 1] + 1
+            for info in nested:
+                ref = info.low if j == 1 else info.levels[j - 2]
+                gaps.append((f"in level {j} before {info.name!r}", blob_cursor, ref.offset))
+                blob_cursor = ref.end
+                if j == 1 and not f.part_only:
+                    continue  # checked with LOW above
+                stored = src.view(key, ref.offset, ref.length)
+                if (actual := spec.crc32(stored)) != ref.crc:
+                    problems.append(
+                        Problem(
+                            f"level {j} blob CRC is {ref.crc:#010x}, computed {actual:#010x}",
+                            info.name,
+                        )
+                    )
+                    continue
+                try:
+                    blob = f._residual_blob(info, j)
+                except NQError as exc:
+                    problems.append(Problem(str(exc), info.name))
+                    continue
+                used = (info.numel * width) % 8
+                if used and len(blob) and blob[-1] >> used:
+                    problems.append(
+                        Problem(
+                            f"level {j} blob has nonzero pad bits after its last code", info.name
+                        )
+                    )
+            if j > 1 or f.part_only:
+                for what, start, end in gaps:
+                    if end > start and any(src.pread(start, end - start)):
+                        problems.append(Problem(f"padding {what} ([{start}, {end})) is not zero"))
+        finally:
+            src.unmap(key)
+        cursor = entry.end
+    for j in range(1, top + 1):
+        if j == len(lv.widths) - 1 and not f.part_only:
+            continue  # the full-bit range is checked above
+        qmin, qmax = spec.code_range(lv.widths[j])
+        for info in nested:
+            try:
+                q = f.level_codes(info.name, lv.widths[j])
+            except NQError:
+                continue  # reported above
+            if q.size and (int(q.min()) < qmin or int(q.max()) > qmax):
+                problems.append(
+                    Problem(
+                        f"level {j} codes span [{int(q.min())}, {int(q.max())}], outside the "
+                        f"{lv.widths[j]}-bit range (§14.3)",
+                        info.name,
+                    )
+                )
+    return problems
+
+
 def _pad_bits(f: NQFile, info: TensorInfo, which: Section, blob: memoryview) -> list[Problem]:
     """The bits after the last code of a packed blob must be zero (§7.3)."""
-    width = f.h if which is Section.HIGH else f.l + 1
+    width = f.h if which is Section.HIGH else f.levels[1] - f.levels[0] + 1
     used = (info.numel * width) % 8
     if used and len(blob) and blob[-1] >> used:
         return [

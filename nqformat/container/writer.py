@@ -14,7 +14,7 @@ import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any
 
@@ -118,6 +118,14 @@ class _Spool:
             out.write(chunk)
             remaining -= len(chunk)
 
+    def crc_continue(self, value: int) -> int:
+        """The CRC-32 ``value`` continued over this spool's bytes (reads them back)."""
+        self.file.flush()
+        self.file.seek(0)
+        while chunk := self.file.read(_COPY_CHUNK):
+            value = spec.crc32(chunk, value)
+        return value
+
     def close(self) -> None:
         self.file.close()
 
@@ -159,6 +167,9 @@ class NQWriter:
 
     Tensors are stored in the order they are added. ``n``/``h`` apply to every NESTED tensor.
     ``compress=True`` stores a blob zstd-compressed only where that makes it smaller (§8).
+    ``widths`` with three or more levels (coarsest ``h`` to finest ``n``, any order) writes a
+    version 1.1 file of several nested levels (§14): add its NESTED tensors with
+    :meth:`add_levels`. Two widths (or none) write the 1.0 file, byte for byte as before.
     """
 
     def __init__(
@@ -169,10 +180,21 @@ class NQWriter:
         h: int,
         metadata: Mapping[str, Any],
         compress: bool = False,
+        widths: Sequence[int] = (),
         _hook: Callable[[str], None] | None = None,
     ) -> None:
         if not spec.bits_valid(n, h):
             raise QuantizationError(f"need {spec.BITS_RULE}, got n={n}, h={h}")
+        levels = tuple(sorted(int(w) for w in widths))
+        if levels and (
+            levels[0] != h
+            or levels[-1] != n
+            or len(set(levels)) != len(levels)
+            or len(levels) > spec.MAX_LEVELS
+        ):
+            raise QuantizationError(f"widths {tuple(widths)} must be distinct, from h={h} to n={n}")
+        #: the level widths, coarsest first, of a LEVELS file (§14); () for a 1.0 file
+        self.widths: tuple[int, ...] = levels if len(levels) >= spec.MIN_LEVELS else ()
         if not isinstance(metadata, Mapping):
             raise MetadataError(f"metadata must be a mapping, got {type(metadata).__name__}")
         self.path = pathlib.Path(path)
@@ -194,6 +216,9 @@ class NQWriter:
             raise FileNotFoundError(f"{directory}: directory does not exist")
         self._dir = directory
         self._spools = {s: _Spool(directory) for s in (Section.DATA, Section.HIGH, Section.LOW)}
+        #: residual levels 2 .. m-1 of a LEVELS file (level 1 is the LOW spool), §14.2
+        self._level_spools = [_Spool(directory) for _ in self.widths[2:]]
+        self._level_refs: list[tuple[BlobRef, ...]] = []  # per record, relative offsets
 
     # --- adding tensors -------------------------------------------------------------------------
 
@@ -243,6 +268,8 @@ class NQWriter:
         also that the recomposition equals it exactly. Raises QuantizationError otherwise.
         """
         self._check_open()
+        if self.widths:
+            raise NQError(f"{name}: a file of several levels takes add_levels, not add_nested")
         code = self._dtype(dtype)
         if not code.is_float:
             raise QuantizationError(f"{name}: a NESTED tensor needs a float dtype, got {code.name}")
@@ -289,6 +316,77 @@ class NQWriter:
         low_ref = self._append(Section.LOW, name, bitpack.pack(low, self.l + 1).data)
         self._add_record(raw_name, Kind.NESTED, code, shape, data_ref, high_ref, low_ref)
 
+    def add_levels(
+        self,
+        name: str,
+        *,
+        w_high: np.ndarray,
+        residuals: Sequence[np.ndarray],
+        scales: Sequence[np.ndarray],
+        offsets: Sequence[np.ndarray],
+        dtype: str | DType = "F32",
+        w_int: np.ndarray | None = None,
+    ) -> None:
+        """Store a NESTED tensor of a LEVELS file (§14): the coarsest codes H, the residuals
+        L_1 ... L_(m-1) and one (scale, offset) pair per level, coarsest first.
+
+        Checks every code range and that every q_j = q_(j-1)*2^d_j + L_j is a w_j-bit code; with
+        ``w_int`` also that the finest q_(m-1) equals it. Raises QuantizationError otherwise."""
+        self._check_open()
+        widths = self.widths
+        if not widths:
+            raise NQError(f"{name}: add_levels needs a writer created with three or more widths")
+        m = len(widths)
+        if len(residuals) != m - 1 or len(scales) != m or len(offsets) != m:
+            raise QuantizationError(
+                f"{name}: {m} levels need {m - 1} residuals and {m} scales and offsets"
+            )
+        code = self._dtype(dtype)
+        if not code.is_float:
+            raise QuantizationError(f"{name}: a NESTED tensor needs a float dtype, got {code.name}")
+        high = np.asarray(w_high)
+        lows = [np.asarray(r) for r in residuals]
+        named = [("w_high", high), *((f"residual {j}", a) for j, a in enumerate(lows, start=1))]
+        for what, arr in named:
+            if arr.shape != high.shape:
+                raise QuantizationError(f"{name}: {what} shape {arr.shape} != {high.shape}")
+            if arr.dtype.kind not in "iu":
+                raise QuantizationError(f"{name}: {what} must be integer, got {arr.dtype}")
+        shape = self._check_shape(name, high.shape, nested=True)
+        raw_name = self._claim_name(name)
+        try:
+            _check_range(name, "w_high", high, *spec.code_range(widths[0]))
+            q = high.astype(np.int32)
+            for j, low in enumerate(lows, start=1):
+                d = widths[j] - widths[j - 1]
+                _check_range(name, f"residual {j}", low, *spec.code_range(d + 1))
+                q = q * (1 << d) + low.astype(np.int32)
+                _check_range(name, f"level {j} codes", q, *spec.code_range(widths[j]))
+            if w_int is not None:
+                wi = np.asarray(w_int)
+                if wi.shape != high.shape or not np.array_equal(wi, q):
+                    raise QuantizationError(f"{name}: the recomposed finest codes != w_int")
+            del q
+            channels = shape[0]
+            # §14.3 order: full, part (levels m-1 and 0), then levels 1 .. m-2
+            order = [m - 1, 0, *range(1, m - 1)]
+            params = []
+            for j in order:
+                params.append(_param(scales[j], channels, f"scale of level {j}", name))
+                params.append(_param(offsets[j], channels, f"offset of level {j}", name))
+        except BaseException:
+            self._seen.discard(raw_name)
+            raise
+        data_ref = self._append(Section.DATA, name, memoryview(np.concatenate(params)).cast("B"))
+        high_ref = self._append(Section.HIGH, name, bitpack.pack(high, widths[0]).data)
+        refs = []
+        for j, low in enumerate(lows, start=1):
+            packed = bitpack.pack(low, widths[j] - widths[j - 1] + 1).data
+            spool = self._spools[Section.LOW] if j == 1 else self._level_spools[j - 2]
+            refs.append(self._append_to(spool, name, packed))
+        self._add_record(raw_name, Kind.NESTED, code, shape, data_ref, high_ref, refs[0])
+        self._level_refs[-1] = tuple(refs[1:])
+
     # --- finishing ------------------------------------------------------------------------------
 
     def close(self) -> pathlib.Path:
@@ -305,7 +403,7 @@ class NQWriter:
         if self._closed:
             return
         self._closed = True
-        for spool in self._spools.values():
+        for spool in (*self._spools.values(), *self._level_spools):
             spool.close()
 
     def __enter__(self) -> NQWriter:
@@ -363,6 +461,9 @@ class NQWriter:
         return dims
 
     def _append(self, section: Section, name: str, data: bytes | memoryview) -> BlobRef:
+        return self._append_to(self._spools[section], name, data)
+
+    def _append_to(self, spool: _Spool, name: str, data: bytes | memoryview) -> BlobRef:
         if self._hook is not None:
             self._hook(name)
         codec = Codec.NONE
@@ -371,7 +472,7 @@ class NQWriter:
             if len(packed) < len(data):
                 data, codec = packed, Codec.ZSTD
                 self._any_compressed = True
-        offset, crc = self._spools[section].append(data)
+        offset, crc = spool.append(data)
         # offset is relative to the section for now; _finish rebases it.
         return BlobRef(offset=offset, length=len(data), crc=crc, codec=codec)
 
@@ -401,20 +502,25 @@ class NQWriter:
             TensorRecord(name_offset, len(raw_name), kind, dtype, len(shape), dims, data, high, low)
         )
         self._names.append(raw_name)
+        self._level_refs.append((BlobRef(),) * len(self._level_spools))
 
     def _layout(self, meta: bytes) -> tuple[Preamble, list[TensorRecord]]:
         count = len(self._records)
         names_len = sum(len(x) for x in self._names)
         index_len = spec.RECORD_SIZE * count
-        header_end = spec.header_end(count, names_len, len(meta))
+        levels_len = spec.levels_length(len(self.widths), count) if self.widths else 0
+        header_end = spec.header_end(count, names_len, len(meta)) + levels_len
         if header_end > spec.MAX_HEADER_END:
             raise LimitError(f"header of {header_end} bytes exceeds 256 MiB (§10)")
         data, high, low = (self._spools[s] for s in (Section.DATA, Section.HIGH, Section.LOW))
-        lengths = (index_len, names_len, len(meta), data.length, high.length, low.length)
-        offsets = spec.canonical_offsets(lengths)
+        level_spools = [low, *self._level_spools]  # R_1 .. R_(m-1) of a LEVELS file (§14.2)
+        level_offs = spec.level_offsets(0, [sp.length for sp in level_spools])
+        low_len = level_offs[-1] + level_spools[-1].length
+        lengths = (index_len, names_len, len(meta), data.length, high.length, low_len)
+        offsets = spec.canonical_offsets(lengths, levels_len)
         data_off, high_off, low_off = offsets[Section.DATA :]
         part_end = high_off + high.length
-        full_end = low_off + low.length
+        full_end = low_off + low_len
 
         def rebase(ref: BlobRef, base: int, used: bool) -> BlobRef:
             # RAW records keep all-zero HIGH/LOW references (§4)
@@ -436,8 +542,33 @@ class NQWriter:
         ]
         index = b"".join(r.pack() for r in records)
         names = b"".join(self._names)
-        crcs = (spec.crc32(index), spec.crc32(names), spec.crc32(meta), data.crc, high.crc, low.crc)
+        low_crc = low.crc
+        if self.widths:  # LOW.crc runs over every level and the zero padding between them
+            low_crc = cursor = 0
+            for spool, rel in zip(level_spools, level_offs, strict=True):
+                low_crc = spool.crc_continue(spec.crc32(bytes(rel - cursor), low_crc))
+                cursor = rel + spool.length
+        crcs = (spec.crc32(index), spec.crc32(names), spec.crc32(meta), data.crc, high.crc, low_crc)
         sections = tuple(SectionEntry(*entry) for entry in zip(offsets, lengths, crcs, strict=True))
+        flags = int(IncompatFlag.ZSTD) if self._any_compressed else 0
+        reserved = bytes(6 + 8 + 44)
+        self._levels_blob = b""
+        if self.widths:
+            entries = b"".join(
+                SectionEntry(low_off + rel, sp.length, sp.crc).pack()
+                for sp, rel in zip(level_spools, level_offs, strict=True)
+            )
+            refs = b"".join(
+                rebase(ref, low_off + level_offs[j + 1], r.kind == Kind.NESTED).pack()
+                for r, row in zip(self._records, self._level_refs, strict=True)
+                for j, ref in enumerate(row)
+            )
+            self._levels_blob = entries + refs
+            assert len(self._levels_blob) == levels_len
+            entry = SectionEntry(header_end - levels_len, levels_len, spec.crc32(self._levels_blob))
+            reserved = bytes(14) + spec.LevelDecl.of(entry, self.widths).pack()
+            flags |= int(IncompatFlag.LEVELS)
+        self._level_offsets = [low_off + rel for rel in level_offs]
         preamble = Preamble(
             tensor_count=count,
             n=self.n,
@@ -445,7 +576,9 @@ class NQWriter:
             part_end=part_end,
             full_end=full_end,
             sections=sections,
-            incompat_flags=int(IncompatFlag.ZSTD) if self._any_compressed else 0,
+            incompat_flags=flags,
+            version_minor=spec.LEVELS_MINOR if self.widths else spec.VERSION_MINOR,
+            reserved=reserved,
         )
         return preamble, records
 
@@ -454,9 +587,10 @@ class NQWriter:
 
         meta = dict(self._metadata)
         fmt = dict(meta.get("format") or {})
+        minor = spec.LEVELS_MINOR if self.widths else spec.VERSION_MINOR
         fmt.update(
             {
-                "spec": f"{spec.VERSION_MAJOR}.{spec.VERSION_MINOR}",
+                "spec": f"{spec.VERSION_MAJOR}.{minor}",
                 "writer": f"nqformat {__version__}",
             }
         )
@@ -476,12 +610,21 @@ class NQWriter:
             out.write(b"".join(r.pack() for r in records))
             out.write(b"".join(self._names))
             out.write(meta)
-            for which in (Section.DATA, Section.HIGH, Section.LOW):
-                entry = preamble.section(which)
-                gap = entry.offset - out.tell()
+            out.write(self._levels_blob)
+            placed = [
+                (preamble.section(Section.DATA).offset, self._spools[Section.DATA]),
+                (preamble.section(Section.HIGH).offset, self._spools[Section.HIGH]),
+                *zip(
+                    self._level_offsets,
+                    [self._spools[Section.LOW], *self._level_spools],
+                    strict=True,
+                ),
+            ]
+            for offset, spool in placed:
+                gap = offset - out.tell()
                 if gap:
                     out.write(bytes(gap))
-                self._spools[which].copy_into(out)
+                spool.copy_into(out)
             if out.tell() != preamble.full_end:
                 raise OSError(
                     f"{self.path}: wrote {out.tell()} bytes, expected {preamble.full_end}"

@@ -14,9 +14,11 @@ from nqformat.quant.affine import (
 )
 from nqformat.quant.nest import (
     QUANTIZER_VERSION,
+    NestLevelsResult,
     NestQuantResult,
     PartParams,
     Rounding,
+    nest_levels,
     nest_quantize,
 )
 from nqformat.quant.refit import (
@@ -31,6 +33,7 @@ from nqformat.quant.squant import round_half_even, squant_round
 __all__ = [
     "DEFAULT_PARAMS",
     "QUANTIZER_VERSION",
+    "NestLevelsResult",
     "NestQuantResult",
     "Params",
     "PartParams",
@@ -40,6 +43,7 @@ __all__ = [
     "dequantize_codes",
     "full_params",
     "inherited_part_params",
+    "nest_levels",
     "nest_quantize",
     "per_element_inputs",
     "refit_part_params",

@@ -37,10 +37,13 @@ __all__ = [
     "N_MAX",
     "N_MIN",
     "QUANTIZER_VERSION",
+    "NestLevelsResult",
     "NestQuantResult",
     "PartParams",
     "Rounding",
     "StageTimes",
+    "check_widths",
+    "nest_levels",
     "nest_quantize",
     "nest_quantize_timed",
 ]
@@ -350,3 +353,109 @@ def nest_quantize_timed(
     for arr in out.values():
         arr.flags.writeable = False
     return NestQuantResult(n=n, h=h, l=low_bits, rounding=mode.value, part_params=part.value, **out)
+
+
+# --- several nested levels (spec §14) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class NestLevelsResult:
+    """Codes and parameters of one weight nested at several widths (spec §14); level 0 is the
+    coarsest. ``codes[j]`` is q_j (int8, the weight's shape, ``widths[j]`` bits),
+    ``residuals[j - 1]`` is L_j = q_j - q_(j-1) * 2^(w_j - w_(j-1)) for j >= 1, and ``scales[j]``,
+    ``offsets[j]`` are level j's float32[C] pair. ``top`` is the two-level result the finest
+    two levels come from (its reference S and Z are the whole weight's)."""
+
+    widths: tuple[int, ...]
+    codes: tuple[np.ndarray, ...]
+    residuals: tuple[np.ndarray, ...]
+    scales: tuple[np.ndarray, ...]
+    offsets: tuple[np.ndarray, ...]
+    top: NestQuantResult
+
+    def dequantize(self, level: int) -> np.ndarray:
+        """float32 weights of level ``level`` (0 = coarsest), with spec §7.2 arithmetic."""
+        if not 0 <= level < len(self.widths):
+            raise QuantizationError(f"level must be in 0..{len(self.widths) - 1}, got {level}")
+        return dequantize_codes(self.codes[level], self.scales[level], self.offsets[level])
+
+
+def check_widths(widths: Any) -> tuple[int, ...]:
+    """The level widths, coarsest first (given in any order), checked against spec §14.1:
+    at least two, at most ``MAX_LEVELS``, distinct, each a valid n|h pair with the next."""
+    try:
+        values = sorted(operator.index(w) for w in widths if not isinstance(w, bool))
+    except TypeError:
+        raise QuantizationError(f"widths must be integers, got {widths!r}") from None
+    if len(values) != len(list(widths)) or len(set(values)) != len(values):
+        raise QuantizationError(f"widths must be distinct integers, got {widths!r}")
+    if not 2 <= len(values) <= spec.MAX_LEVELS:
+        raise QuantizationError(f"need 2 to {spec.MAX_LEVELS} widths, got {widths!r}")
+    if not spec.bits_valid(values[-1], values[0]):
+        raise QuantizationError(f"need {spec.BITS_RULE} for n, h = {values[-1]}, {values[0]}")
+    return tuple(values)
+
+
+def nest_levels(
+    weight: Any,
+    widths: Any,
+    *,
+    rounding: str = "squant",
+    k_stage: bool = True,
+    c_stage: bool = True,
+    part_params: str = "refit",
+) -> NestLevelsResult:
+    """Quantize a weight to codes nested at every width of ``widths`` (spec §14).
+
+    The finest two widths are exactly :func:`nest_quantize` (n | w_(m-2)); each coarser code is
+    then nested into the next narrower width by the same second rounding, from its finer code
+    alone: q_(j-1) = round(q_j / 2^d_j) with the high-code rounding of ``rounding``, and
+    L_j = q_j - q_(j-1) * 2^d_j exactly. Every level below the finest gets its own pair as the
+    part-bit pair is fitted (``refit``: least squares on the weights; ``inherited``: step
+    2^(n - w_j) / S, offset Z / S)."""
+    levels = check_widths(widths)
+    n = levels[-1]
+    top = nest_quantize(
+        weight,
+        n,
+        levels[-2],
+        rounding=rounding,
+        k_stage=k_stage,
+        c_stage=c_stage,
+        part_params=part_params,
+    )
+    mode = Rounding(top.rounding)
+    part = PartParams(top.part_params)
+    shape = top.w_int.shape
+    rows = shape[0]
+    taps = math.prod(shape[2:])
+    w2 = _as_float32(weight).reshape(rows, -1)
+    codes = [top.w_int, top.w_high]
+    residuals = [top.w_low]
+    scales = [top.scale_full, top.scale_part]
+    offsets = [top.offset_full, top.offset_part]
+    for j in range(len(levels) - 2, 0, -1):  # split q_j into q_(j-1) and L_j
+        width, coarser = levels[j], levels[j - 1]
+        d = width - coarser
+        finer = codes[-1].reshape(rows, -1).astype(F32)
+        high = _high_codes(finer, coarser, d, taps, mode, k_stage, c_stage)
+        low = finer - high * F32(2**d)  # exact: small integers in float32
+        lmin, lmax = spec.code_range(d + 1)
+        if low.min() < lmin or low.max() > lmax:
+            raise QuantizationError(f"internal error: level residual outside {d + 1} bits")
+        inherited = inherited_part_params(top.scale, top.zero_point, n - coarser)
+        pair = refit_part_params(w2, high, inherited[0]) if part is PartParams.REFIT else inherited
+        codes.append(high.astype(np.int8).reshape(shape))
+        residuals.append(low.astype(np.int8).reshape(shape))
+        scales.append(pair[0].astype(F32))
+        offsets.append(pair[1].astype(F32))
+    for arr in (*codes, *residuals, *scales, *offsets):
+        arr.flags.writeable = False
+    return NestLevelsResult(
+        widths=levels,
+        codes=tuple(reversed(codes)),
+        residuals=tuple(reversed(residuals)),
+        scales=tuple(reversed(scales)),
+        offsets=tuple(reversed(offsets)),
+        top=top,
+    )

@@ -12,7 +12,7 @@ import fnmatch
 import os
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from nqformat.quant import (
     PartParams,
     Rounding,
     inherited_part_params,
+    nest_levels,
     nest_quantize,
     per_element_inputs,
     refit_part_params,
@@ -106,6 +107,7 @@ class ConvertReport:
     fp32_bytes: int  # the model at 4 bytes per element (paper's D_fp32)
     params: str = DEFAULT_PARAMS.value  # Params choice used
     stats_seconds: float = 0.0  # time spent predicting input statistics (params="bn")
+    levels: tuple[int, ...] = ()  # widths of a file of several levels (spec §14), else ()
 
     @property
     def elements(self) -> int:
@@ -260,12 +262,46 @@ def _bn_fit(
     return scale_full, offset_full, scale_part, offset_part
 
 
+def _bn_fit_levels(
+    result: Any, weight: np.ndarray, inputs: _LayerInputs
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every level's (scale, offset) by the BN fit of :func:`_bn_fit`: the finest from the
+    reference full-bit pair, every other from its inherited pair (spec §14.3)."""
+    rows = weight.shape[0]
+    w2 = weight.reshape(rows, -1)
+    top = result.top
+    scales, offsets = [], []
+    for j, width in enumerate(result.widths):
+        if j == len(result.widths) - 1:
+            fallback = top.scale_full
+        else:
+            fallback = inherited_part_params(top.scale, top.zero_point, top.n - width)[0]
+        codes = result.codes[j].reshape(rows, -1)
+        pair = refit_part_params(w2, codes, fallback, inputs.var, inputs.mean)
+        scales.append(pair[0])
+        offsets.append(pair[1])
+    return scales, offsets
+
+
+def _level_widths(n: int, h: Any) -> tuple[int, ...]:
+    """The widths of ``n`` and a sequence ``h`` of high widths (``--h 6,4``), coarsest first;
+    () when ``h`` is a single width (spec §14: two levels are a 1.0 file)."""
+    if isinstance(h, str) or not isinstance(h, Sequence):
+        return ()
+    from nqformat.quant.nest import check_widths
+
+    widths = check_widths((n, *h))
+    if widths[-1] != n:
+        raise QuantizationError(f"every h must be below n={n}, got {tuple(h)}")
+    return widths
+
+
 def convert_model(
     module: nn.Module,
     path: str | os.PathLike[str],
     *,
     n: int,
-    h: int | str,
+    h: int | str | Sequence[int],
     rounding: str = "squant",
     params: str | None = None,
     part_params: str | None = None,
@@ -283,7 +319,9 @@ def convert_model(
     kept float) is stored RAW with its dtype. ``h="auto"`` applies :func:`auto_h`.
     ``metadata`` is merged into META (give ``{"model": ...}`` from :func:`nqformat.zoo.build`
     so the runtime can rebuild the architecture); the converter adds ``"quant"``.
-    ``progress(name, done, total)`` is called after each tensor.
+    ``progress(name, done, total)`` is called after each tensor. ``h`` given as several widths
+    (``(6, 4)``) writes one file of every level, INT(n|6|4) (spec §14): the codes are nested
+    with :func:`nqformat.quant.nest_levels` and every level gets its own fitted pair.
 
     ``params`` (:class:`Params`, default :data:`DEFAULT_PARAMS`) chooses the (scale, offset)
     pairs; the integer codes are the same for every choice. ``part_params`` is the older,
@@ -295,6 +333,9 @@ def convert_model(
     sd = module.state_dict()
     fp32 = fp32_bytes((t.numel(), t.is_floating_point()) for t in sd.values())
     h_rule = "explicit"
+    widths = _level_widths(n, h)
+    if widths:
+        h = widths[0]
     if h == AUTO_H:
         h = auto_h(n, fp32)
         h_rule = f"auto: paper Eq. 12 on D_fp32 = {fp32 / _MIB:.1f} MiB"
@@ -316,6 +357,9 @@ def convert_model(
         **dict(meta.get("quant") or {}),
         **_quant_meta(n, h, rounding, part_params, params, h_rule, kept_patterns),
     }
+    levels = widths if len(widths) > 2 else ()
+    if levels:
+        meta["quant"]["levels"] = list(levels)
     bn_inputs: dict[str, _LayerInputs] = {}
     if params == Params.BN.value:
         t_stats = time.perf_counter()
@@ -340,7 +384,9 @@ def convert_model(
     by_key = {f"{name}.weight": name for name in layers}
     total = len(sd)
     nested_elements = raw_elements = nested_count = 0
-    with nqformat.NQWriter(path, n=n, h=h, metadata=meta, compress=compress) as writer:
+    with nqformat.NQWriter(
+        path, n=n, h=h, metadata=meta, compress=compress, widths=levels
+    ) as writer:
         for done, (key, tensor) in enumerate(sd.items(), start=1):
             if key in nested_keys:
                 if tensor.dtype not in FLOAT_DTYPES:
@@ -349,6 +395,14 @@ def convert_model(
                 inputs = bn_inputs.get(by_key[key])
                 # the BN fit starts from the inherited pair; LSQ's part refit would be wasted
                 pp = PartParams.INHERITED.value if inputs is not None else part_params
+                if levels:
+                    _add_levels(writer, key, weight, levels, rounding, pp, inputs, tensor)
+                    del weight
+                    nested_elements += tensor.numel()
+                    nested_count += 1
+                    if progress is not None:
+                        progress(key, done, total)
+                    continue
                 result = nest_quantize(weight, n, h, rounding=rounding, part_params=pp)
                 pairs = (result.scale_full, result.offset_full)
                 pairs += (result.scale_part, result.offset_part)
@@ -393,4 +447,31 @@ def convert_model(
         fp32_bytes=fp32,
         params=params,
         stats_seconds=stats_seconds,
+        levels=levels,
+    )
+
+
+def _add_levels(
+    writer: Any,
+    key: str,
+    weight: np.ndarray,
+    levels: tuple[int, ...],
+    rounding: str,
+    part_params: str,
+    inputs: _LayerInputs | None,
+    tensor: Any,
+) -> None:
+    """Quantize one weight at every level and add it (spec §14)."""
+    result = nest_levels(weight, levels, rounding=rounding, part_params=part_params)
+    scales, offsets = list(result.scales), list(result.offsets)
+    if inputs is not None:
+        scales, offsets = _bn_fit_levels(result, weight, inputs)
+    writer.add_levels(
+        key,
+        w_high=result.codes[0],
+        residuals=result.residuals,
+        scales=scales,
+        offsets=offsets,
+        dtype=nq_dtype(tensor, key),
+        w_int=result.codes[-1],
     )

@@ -41,6 +41,7 @@ from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat import fused
+from nqformat.container.dequant import check_params_finite
 from nqformat.container.reader import BLOB_READ_PIECE, NQFile, TensorInfo
 from nqformat.container.spec import DType, Kind, Section
 from nqformat.errors import NQError
@@ -78,6 +79,7 @@ class _Layer:
     mode: Mode
     high: Any = None  # the HIGH blob's stored bytes (a view of the file's read of HIGH)
     low: Any = None  # view of the LOW blob; only while this layer is in full mode
+    bits: int | None = None  # a level above the lowest of a multi-level file (spec §14)
 
     @property
     def numel(self) -> int:
@@ -150,8 +152,11 @@ class CodesRuntime(NQRuntime):
 
     def values(self, rec: _Layer, out: np.ndarray) -> np.ndarray:
         """Dequantize ``rec`` in its current mode into ``out`` (float32, C-contiguous)."""
-        scale, offset = rec.full if rec.mode == "full" else rec.part
         f = self.file
+        if rec.bits is not None:  # a level of several (spec §14): the reader's level path
+            f.read(rec.tensor, bits=rec.bits, out=out.reshape(rec.info.shape))
+            return out
+        scale, offset = rec.full if rec.mode == "full" else rec.part
         fused.dequantize_packed(
             rec.high,
             rec.low if rec.mode == "full" else None,
@@ -471,6 +476,7 @@ def _records(
         seen.add(path)
         # a copy: a view would keep the whole DATA read (RAW values included) alive
         arr = np.frombuffer(blob, dtype="<f4").copy()
+        check_params_finite(arr, repr(info.name))  # §7.2, as NQFile.params checks them
         c = info.shape[0]
         rec = _Layer(
             tensor=info.name,

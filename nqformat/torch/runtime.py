@@ -24,7 +24,7 @@ from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat.container.reader import NQFile, TensorInfo
-from nqformat.container.spec import Kind
+from nqformat.container.spec import Kind, Section
 from nqformat.errors import NQError
 from nqformat.torch._tensors import to_torch, writable_view
 
@@ -71,10 +71,14 @@ class NQRuntime:
 
     resident = "float"
 
-    def __init__(self, file: NQFile, mode: Mode, *, verify: bool = True) -> None:
+    def __init__(
+        self, file: NQFile, mode: Mode, *, verify: bool = True, bits: int | None = None
+    ) -> None:
         self.file = file
         self.mode: Mode = mode
         self.verify = verify
+        #: the width of the level held (spec §14): the lowest for "part", the highest for "full"
+        self.bits = bits if bits is not None else _end_bits(file, mode)
         self.nested = tuple(t.name for t in file.tensors() if t.kind is Kind.NESTED)
 
     @property
@@ -83,7 +87,7 @@ class NQRuntime:
 
     def modes(self) -> dict[str, str]:
         """Each layer with a nested weight (module path) and the model it holds."""
-        return {name.rpartition(".")[0]: str(self.mode) for name in self.nested}
+        return {name.rpartition(".")[0]: _label(self.file, self.bits) for name in self.nested}
 
     def weight_bytes(self, module: nn.Module) -> int:
         """Bytes the module's state holds: every state tensor (float32 weights included)."""
@@ -146,6 +150,27 @@ def _walk(module: nn.Module) -> tuple[dict[str, nn.Module], dict[str, torch.Tens
 _PLAIN: dict[type, bool] = {}
 
 
+def _end_bits(f: NQFile, mode: str) -> int:
+    """The width "part" (lowest level) or "full" (highest level) names in ``f``."""
+    return f.levels[0] if mode == "part" else f.levels[-1]
+
+
+def _label(f: NQFile, bits: int) -> str:
+    """ "part", "full", or "<bits>-bit" for a level between them (spec §14)."""
+    if bits == f.levels[0]:
+        return "part"
+    return "full" if bits == f.levels[-1] else f"{bits}-bit"
+
+
+def _wanted_bits(f: NQFile, mode: str | None, bits: int | None) -> int:
+    """The level asked for: ``bits`` (one of ``f.levels``) or the end ``mode`` names."""
+    if bits is None:
+        return _end_bits(f, _check_mode(mode if mode is not None else "part"))
+    if isinstance(bits, bool) or bits not in f.levels:
+        raise NQError(f"bits={bits!r} is not one of the file's levels {f.levels}")
+    return bits
+
+
 def _targets(
     module: nn.Module, f: NQFile, own: Mapping[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -177,7 +202,11 @@ def _targets(
 
 @torch.no_grad()
 def _fill(
-    own: Mapping[str, torch.Tensor], f: NQFile, infos: Iterable[TensorInfo], mode: Mode
+    own: Mapping[str, torch.Tensor],
+    f: NQFile,
+    infos: Iterable[TensorInfo],
+    mode: Mode,
+    bits: int | None = None,
 ) -> None:
     """Write each tensor's values from the file into the module's tensor of that name."""
     written = []
@@ -186,10 +215,11 @@ def _fill(
         stored = info.dtype.name if info.kind is Kind.RAW else "F32"
         view = writable_view(target, stored)
         if view is None:
-            target.copy_(to_torch(f.read(info.name, mode), stored).reshape(target.shape))
+            values = f.read(info.name, mode, bits=bits)
+            target.copy_(to_torch(values, stored).reshape(target.shape))
         else:
             # straight into the module's memory: no float32 temporary, no second copy
-            f.read(info.name, mode, out=view)
+            f.read(info.name, mode, out=view, bits=bits)
             written.append(target)
     increment_version(written)  # as copy_ would: autograd sees the writes
     f.release_buffers()  # the file stays open for switching; its code buffers need not
@@ -220,6 +250,7 @@ def load(
     act_quant: bool = False,
     resident: str = "float",
     cache_bytes: int | None = 0,
+    bits: int | None = None,
 ) -> nn.Module:
     """Load a ``.nq`` file as an nn.Module holding the part-bit or the full-bit model.
 
@@ -248,6 +279,10 @@ def load(
     the file's packed codes and dequantizes it just before its layer runs (nqformat/torch/
     resident.py; outputs bit-identical to ``"float"``), keeping at most ``cache_bytes`` of
     float32 weights between forwards (0: none; None: all after first use).
+
+    ``bits`` loads the level of that width of a file of several levels (spec §14; one of
+    ``nqformat.open(path).levels``) instead of ``mode``; "part" and "full" are its lowest and
+    highest level.
     """
     wanted = _check_mode(mode)
     if resident not in RESIDENT:
@@ -255,22 +290,32 @@ def load(
     if resident == "codes":
         from nqformat.torch.resident import load_codes
 
-        return load_codes(
+        with nqformat.open(path, verify=False) as probe:
+            level = _wanted_bits(probe, mode, bits)
+            several = len(probe.levels) > 2
+        if not several:
+            wanted = "part" if level == probe.levels[0] else "full"
+        loaded = load_codes(
             path,
-            wanted,
+            "part" if several else wanted,
             module=module,
             verify=verify,
             act_quant=act_quant,
             cache_bytes=cache_bytes,
         )
+        if several and level != probe.levels[0]:
+            _codes_level(runtime(loaded), level)
+        return loaded
     f = nqformat.open(path, verify=verify)
     try:
         target = module if module is not None else _build(f.metadata, f.path)
         close(target)  # a module loaded before lets go of its old file
         own = _targets(target, f)
-        if wanted == "full":
-            f.page_in_low()
-        _fill(own, f, f.tensors(), wanted)
+        level = _wanted_bits(f, mode, bits)
+        if level != f.levels[0]:
+            f.page_in_level(level)  # all of LOW for the full-bit model of a 1.0 file
+        wanted = "part" if level == f.levels[0] else "full"
+        _fill(own, f, f.tensors(), wanted, level)
         if act_quant:
             from nqformat.torch import actquant
 
@@ -278,7 +323,7 @@ def load(
     except BaseException:
         f.close()
         raise
-    handle = NQRuntime(f, wanted, verify=verify)
+    handle = NQRuntime(f, wanted, verify=verify, bits=level)
     setattr(target, HANDLE_ATTR, handle)
     weakref.finalize(target, handle.close)  # the file goes when the module does
     return target
@@ -292,16 +337,18 @@ def runtime(module: nn.Module) -> NQRuntime:
     return handle
 
 
-def _reopen_if_completed(handle: NQRuntime) -> None:
+def _reopen_if_completed(handle: NQRuntime, bits: int | None = None) -> None:
     """A part-bit-only file may have been completed since it was opened (LOW appended,
-    spec §9): reopen it, provided it is still the same file (same preamble)."""
+    spec §9): reopen it, provided it is still the same file (same preamble). ``bits``: the
+    level needed (default the highest); a file that already reaches it is kept."""
     old = handle.file
-    if not old.part_only:
+    need = old.levels[-1] if bits is None else bits
+    if need in old.available_levels:
         return
     new = nqformat.open(old.url or old.path, verify=handle.verify)  # a URL stays a URL
-    if new.part_only:
+    if need not in new.available_levels:
         new.close()
-        old.page_in_low()  # raises PartOnlyError with the reader's message
+        old.page_in_level(need)  # raises PartOnlyError with the reader's message
         return
     if new.sections() != old.sections() or new.names() != old.names():
         new.close()
@@ -310,7 +357,32 @@ def _reopen_if_completed(handle: NQRuntime) -> None:
     handle.file = new
 
 
-def switch(module: nn.Module, mode: str, *, layers: Iterable[str] | None = None) -> SwitchReport:
+def _codes_level(handle: Any, level: int) -> tuple[int, int]:
+    """Put every layer of a codes-resident module of a multi-level file (spec §14) on the
+    level of width ``level``: levels above the lowest page their residuals in (whole-level
+    CRCs) and dequantize through the reader; returning to the lowest releases LOW. Returns
+    (bytes paged in, bytes paged out)."""
+    f = handle.file
+    lowest = level == f.levels[0]
+    paged_in = 0 if lowest else f.page_in_level(level)
+    for rec in handle.layers.values():
+        rec.bits = None if lowest else level
+        rec.mode = _label(f, level)
+        rec.low = None
+    handle.invalidate()
+    paged_out = f.release_low() if lowest else 0
+    handle.mode = _label(f, level)
+    handle.bits = level
+    return paged_in, paged_out
+
+
+def switch(
+    module: nn.Module,
+    mode: str | None = None,
+    *,
+    layers: Iterable[str] | None = None,
+    bits: int | None = None,
+) -> SwitchReport:
     """Switch a loaded module between the part-bit and full-bit model, in place.
 
     Float runtime: upgrading pages LOW in (CRC-checked) and rewrites each nested weight from
@@ -318,37 +390,66 @@ def switch(module: nn.Module, mode: str, *, layers: Iterable[str] | None = None)
     only LOW is mapped or unmapped and the layers' modes flip; no weight is rewritten, and
     ``layers`` (module paths, as :func:`modes` lists them) switches only those layers. Either
     way the weights afterwards equal, bit for bit, those of a fresh :func:`load` in that mode.
+
+    ``bits`` switches to the level of that width of a file of several levels (spec §14) instead
+    of ``mode`` (float runtime; the codes runtime holds the lowest or the highest level).
+    Levels between are paged in as needed and all of them released on return to "part".
     """
-    wanted = _check_mode(mode)
     handle = runtime(module)
     start = time.perf_counter()
+    level = _wanted_bits(handle.file, mode, bits)
+    wanted: Mode = "part" if level == handle.file.levels[0] else "full"
+    if handle.resident == "codes" and len(handle.file.levels) > 2:
+        if layers is not None:
+            raise NQError("per-layer switching of a file of several levels is not supported")
+        previous = _label(handle.file, handle.bits)
+        old = handle.file
+        _reopen_if_completed(handle, level)
+        if handle.file is not old:  # completed since: the layers' HIGH views follow the file
+            for rec in handle.layers.values():
+                rec.high = handle.file._blob(rec.info, Section.HIGH)
+        paged_in, paged_out = _codes_level(handle, level)
+        return SwitchReport(
+            previous,
+            _label(handle.file, level),
+            paged_in,
+            paged_out,
+            len(handle.layers),
+            time.perf_counter() - start,
+        )
     if handle.resident == "codes":
         from nqformat.torch.resident import switch_codes
 
         return switch_codes(handle, wanted, layers, start)  # type: ignore[arg-type]
     if layers is not None:
         raise NQError("per-layer switching needs a module loaded with resident='codes'")
-    if wanted == handle.mode:
-        return SwitchReport(handle.mode, wanted, 0, 0, 0, time.perf_counter() - start)
+    previous = _label(handle.file, handle.bits)
+    if level == handle.bits:
+        return SwitchReport(previous, previous, 0, 0, 0, time.perf_counter() - start)
     paged_in = paged_out = 0
-    if wanted == "full":
-        _reopen_if_completed(handle)
-        paged_in = handle.file.page_in_low()
+    if level != handle.file.levels[0]:
+        _reopen_if_completed(handle, level)
+        paged_in = handle.file.page_in_level(level)
     own = module.state_dict()
     nested = [t for t in handle.file.tensors() if t.kind is Kind.NESTED]
     try:
-        _fill(own, handle.file, nested, wanted)
+        _fill(own, handle.file, nested, wanted, level)
     except BaseException:
-        # leave a consistent model: every nested weight back in the mode we came from
-        _fill(own, handle.file, nested, handle.mode)
+        # leave a consistent model: every nested weight back in the level we came from
+        _fill(own, handle.file, nested, handle.mode, handle.bits)
         if handle.mode == "part":
             handle.file.release_low()
         raise
     if wanted == "part":
         paged_out = handle.file.release_low()
-    previous, handle.mode = handle.mode, wanted
+    handle.mode, handle.bits = wanted, level
     return SwitchReport(
-        previous, wanted, paged_in, paged_out, len(handle.nested), time.perf_counter() - start
+        previous,
+        _label(handle.file, level),
+        paged_in,
+        paged_out,
+        len(handle.nested),
+        time.perf_counter() - start,
     )
 
 
