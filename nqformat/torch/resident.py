@@ -514,12 +514,13 @@ def load_codes(
     act_quant: bool,
     cache_bytes: int | None,
 ) -> nn.Module:
-    """``nqformat.torch.load(..., resident="codes")``; see the module docstring.
+    """``nqformat.torch.load(..., resident="codes")``; see the module docstring. ``path`` may
+    be an open :class:`NQFile`, which the module then owns (closed here on failure).
 
     A load reads DATA once and HIGH once (``NQFile.blobs``: every blob still checked against
     its own CRC) and walks the module once: per-tensor reads and ``state_dict`` were most of a
     small model's load time (Lite0: 246 RAW tensors, 250 nested)."""
-    f = nqformat.open(path, verify=verify)
+    f = path if isinstance(path, NQFile) else nqformat.open(path, verify=verify)
     try:
         target = module if module is not None else _skeleton(f.metadata, f)
         old = target.__dict__.get(HANDLE_ATTR)

@@ -290,20 +290,26 @@ def load(
     if resident == "codes":
         from nqformat.torch.resident import load_codes
 
-        with nqformat.open(path, verify=False) as probe:
-            level = _wanted_bits(probe, mode, bits)
-            several = len(probe.levels) > 2
+        # opened once and handed over: a second open (header validation) was a quarter of a
+        # small model's codes load
+        f = nqformat.open(path, verify=verify)
+        try:
+            level = _wanted_bits(f, mode, bits)
+        except BaseException:
+            f.close()
+            raise
+        lowest, several = f.levels[0], len(f.levels) > 2
         if not several:
-            wanted = "part" if level == probe.levels[0] else "full"
+            wanted = "part" if level == lowest else "full"
         loaded = load_codes(
-            path,
+            f,
             "part" if several else wanted,
             module=module,
             verify=verify,
             act_quant=act_quant,
             cache_bytes=cache_bytes,
         )
-        if several and level != probe.levels[0]:
+        if several and level != lowest:
             _codes_level(runtime(loaded), level)
         return loaded
     f = nqformat.open(path, verify=verify)
