@@ -6,7 +6,9 @@ What an app does with a ``.nq`` file on a web server (spec §9), with the librar
 HTTP: ``nqformat.torch.load(url, mode="part")`` fetches the preamble, the header and the rest of
 the prefix ``[0, part_end)`` (byte-range requests, nothing at or past ``part_end``), the app
 runs the part-bit model, and ``nqformat.torch.switch(model, "full")`` fetches LOW (and only
-LOW) and upgrades the loaded model in place.
+LOW) and upgrades the loaded model in place. The model is codes-resident
+(``resident="codes"``): it holds the fetched packed codes, not float32 weights, and the
+upgrade only adds LOW; each step prints what the weights hold.
 
 For the demonstration the script serves MODEL's folder itself from a local range server
 (``nqformat.remote.server``, bound to 127.0.0.1 on an ephemeral port) and prints what the
@@ -22,6 +24,8 @@ import pathlib
 import sys
 import tempfile
 import time
+
+MIB = 1 << 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serving {args.file} at {url}")
 
         t0 = time.perf_counter()
-        model = nqt.load(url, mode="part")
-        f = nqt.runtime(model).file
+        model = nqt.load(url, mode="part", resident="codes")
+        handle = nqt.runtime(model)
+        f = handle.file
         transform = preprocess_from_meta(f.metadata).transform()
         part = describe(predict(model, image, transform))
         seconds = time.perf_counter() - t0
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"        first prediction {seconds:.2f} s after the first request")
         print(f"        part-bit: {part}")
+        print(f"        weights hold {handle.weight_bytes(model) / MIB:.2f} MB (part-bit codes)")
 
         server.clear()
         report = nqt.switch(model, "full")
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step 4: LOW      {low.sent:>11,} bytes  ({low.range} -> {low.status})")
         print(f"        switched to full-bit in place in {report.seconds:.3f} s")
         print(f"        full-bit: {describe(predict(model, image, transform))}")
+        print(f"        weights hold {handle.weight_bytes(model) / MIB:.2f} MB (full-bit codes)")
 
         total = sum(e.sent for e in sent) + low.sent
         size = args.file.stat().st_size

@@ -93,6 +93,10 @@ def test_progressive_http_example_fetches_prefix_then_low_and_upgrades(
     assert f"fetched {full_end:,} bytes in 4 requests" in out
     assert out.rstrip().endswith("server stopped")
     assert re.search(r"part-bit: strawberry", out) and re.search(r"full-bit: strawberry", out)
+    held = [
+        float(mb) for mb in re.findall(r"weights hold ([\d.]+) MB \((?:part|full)-bit codes", out)
+    ]
+    assert len(held) == 2 and held[0] < held[1]  # the codes runtime: LOW adds to the codes
     assert not list(tmp_path.iterdir())  # the download cache lived in a temporary directory
 
 

@@ -161,3 +161,46 @@ def test_reads_straight_from_a_memoryview_without_copying() -> None:
         offset=np.array([f32(-0.0)], np.float32),
     )
     assert out.tolist() == (codes * 0.5).tolist()
+
+
+@pytest.fixture(params=[True, False], ids=["clmul", "tables"])
+def clmul(request):
+    """The C CRC with its PCLMULQDQ folding (where the CPU has it) and with its tables only."""
+    if fused._fused is None:
+        yield request.param
+        return
+    before = fused._fused.use_clmul(request.param)
+    yield request.param
+    fused._fused.use_clmul(before)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(max_size=1200),
+    cuts=st.lists(st.tuples(st.integers(0, 1200), st.integers(0, 1200)), max_size=12),
+)
+def test_crc32_ranges_equal_zlib_for_any_ranges(clmul, data: bytes, cuts) -> None:
+    import zlib
+
+    ranges = [(min(a, len(data)), min(b, len(data) - min(a, len(data)))) for a, b in cuts]
+    offsets = np.array([o for o, _ in ranges], np.uint64)
+    lengths = np.array([n for _, n in ranges], np.uint64)
+    got = fused.crc32_ranges(data, offsets, lengths)
+    assert got.tolist() == [zlib.crc32(data[o : o + n]) for o, n in ranges]
+
+
+def test_crc32_ranges_of_a_large_buffer_and_out_of_range_is_an_nqerror(monkeypatch) -> None:
+    import zlib
+
+    data = np.random.default_rng(1).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    offsets = np.array([0, 5, 1 << 20], np.uint64)
+    lengths = np.array([len(data), len(data) - 5, 12345], np.uint64)
+    pairs = zip(offsets.tolist(), lengths.tolist(), strict=True)
+    want = [zlib.crc32(data[o : o + n]) for o, n in pairs]
+    for in_c in (fused.CRC_IN_C, False):  # the C path where built, and the zlib loop
+        monkeypatch.setattr(fused, "CRC_IN_C", in_c)
+        assert fused.crc32_ranges(data, offsets, lengths).tolist() == want
+        with pytest.raises(NQError, match="outside"):
+            fused.crc32_ranges(data, np.array([1], np.uint64), np.array([len(data)], np.uint64))

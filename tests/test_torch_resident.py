@@ -4,6 +4,7 @@ in the same mode, after any sequence of (per-layer) switches, with no float32 we
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -414,3 +415,104 @@ def test_weight_bytes_count_codes_not_floats(tiny_file) -> None:
     assert nqt.runtime(ref).weight_bytes(ref) == floats + others
     nqt.close(model)
     nqt.close(ref)
+
+
+@pytest.mark.parametrize(
+    ("name", "which"),
+    [("bn.running_var", "data"), ("blocks.0.weight", "data"), ("blocks.0.weight", "high")],
+    ids=["raw", "params", "high"],
+)
+@pytest.mark.parametrize("resident", ["codes", "float"])
+def test_a_corrupt_blob_fails_the_load_naming_its_tensor(
+    tiny_file, tmp_path, name, which, resident
+) -> None:
+    """The codes load reads DATA and HIGH in one piece each but still checks every blob's own
+    CRC (§11 step 13), as the float runtime does blob by blob."""
+    bad = tmp_path / "bad.nq"
+    data = bytearray(tiny_file.read_bytes())
+    with nqformat.open(tiny_file) as f:
+        ref = getattr(f.info(name), which)
+    data[ref.offset + ref.length - 1] ^= 0x01
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=re.escape(repr(name))):
+        nqt.load(bad, "part", module=tiny(), resident=resident)
+    model = nqt.load(bad, "part", module=tiny(), resident=resident, verify=False)  # unchecked
+    nqt.close(model)
+
+
+def test_reload_into_a_module_keeps_its_tensors_and_values(tiny_file) -> None:
+    """A module passed in keeps its own RAW tensors (filled in place, requires_grad as it was)
+    and gets the file's values, as from a fresh skeleton."""
+    model = tiny(seed=7)
+    bn_weight = model.bn.weight
+    nqt.load(tiny_file, "part", module=model, resident="codes")
+    assert model.bn.weight is bn_weight and bn_weight.requires_grad
+    fresh = nqt.load(tiny_file, "part", module=tiny(seed=8), resident="codes")
+    for key, value in fresh.state_dict().items():
+        assert _same(model.state_dict()[key], value), key
+    nqt.close(model)
+    nqt.close(fresh)
+
+
+class _Hooked(torch.nn.Module):
+    """State dict customised three ways: a hook, extra state, a non-persistent buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny()
+        self.register_buffer("scratch", torch.zeros(2), persistent=False)
+        self.tied = self.inner.conv  # one module under two paths
+
+    def get_extra_state(self) -> dict:
+        return {"k": 1}
+
+
+@pytest.mark.parametrize("kind", ["plain", "hook", "extra"])
+def test_walk_gives_what_state_dict_gives(kind) -> None:
+    from nqformat.torch.runtime import _walk
+
+    module: torch.nn.Module = tiny() if kind == "plain" else _Hooked()
+    if kind == "hook":
+        module.inner.register_state_dict_post_hook(lambda *a: None)
+    if kind == "plain":
+        module.register_buffer("scratch", torch.zeros(2), persistent=False)
+    modules, own = _walk(module)
+    want = module.state_dict(keep_vars=True)
+    assert list(own) == list(want)
+    assert all(own[k] is want[k] for k in want if isinstance(want[k], torch.Tensor))
+    assert modules == dict(module.named_modules(remove_duplicate=False))
+
+
+@pytest.mark.parametrize("piece", [1, 200, 1 << 17])
+def test_blobs_read_in_pieces_equal_blob_by_blob_reads(tiny_file, monkeypatch, piece) -> None:
+    """NQFile.blobs (the codes load's reader) gives each blob's bytes as _blob does, however
+    its reads are cut (one blob per read, a few, all in one)."""
+    from nqformat.container import reader
+    from nqformat.container.spec import Section
+
+    monkeypatch.setattr(reader, "BLOB_READ_PIECE", piece)
+    with nqformat.open(tiny_file) as f, nqformat.open(tiny_file) as g:
+        infos = f.tensors()[::-1]  # any order
+        nested = [i for i in infos if i.kind.name == "NESTED"]
+        for which, chosen in ((Section.DATA, infos), (Section.HIGH, nested)):
+            got = f.blobs(chosen, which)
+            assert [bytes(b) for b in got] == [bytes(g._blob(i, which)) for i in chosen]
+
+
+def test_non_finite_channel_parameters_fail_the_codes_load(tiny_file, tmp_path) -> None:
+    """§7.2: the codes load reads the parameters in bulk but checks them as NQFile.params."""
+    import struct
+    import zlib
+
+    from nqformat.container.testing import replace_blob
+    from nqformat.errors import InvalidHeaderError
+
+    with nqformat.open(tiny_file) as f:
+        info = f.info("blocks.0.weight")
+    raw = bytearray(tiny_file.read_bytes())
+    raw[info.data.offset : info.data.offset + 4] = struct.pack("<f", float("nan"))
+    crc = zlib.crc32(raw[info.data.offset : info.data.end])
+    bad = tmp_path / "nan.nq"
+    bad.write_bytes(replace_blob(bytes(raw), info.index, "data", crc=crc))
+    with pytest.raises(InvalidHeaderError, match=r"blocks\.0\.weight.*not finite"):
+        nqt.load(bad, "part", module=tiny(), resident="codes")

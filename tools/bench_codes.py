@@ -7,7 +7,10 @@ The measurement itself is ``nqformat.bench.codes`` (and ``nqformat.bench.fused_d
 warm timings, full repetitions) on the models the issue's table names:
 
     python tools/bench_codes.py [--quick] [--models resnet101,resnet50,tf_efficientnet_lite0]
-        [--json out.json]
+        [--forward-models resnet101,...] [--json out.json]
+
+``--forward-models`` times the forwards of more models than the keys' resnet50 and Lite0 (the
+issue's memory and latency table includes resnet101); the forward keys printed then cover them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from nqformat.bench import BenchOptions, run_bench
+from nqformat.bench import BenchOptions, codes, run_bench
 from nqformat.bench.cases import TARGETS, Case
 from nqformat.bench.codes import CODES_KEYS
 
@@ -30,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="quick repetitions")
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated, at INT(8|6)")
+    p.add_argument("--forward-models", default="", help="also time these models' forwards")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.forward_models:
+        codes.FORWARD_MODELS = codes.FORWARD_MODELS | set(args.forward_models.split(","))
     cases = tuple(Case(m, 8, 6) for m in args.models.split(","))
     command = "python tools/bench_codes.py " + " ".join(sys.argv[1:] if argv is None else argv)
     options = BenchOptions(quick=args.quick, cases=cases, command=command.strip())

@@ -180,7 +180,12 @@ def codes_rss_child(mode: str, meta: dict[str, Any], path: str) -> dict[str, Any
     # construction runs for the first time is paged in here, not counted as weights.
     with torch.device("meta"):
         skeleton(meta)
+    # Likewise the codes runtime's module, which load() imports on first use: compiling it
+    # (no bytecode cache where PYTHONDONTWRITEBYTECODE is set, as on the bench machine) left
+    # 0.25-0.65 MB of interpreter memory inside the measured window, code, not weights.
     from safetensors.torch import load_file
+
+    import nqformat.torch.resident  # noqa: F401
 
     gc.collect()
     before = _current_rss_mb()

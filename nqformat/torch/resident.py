@@ -8,11 +8,12 @@ from its HIGH blob (and LOW blob in full mode) by the fused kernel (nqformat.fus
 with the same arithmetic as ``NQFile.read``: outputs are bit-identical to the float runtime.
 
 How a layer gets its weight: the layer's class is swapped for a cached subclass whose
-``weight`` is a property. A forward pre-hook dequantizes into a per-thread scratch buffer
-(under ``no_grad``/``inference_mode``; a fresh tensor when autograd may keep it) and pins it
-for the duration of that forward; a forward hook (always called) unpins it. Reading
-``layer.weight`` outside a forward gives a fresh dequantized tensor (or the cached one), so
-``state_dict()`` returns the dequantized weights. ``cache_bytes`` keeps the float32 weights of
+``weight`` is a property and whose ``forward`` first dequantizes into a per-thread scratch
+buffer (under ``no_grad``/``inference_mode``; a fresh tensor when autograd may keep it), pins
+it for the duration of the base class's forward and unpins it after (class attributes, not
+hooks: nothing to register per layer, so a load costs less). Reading ``layer.weight`` outside
+a forward gives a fresh dequantized tensor (or the cached one), and ``state_dict()`` returns
+the dequantized weights. ``cache_bytes`` keeps the float32 weights of
 the most recently used layers up to that many bytes (least recently used are dropped first;
 ``None``: keep all after first use).
 
@@ -29,20 +30,22 @@ import collections
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat import fused
-from nqformat.container.reader import NQFile, TensorInfo
-from nqformat.container.spec import Kind, Section
+from nqformat.container.dequant import check_params_finite
+from nqformat.container.reader import BLOB_READ_PIECE, NQFile, TensorInfo
+from nqformat.container.spec import DType, Kind, Section
 from nqformat.errors import NQError
-from nqformat.torch._tensors import writable_view
+from nqformat.torch._tensors import _NQ_DTYPE, to_torch
 from nqformat.torch.runtime import (
     HANDLE_ATTR,
     Mode,
@@ -52,6 +55,7 @@ from nqformat.torch.runtime import (
     _check_mode,
     _reopen_if_completed,
     _targets,
+    _walk,
     close,
 )
 
@@ -73,9 +77,8 @@ class _Layer:
     part: tuple[np.ndarray, np.ndarray]  # (scale, offset) of the part-bit model
     full: tuple[np.ndarray, np.ndarray]
     mode: Mode
-    high: Any = None  # zero-copy view of the HIGH blob in the file's mapping
+    high: Any = None  # the HIGH blob's stored bytes (a view of the file's read of HIGH)
     low: Any = None  # view of the LOW blob; only while this layer is in full mode
-    hooks: list[Any] = field(default_factory=list)  # removable handles of the layer's hooks
     bits: int | None = None  # a level above the lowest of a multi-level file (spec §14)
 
     @property
@@ -102,7 +105,7 @@ class CodesRuntime(NQRuntime):
         self.layers: dict[str, _Layer] = {}  # by module path
         # tied weights (META model.tied, e.g. an LM head tied to the input embeddings): the
         # alias layer reads its source's record, so both follow one mode; by alias module path
-        self.aliases: dict[str, tuple[_Layer, list[Any]]] = {}
+        self.aliases: dict[str, _Layer] = {}
         self._cache: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._cached_bytes = 0
         self.streamed: set[str] = set()  # layers whose LOW blob was paged in alone
@@ -240,16 +243,11 @@ class CodesRuntime(NQRuntime):
                 weight = self.fresh(rec).detach()
             else:
                 weight = torch.empty(rec.info.shape, device="meta")
-            for hook in rec.hooks:
-                hook.remove()
-            rec.hooks.clear()
             layer.__class__ = layer._nq_base_class
             del layer.__dict__[_SLOT]
             layer._parameters[rec.attr] = nn.Parameter(weight)
-        for path, (rec, hooks) in self.aliases.items():
+        for path, rec in self.aliases.items():
             layer = module.get_submodule(path)
-            for hook in hooks:
-                hook.remove()
             layer.__class__ = layer._nq_base_class
             del layer.__dict__[_SLOT]
             # tied again: the very Parameter its source now holds
@@ -303,6 +301,32 @@ def _set_weight(layer: nn.Module, value: Any) -> None:
     )
 
 
+def _codes_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The base class's forward with the layer's weight dequantized and pinned around it (also
+    when the forward raises, so the scratch is free again)."""
+    handle, rec = layer.__dict__[_SLOT]
+    local = handle._local
+    pins = getattr(local, _PIN, None)
+    if pins is None:
+        pins = {}
+        setattr(local, _PIN, pins)
+    pins[id(layer)] = handle.for_forward(rec)
+    try:
+        return layer._nq_base_class.forward(layer, *args, **kwargs)
+    finally:
+        if pins.pop(id(layer), None) is not None and not pins:
+            handle.release_scratch()
+
+
+def _codes_save_to_state_dict(
+    layer: nn.Module, destination: dict[str, Any], prefix: str, keep_vars: bool
+) -> None:
+    """state_dict() gives the dequantized weight where a plain layer has its weight."""
+    handle, rec = layer.__dict__[_SLOT]
+    destination[prefix + rec.attr] = handle.fresh(rec).detach()
+    layer._nq_base_class._save_to_state_dict(layer, destination, prefix, keep_vars)
+
+
 def _codes_class(cls: type) -> type:
     """``cls`` with ``weight`` read from the codes (one subclass per layer class, cached)."""
     sub = _CLASSES.get(cls)
@@ -312,6 +336,8 @@ def _codes_class(cls: type) -> type:
             (cls,),
             {
                 "weight": property(_get_weight, _set_weight, doc="dequantized from the codes"),
+                "forward": _codes_forward,
+                "_save_to_state_dict": _codes_save_to_state_dict,
                 "__module__": cls.__module__,
                 "__qualname__": cls.__qualname__,
                 "_nq_base_class": cls,
@@ -321,38 +347,11 @@ def _codes_class(cls: type) -> type:
     return sub
 
 
-def _pre_hook(layer: nn.Module, _args: Any) -> None:
-    handle, rec = layer.__dict__[_SLOT]
-    t = handle.for_forward(rec)
-    pins = getattr(handle._local, _PIN, None)
-    if pins is None:
-        pins = {}
-        setattr(handle._local, _PIN, pins)
-    pins[id(layer)] = t
-
-
-def _post_hook(layer: nn.Module, _args: Any, _out: Any) -> None:
-    handle, _ = layer.__dict__[_SLOT]
-    pins = getattr(handle._local, _PIN, None)
-    if pins and pins.pop(id(layer), None) is not None and not pins:
-        handle.release_scratch()
-
-
-def _state_dict_hook(layer: nn.Module, state: dict[str, Any], prefix: str, _meta: Any) -> None:
-    handle, rec = layer.__dict__[_SLOT]
-    state[prefix + rec.attr] = handle.fresh(rec).detach()
-
-
-def _attach(layer: nn.Module, handle: CodesRuntime, rec: _Layer) -> list[Any]:
-    """Back ``layer``'s weight by ``rec``'s codes; returns the removable hook handles."""
+def _attach(layer: nn.Module, handle: CodesRuntime, rec: _Layer) -> None:
+    """Back ``layer``'s weight by ``rec``'s codes."""
     layer._parameters.pop(rec.attr, None)  # the float32 (or meta) weight goes away
     layer.__dict__[_SLOT] = (handle, rec)
     layer.__class__ = _codes_class(type(layer))
-    return [
-        layer.register_forward_pre_hook(_pre_hook),
-        layer.register_forward_hook(_post_hook, always_call=True),
-        layer.register_state_dict_post_hook(_state_dict_hook),
-    ]
 
 
 def _attach_tied(
@@ -369,7 +368,8 @@ def _attach_tied(
         owner, path, attr = _owner(modules, str(alias))
         if attr != rec.attr:
             raise NQError(f"META model.tied: {alias} cannot share {source}")
-        handle.aliases[path] = (rec, _attach(owner, handle, rec))
+        _attach(owner, handle, rec)
+        handle.aliases[path] = rec
 
 
 # --- building the module --------------------------------------------------------------------------
@@ -395,26 +395,114 @@ def _owner(modules: Mapping[str, nn.Module], name: str) -> tuple[nn.Module, str,
 
 
 @torch.no_grad()
-def _restore_raw(
-    modules: Mapping[str, nn.Module], f: NQFile, info: TensorInfo, target: torch.Tensor
+def _restore_raws(
+    modules: Mapping[str, nn.Module],
+    own: Mapping[str, torch.Tensor],
+    infos: list[TensorInfo],
+    stored: list[memoryview],
 ) -> None:
-    """Give a RAW tensor CPU memory (if it is on meta) and the file's values."""
-    owner, _, attr = _owner(modules, info.name)
-    if target.device.type == "meta":
-        real = torch.empty(target.shape, dtype=target.dtype)
-        if attr in owner._parameters:
-            owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
-        else:
-            owner._buffers[attr] = real
-        target = real
-    stored = info.dtype.name
-    view = writable_view(target, stored)
-    if view is None:
-        from nqformat.torch._tensors import to_torch
+    """Give each RAW tensor CPU memory of its own (if it is on meta) and the file's values
+    (``stored``: its checked DATA blob). The values are copied: the blob's bytes belong to the
+    file's read of DATA, which goes once the load is done.
 
-        target.copy_(to_torch(f.read(info.name), stored).reshape(target.shape))
-    else:
-        f.read(info.name, out=view)
+    Tensors already in CPU memory of the file's dtype (a module passed in, or reloaded) are
+    filled per dtype in one go: their blobs joined, split into views and copied by one
+    ``torch._foreach_copy_``; a Python call per tensor was most of the cost."""
+    bulk: dict[torch.dtype, tuple[list[torch.Tensor], list[memoryview]]] = {}
+    written = []
+    for info, blob in zip(infos, stored, strict=True):
+        target = own[info.name]
+        dtype = _TORCH_DTYPE[info.dtype]
+        if target.is_meta:
+            owner, _, attr = _owner(modules, info.name)
+            real = torch.empty(info.shape, dtype=target.dtype)
+            if attr in owner._parameters:
+                owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
+            else:
+                owner._buffers[attr] = real
+            target = real
+        elif target.dtype is dtype and target.is_cpu and target.is_contiguous():
+            targets, blobs = bulk.setdefault(dtype, ([], []))
+            targets.append(target if target.dim() == 1 else target.view(-1))
+            blobs.append(blob)
+            continue
+        else:
+            written.append(target)
+        view = _numpy_view(target)
+        values = np.frombuffer(blob, dtype=info.dtype.np_dtype)
+        if view is not None and view.dtype == values.dtype:
+            np.copyto(view, values.reshape(view.shape))
+        else:
+            target.copy_(to_torch(values, info.dtype.name).reshape(target.shape))
+    for dtype, (targets, blobs) in bulk.items():
+        joined = bytearray().join(blobs)  # writable, so torch takes it without a copy
+        sizes = [t.numel() for t in targets]
+        torch._foreach_copy_(targets, torch.frombuffer(joined, dtype=dtype).split(sizes))
+    increment_version(written)  # as copy_ would: autograd sees the writes
+
+
+#: the torch dtype of each .nq dtype (spec §4.1)
+_TORCH_DTYPE = {DType[name]: dtype for dtype, name in _NQ_DTYPE.items()}
+
+
+def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of a CPU tensor's memory; None where numpy has no such dtype (bfloat16)."""
+    if not t.is_cpu:
+        return None
+    try:
+        return t.detach().numpy()
+    except TypeError:
+        return None
+
+
+def _records(
+    modules: Mapping[str, nn.Module],
+    infos: list[TensorInfo],
+    params: list[memoryview],
+    mode: Mode,
+    seen: set[str],
+) -> list[tuple[nn.Module, _Layer]]:
+    """A layer record (and the layer) for each NESTED tensor; ``params``: its checked DATA
+    blob (§7.2: scale_full, offset_full, scale_part, offset_part, float32 each); ``seen``:
+    the layers recorded so far (one nested weight per layer)."""
+    out = []
+    for info, blob in zip(infos, params, strict=True):
+        owner, path, attr = _owner(modules, info.name)
+        if attr != "weight" or path in seen:
+            raise NQError(
+                f"{info.name}: the codes runtime serves nested tensors named '<layer>.weight'"
+                "; load this file with resident='float'"
+            )
+        seen.add(path)
+        # a copy: a view would keep the whole DATA read (RAW values included) alive
+        arr = np.frombuffer(blob, dtype="<f4").copy()
+        check_params_finite(arr, repr(info.name))  # §7.2, as NQFile.params checks them
+        c = info.shape[0]
+        rec = _Layer(
+            tensor=info.name,
+            layer=path,
+            attr=attr,
+            info=info,
+            part=(arr[2 * c : 3 * c], arr[3 * c : 4 * c]),
+            full=(arr[0:c], arr[c : 2 * c]),
+            mode=mode,
+        )
+        out.append((owner, rec))
+    return out
+
+
+def _pieces(infos: list[TensorInfo], size: int) -> Iterator[list[TensorInfo]]:
+    """``infos`` in runs whose DATA blobs add up to at most ``size`` bytes (or one blob)."""
+    run: list[TensorInfo] = []
+    total = 0
+    for info in infos:
+        if run and total + info.data.length > size:
+            yield run
+            run, total = [], 0
+        run.append(info)
+        total += info.data.length
+    if run:
+        yield run
 
 
 def load_codes(
@@ -426,42 +514,44 @@ def load_codes(
     act_quant: bool,
     cache_bytes: int | None,
 ) -> nn.Module:
-    """``nqformat.torch.load(..., resident="codes")``; see the module docstring."""
-    f = nqformat.open(path, verify=verify)
+    """``nqformat.torch.load(..., resident="codes")``; see the module docstring. ``path`` may
+    be an open :class:`NQFile`, which the module then owns (closed here on failure).
+
+    A load reads DATA once and HIGH once (``NQFile.blobs``: every blob still checked against
+    its own CRC) and walks the module once: per-tensor reads and ``state_dict`` were most of a
+    small model's load time (Lite0: 246 RAW tensors, 250 nested)."""
+    f = path if isinstance(path, NQFile) else nqformat.open(path, verify=verify)
     try:
         target = module if module is not None else _skeleton(f.metadata, f)
         old = target.__dict__.get(HANDLE_ATTR)
         if isinstance(old, CodesRuntime):
             old.detach(target, materialize=False)  # its weights are about to be replaced
         close(target)  # a module loaded before lets go of its old file
-        own = _targets(target, f)
+        modules, own = _walk(target)
+        _targets(target, f, own)
         if mode == "full":
             f.page_in_low()
         handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
-        modules = dict(target.named_modules(remove_duplicate=False))
-        for info in f.tensors():
-            if info.kind is Kind.RAW:
-                _restore_raw(modules, f, info, own[info.name])
-                continue
-            owner, path_, attr = _owner(modules, info.name)
-            params = f.params(info.name)
-            rec = _Layer(
-                tensor=info.name,
-                layer=path_,
-                attr=attr,
-                info=info,
-                part=(params.scale_part, params.offset_part),
-                full=(params.scale_full, params.offset_full),
-                mode=mode,
+        records: list[tuple[nn.Module, _Layer]] = []
+        seen: set[str] = set()
+        # DATA a piece at a time, each piece's bytes gone before the next is read: holding all
+        # of DATA at once left its size as resident memory (freed, not returned by malloc)
+        for infos in _pieces(f.tensors(), BLOB_READ_PIECE):
+            data = f.blobs(infos, Section.DATA)
+            raw = [i for i, info in enumerate(infos) if info.kind is Kind.RAW]
+            nested = [i for i, info in enumerate(infos) if info.kind is Kind.NESTED]
+            _restore_raws(modules, own, [infos[i] for i in raw], [data[i] for i in raw])
+            records += _records(
+                modules, [infos[i] for i in nested], [data[i] for i in nested], mode, seen
             )
-            if attr != "weight" or path_ in handle.layers:
-                raise NQError(
-                    f"{info.name}: the codes runtime serves nested tensors named '<layer>.weight'"
-                    "; load this file with resident='float'"
-                )
-            handle.attach_views(rec)
-            handle.layers[path_] = rec
-            rec.hooks = _attach(owner, handle, rec)
+            del data
+        highs = f.blobs([rec.info for _, rec in records], Section.HIGH)
+        for (owner, rec), high in zip(records, highs, strict=True):
+            rec.high = high
+            if mode == "full":
+                rec.low = _packed_blob(f, rec.info, Section.LOW)
+            handle.layers[rec.layer] = rec
+            _attach(owner, handle, rec)
         _attach_tied(modules, handle, f.metadata)
         f.release_buffers()
         if act_quant:

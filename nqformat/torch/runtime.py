@@ -110,6 +110,46 @@ def _check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
+def _walk(module: nn.Module) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor]]:
+    """Every submodule by path (as ``named_modules(remove_duplicate=False)``) and what
+    ``module.state_dict(keep_vars=True)`` holds, in one walk where no module customises its
+    state dict (hooks, ``_save_to_state_dict``, extra state); else ``state_dict`` itself.
+    ``state_dict``'s recursion costs several microseconds a module: a large part of a small
+    model's load."""
+    modules: dict[str, nn.Module] = {}
+    own: dict[str, torch.Tensor] = {}
+
+    def visit(path: str, m: nn.Module) -> bool:
+        plain = _PLAIN.get(type(m))
+        if plain is None:
+            cls = type(m)
+            plain = _PLAIN[cls] = (
+                cls._save_to_state_dict is nn.Module._save_to_state_dict
+                and cls.get_extra_state is nn.Module.get_extra_state
+            )
+        if not plain or m._state_dict_hooks or m._state_dict_pre_hooks:
+            return False
+        modules[path] = m
+        prefix = path + "." if path else ""
+        for name, p in m._parameters.items():
+            if p is not None:
+                own[prefix + name] = p
+        if m._buffers:
+            skip = m._non_persistent_buffers_set
+            for name, b in m._buffers.items():
+                if b is not None and name not in skip:
+                    own[prefix + name] = b
+        return all(visit(prefix + name, c) for name, c in m._modules.items() if c is not None)
+
+    if visit("", module):
+        return modules, own
+    return dict(module.named_modules(remove_duplicate=False)), module.state_dict(keep_vars=True)
+
+
+#: module class -> True when its state dict is its parameters and persistent buffers only
+_PLAIN: dict[type, bool] = {}
+
+
 def _end_bits(f: NQFile, mode: str) -> int:
     """The width "part" (lowest level) or "full" (highest level) names in ``f``."""
     return f.levels[0] if mode == "part" else f.levels[-1]
@@ -131,16 +171,20 @@ def _wanted_bits(f: NQFile, mode: str | None, bits: int | None) -> int:
     return bits
 
 
-def _targets(module: nn.Module, f: NQFile) -> dict[str, torch.Tensor]:
-    """The module's state tensors (aliases, written in place), checked against the file."""
-    own = module.state_dict()
+def _targets(
+    module: nn.Module, f: NQFile, own: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The module's state tensors (the module's own, written in place), checked against the
+    file; ``own`` as :func:`_walk` gives it."""
+    own = dict(_walk(module)[1] if own is None else own)
     infos = f.tensors()
-    missing = [k for k in own if k not in f]
+    names = {i.name for i in infos}
+    missing = [k for k in own if k not in names]
     unexpected = [i.name for i in infos if i.name not in own]
     wrong = [
-        f"{i.name} {i.shape} vs {tuple(own[i.name].shape)}"
+        f"{i.name} {i.shape} vs {tuple(t.shape)}"
         for i in infos
-        if i.name in own and own[i.name].shape != i.shape
+        if (t := own.get(i.name)) is not None and t.shape != i.shape
     ]
     problems = []
     for label, items in (
@@ -261,20 +305,26 @@ def load(
     if resident == "codes":
         from nqformat.torch.resident import load_codes
 
-        with nqformat.open(path, verify=False) as probe:
-            level = _wanted_bits(probe, mode, bits)
-            several = len(probe.levels) > 2
+        # opened once and handed over: a second open (header validation) was a quarter of a
+        # small model's codes load
+        f = nqformat.open(path, verify=verify)
+        try:
+            level = _wanted_bits(f, mode, bits)
+        except BaseException:
+            f.close()
+            raise
+        lowest, several = f.levels[0], len(f.levels) > 2
         if not several:
-            wanted = "part" if level == probe.levels[0] else "full"
+            wanted = "part" if level == lowest else "full"
         loaded = load_codes(
-            path,
+            f,
             "part" if several else wanted,
             module=module,
             verify=verify,
             act_quant=act_quant,
             cache_bytes=cache_bytes,
         )
-        if several and level != probe.levels[0]:
+        if several and level != lowest:
             _codes_level(runtime(loaded), level)
         return loaded
     f = nqformat.open(path, verify=verify)
