@@ -44,7 +44,7 @@ from test_c_reader import _runner, c_reader_bins  # noqa: F401 - fixture
 
 import nqformat
 from nqformat import _paths
-from nqformat.container import spec
+from nqformat.container import metajson
 from nqformat.container.spec import DType, Kind
 from nqformat.errors import MetadataError
 
@@ -457,7 +457,7 @@ def test_reading_vectors_and_mutants_again_and_again_keeps_no_memory(
     assert grown < _LEAK_BYTES_PER_READ * reads, (grown, reads, [str(t) for t in top])
 
 
-# --- the linear META scan (spec.json_shape) -----------------------------------------------------
+# --- the linear META scan (metajson.json_shape) ---------------------------------------------------
 
 _json_values = st.recursive(
     st.none()
@@ -495,11 +495,11 @@ def test_json_shape_counts_depth_and_values_exactly_across_chunk_boundaries(
 ) -> None:
     raw = json.dumps(obj, indent=indent, ensure_ascii=bool(chunk % 2)).encode()
     expect = _shape_of(obj)
-    monkeypatch_module.setattr(spec, "_JSON_SCAN_CHUNK", chunk)
-    got = spec.json_shape(raw)
+    monkeypatch_module.setattr(metajson, "_JSON_SCAN_CHUNK", chunk)
+    got = metajson.json_shape(raw)
     monkeypatch_module.undo()
     assert (got.depth, got.values) == expect
-    assert spec.json_shape(raw) == got  # one chunk
+    assert metajson.json_shape(raw) == got  # one chunk
 
 
 @pytest.fixture(scope="module")

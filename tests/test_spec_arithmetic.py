@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nqformat import bitpack
-from nqformat.container import spec
+from nqformat.container import metajson, spec
 from nqformat.container.writer import canonical_json
 from nqformat.errors import LimitError, NQError
 
@@ -74,4 +74,4 @@ def _depth(obj: object) -> int:
 def test_json_depth_of_the_bytes_is_the_depth_of_the_object(obj: object) -> None:
     # the writer checks the bytes it writes with the reader's own rule: brackets inside strings
     # (escaped quotes included) must not count
-    assert spec.json_depth(canonical_json(obj)) == _depth(obj)
+    assert metajson.json_depth(canonical_json(obj)) == _depth(obj)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nqformat.container import spec
+from nqformat.container import metajson, spec
 from nqformat.container.spec import (
     BlobRef,
     Codec,
@@ -634,13 +634,13 @@ def _meta_float(text: str) -> float:
 def check_meta(raw: bytes) -> dict[str, Any]:
     """Step 12: META is a UTF-8 JSON object, no duplicate keys, depth <= 64, at most 2^20
     values and member names, numbers in range (§6). Depth and size are found by a linear scan
-    first (:func:`spec.json_shape`), so the parser never meets a deep nest and never builds
+    first (:func:`metajson.json_shape`), so the parser never meets a deep nest and never builds
     more than 2^20 objects, whatever the 16 MiB hold."""
     try:
         text = raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise MetadataError(f"META is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    shape = spec.json_shape(raw)
+    shape = metajson.json_shape(raw)
     if shape.depth > spec.MAX_META_DEPTH:
         raise MetadataError(f"META nests deeper than {spec.MAX_META_DEPTH} levels (§6)")
     if shape.values > spec.MAX_META_VALUES:
