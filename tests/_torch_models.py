@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["NESTED", "Tiny", "tiny"]
+__all__ = ["FAMILIES", "NESTED", "Tiny", "tiny"]
 
 
 class Tiny(nn.Module):
@@ -39,3 +39,18 @@ def tiny(seed: int = 0) -> Tiny:
 
 
 NESTED = {"conv.weight", "blocks.0.weight", "blocks.1.weight", "heads.cls.weight"}
+
+#: one model per family the runtimes must cover (pytorchcv and timm names)
+FAMILIES = [
+    ("ResNet", "resnet10"),
+    ("DenseNet", "densenet121"),
+    ("ResNeXt", "resnext14_16x4d"),
+    ("MobileNet", "mobilenet_wd4"),
+    ("MobileNetV2", "mobilenetv2_wd4"),
+    ("ShuffleNet", "shufflenet_g1_wd4"),
+    ("ShuffleNetV2", "shufflenetv2_wd2"),
+    ("EfficientNet", "efficientnet_b0"),
+    ("ViT", "vit_tiny_patch16_224"),
+    ("DeiT", "deit_tiny_patch16_224"),
+    ("Swin", "swin_tiny_patch4_window7_224"),
+]

@@ -15,25 +15,13 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from _torch_models import FAMILIES
 
 import nqformat.torch as nqt
 import nqformat.torch.convert as convert_mod
 from nqformat import zoo
 from nqformat.container.spec import Kind
 
-FAMILIES = [
-    ("ResNet", "resnet10"),
-    ("DenseNet", "densenet121"),
-    ("ResNeXt", "resnext14_16x4d"),
-    ("MobileNet", "mobilenet_wd4"),
-    ("MobileNetV2", "mobilenetv2_wd4"),
-    ("ShuffleNet", "shufflenet_g1_wd4"),
-    ("ShuffleNetV2", "shufflenetv2_wd2"),
-    ("EfficientNet", "efficientnet_b0"),
-    ("ViT", "vit_tiny_patch16_224"),
-    ("DeiT", "deit_tiny_patch16_224"),
-    ("Swin", "swin_tiny_patch4_window7_224"),
-]
 FAST = {"mobilenet_wd4", "mobilenetv2_wd4"}
 N, H = 8, 5
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from _torch_models import NESTED, tiny
+from _torch_models import FAMILIES, NESTED, tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -274,19 +274,6 @@ def test_act_quant_applies_on_the_codes_runtime_too(tmp_path) -> None:
         nqt.close(m)
 
 
-FAMILIES = [
-    ("ResNet", "resnet10"),
-    ("DenseNet", "densenet121"),
-    ("ResNeXt", "resnext14_16x4d"),
-    ("MobileNet", "mobilenet_wd4"),
-    ("MobileNetV2", "mobilenetv2_wd4"),
-    ("ShuffleNet", "shufflenet_g1_wd4"),
-    ("ShuffleNetV2", "shufflenetv2_wd2"),
-    ("EfficientNet", "efficientnet_b0"),
-    ("ViT", "vit_tiny_patch16_224"),
-    ("DeiT", "deit_tiny_patch16_224"),
-    ("Swin", "swin_tiny_patch4_window7_224"),
-]  # as tests/test_coverage_models.py
 FAST = {"mobilenetv2_wd4"}
 
 

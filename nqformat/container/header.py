@@ -458,18 +458,8 @@ def _infos(recs: np.ndarray, names: list[str], numel: np.ndarray) -> tuple[Tenso
     dtypes = [_DTYPES[d] for d in recs["dtype"].tolist()]
     ndims = recs["ndim"].tolist()
     shapes = [tuple(d[:k]) for d, k in zip(recs["dims"].tolist(), ndims, strict=True)]
-    refs = []
-    for field in ("data", "high", "low"):
-        ref = recs[field]
-        rows = zip(
-            ref["offset"].tolist(),
-            ref["length"].tolist(),
-            ref["crc"].tolist(),
-            ref["codec"].tolist(),
-            strict=True,
-        )
-        # RAW records' high/low references are all zero (checked): share one object
-        refs.append([BlobRef(o, n, c, k) if o else _ZERO_REF for o, n, c, k in rows])
+    # RAW records' high/low references are all zero (checked): they share one object
+    refs = [_refs_of(recs[field]) for field in ("data", "high", "low")]
     return tuple(
         TensorInfo(name, kind, dtype, shape, count, data, high, low, index=i)
         for i, (name, kind, dtype, shape, count, data, high, low) in enumerate(
