@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 
 from nqformat.cli import main
+from nqformat.remote.server import RangeServer, serve
+from tests._container_util import write_small
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +25,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     return out
+
+
+@pytest.fixture
+def site(tmp_path: pathlib.Path) -> Iterator[RangeServer]:
+    """A loopback HTTP server with Range support serving one small valid file, ``m.nq``."""
+    root = tmp_path / "site"
+    root.mkdir()
+    write_small(root / "m.nq")
+    with serve(root) as srv:
+        yield srv

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import pathlib
 import re
-from collections.abc import Iterator
 
-import pytest
 from click.testing import CliRunner
 
 import nqformat
 from nqformat.cli import main
 from nqformat.cli._common import EXIT_FAILED, EXIT_INVALID_FILE
-from nqformat.remote.server import RangeServer, serve
+from nqformat.remote.server import RangeServer
 from tests._container_util import write_small
-
-
-@pytest.fixture
-def site(tmp_path: pathlib.Path) -> Iterator[RangeServer]:
-    root = tmp_path / "site"
-    root.mkdir()
-    write_small(root / "m.nq")
-    with serve(root) as srv:
-        yield srv
 
 
 def _fetch(*args: str) -> tuple[int, str]:

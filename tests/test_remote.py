@@ -7,7 +7,6 @@ import os
 import pathlib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,18 +22,9 @@ from nqformat.remote.errors import (
     RemoteChangedError,
     RemoteError,
 )
-from nqformat.remote.server import RangeServer, serve
+from nqformat.remote.server import RangeServer
 from nqformat.remote.source import RemoteSource
 from tests._container_util import write_small
-
-
-@pytest.fixture
-def site(tmp_path: pathlib.Path) -> Iterator[RangeServer]:
-    root = tmp_path / "site"
-    root.mkdir()
-    write_small(root / "m.nq")
-    with serve(root) as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -29,15 +28,6 @@ def private_cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pa
     cache = tmp_path / "cache"
     monkeypatch.setenv("NQFORMAT_CACHE", str(cache))
     return cache
-
-
-@pytest.fixture
-def site(tmp_path: pathlib.Path) -> Iterator[RangeServer]:
-    root = tmp_path / "site"
-    root.mkdir()
-    write_small(root / "m.nq")
-    with serve(root) as srv:
-        yield srv
 
 
 def _nested_names(path: pathlib.Path) -> list[str]:
