@@ -22,7 +22,7 @@ from nqformat.remote.errors import (
     RemoteChangedError,
     RemoteError,
 )
-from nqformat.remote.server import RangeServer
+from nqformat.remote.server import Logged, RangeServer
 from nqformat.remote.source import RemoteSource
 from tests._container_util import write_small
 
@@ -287,3 +287,15 @@ def test_two_openers_of_one_url_share_the_cached_prefix_without_fetching_twice(
         "bytes=8000-8999",
         f"bytes=9000-{len(data) - 1}",
     ]
+
+
+def test_the_server_log_is_in_request_order_when_handler_threads_finish_out_of_order(
+    tmp_path: pathlib.Path,
+) -> None:
+    # two connections: the thread of the first response can record after the second's
+    state = RangeServer(tmp_path)
+    first, second = state._begin(), state._begin()
+    state._record(second, Logged("m.nq", "bytes=10-19", 206, 10))
+    assert state.log == []  # the first request is still in flight: nothing after it is logged
+    state._record(first, Logged("m.nq", "bytes=0-9", 206, 10))
+    assert [e.range for e in state.requests()] == ["bytes=0-9", "bytes=10-19"]

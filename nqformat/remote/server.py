@@ -63,6 +63,11 @@ class RangeServer:
     connections: int = 0
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _in_flight: int = 0  # responses begun and not yet logged
+    # log slots are taken when a request arrives, so the log is in arrival order even when the
+    # thread of an earlier response records after that of a later one (two connections)
+    _issued: int = 0  # slots handed out
+    _logged: int = 0  # slots below this one are in the log
+    _pending: dict[int, Logged] = field(default_factory=dict)  # recorded, not yet in the log
 
     def url_of(self, name: str) -> str:
         return f"{self.url}/{name}"
@@ -77,14 +82,19 @@ class RangeServer:
             self._lock.wait_for(lambda: self._in_flight == 0, timeout=_SOCKET_TIMEOUT_S)
             return list(self.log)
 
-    def _begin(self) -> None:
+    def _begin(self) -> int:
         with self._lock:
             self._in_flight += 1
+            self._issued += 1
+            return self._issued - 1
 
-    def _record(self, entry: Logged) -> None:
+    def _record(self, slot: int, entry: Logged) -> None:
         with self._lock:
-            self.log.append(entry)
+            self._pending[slot] = entry
             self._in_flight -= 1
+            while self._logged in self._pending:
+                self.log.append(self._pending.pop(self._logged))
+                self._logged += 1
             self._lock.notify_all()
 
     def clear(self) -> None:
@@ -112,12 +122,12 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             self._serve(body=True)
 
         def _serve(self, *, body: bool) -> None:
-            state._begin()
+            slot = state._begin()
             entry = Logged(self.path, self.headers.get("Range"), 500, 0)
             try:
                 entry = self._respond(body)
             finally:
-                state._record(entry)
+                state._record(slot, entry)
 
         def _respond(self, body: bool) -> Logged:
             name = self.path.lstrip("/").split("?", 1)[0]
