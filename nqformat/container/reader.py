@@ -539,72 +539,75 @@ class NQFile(LevelReads):
         what = f"{info.name!r} {which.name}" if named else which.name
         return memoryview(_zstd_decompress(stored, raw_len, what))
 
-    def blobs(self, infos: Iterable[TensorInfo], which: Section) -> list[memoryview]:
+    def blobs(
+        self, infos: Iterable[TensorInfo], which: Section, *, piece: int | None = BLOB_READ_PIECE
+    ) -> list[memoryview]:
         """The stored bytes of the DATA or HIGH blobs of ``infos`` (in their order), as
         :meth:`_blob` gives each: CRC-checked (§11 step 13, when verifying) and decompressed.
 
         For loading many blobs at once (the codes runtime's load): neighbouring uncompressed
-        blobs come from one read of up to :data:`BLOB_READ_PIECE` bytes (a larger blob alone),
-        not one read each, and their CRCs from one call (``nqformat.fused.crc32_ranges``); each
-        blob is still checked against its own CRC. The views share their piece's memory.
+        blobs come from one read of up to ``piece`` bytes (a larger blob alone; None: up to the
+        read budget, for bytes that stay, as HIGH does in a codes-resident module), not one
+        read each, and their CRCs from one call (``nqformat.fused.crc32_ranges``); each blob
+        is still checked against its own CRC. The views share their piece's memory.
         Compressed, empty and over-budget (§10) blobs go one by one through :meth:`_blob`."""
+        size = self.max_bytes if piece is None else piece
         self._check_open()
         if which is Section.LOW:
             raise NQError("blobs() reads DATA or HIGH; LOW is paged in (page_in_low)")
         infos = list(infos)
         refs = [info.data if which is Section.DATA else info.high for info in infos]
-        # offset, length, crc, codec of each blob: the checks below are array operations
-        table = np.array([(r.offset, r.length, r.crc, r.codec) for r in refs], np.uint64)
-        table = table.reshape(len(refs), 4)
-        plain = (table[:, 3] == Codec.NONE) & (table[:, 1] > 0) & (table[:, 1] <= self.max_bytes)
+        # plain Python lists, not numpy scalars: a per-blob numpy index cost more than the read
+        offsets = [r.offset for r in refs]
+        ends = [r.offset + r.length for r in refs]
+        budget = self.max_bytes
+        order = sorted(
+            (i for i, r in enumerate(refs) if r.codec == Codec.NONE and 0 < r.length <= budget),
+            key=offsets.__getitem__,
+        )
         out: list[memoryview | None] = [None] * len(infos)
-        order = np.flatnonzero(plain)
-        order = order[np.argsort(table[order, 0], kind="stable")].tolist()
         start = 0
         while start < len(order):
-            first = int(table[order[start], 0])
+            first = offsets[order[start]]
             stop = start + 1
-            while stop < len(order) and (
-                int(table[order[stop], 0] + table[order[stop], 1]) - first <= BLOB_READ_PIECE
-            ):
+            while stop < len(order) and ends[order[stop]] - first <= size:
                 stop += 1
-            self._read_piece(infos, refs, table, order[start:stop], which, out)
+            rows = order[start:stop]
+            piece = self._src.view(_PART_MAP, first, ends[rows[-1]] - first)
+            if self._verify_blobs:
+                self._check_piece(infos, refs, rows, first, piece, which)
+            for i in rows:
+                out[i] = piece[offsets[i] - first : ends[i] - first]
             start = stop
         return [
             view if view is not None else self._blob(info, which)
             for info, view in zip(infos, out, strict=True)
         ]
 
-    def _read_piece(
+    def _check_piece(
         self,
         infos: list[TensorInfo],
         refs: list[spec.BlobRef],
-        table: np.ndarray,
         rows: list[int],
+        first: int,
+        piece: memoryview,
         which: Section,
-        out: list[memoryview | None],
     ) -> None:
-        """One read of the blobs ``rows`` (neighbours, in offset order) for :meth:`blobs`."""
-        first = int(table[rows[0], 0])
-        end = int(table[rows[-1], 0] + table[rows[-1], 1])
-        piece = self._src.view(_PART_MAP, first, end - first)
-        if self._verify_blobs:
-            todo = np.array(
-                [i for i in rows if (infos[i].index, which) not in self._checked], np.intp
-            )
-            actual = fused.crc32_ranges(piece, table[todo, 0] - np.uint64(first), table[todo, 1])
-            bad = np.flatnonzero(actual != table[todo, 2])
-            if bad.size:
-                k = int(bad[0])
-                info, ref = infos[int(todo[k])], refs[int(todo[k])]
+        """Each blob of ``rows`` (read in one ``piece`` from file offset ``first``) against its
+        own CRC (§11 step 13), all in one call; blobs checked before are skipped."""
+        checked = self._checked
+        if checked:
+            rows = [i for i in rows if (infos[i].index, which) not in checked]
+        table = np.array([(refs[i].offset - first, refs[i].length) for i in rows], np.uint64)
+        table = table.reshape(len(rows), 2)
+        actual = fused.crc32_ranges(piece, table[:, 0], table[:, 1]).tolist()
+        for i, crc in zip(rows, actual, strict=True):
+            if crc != refs[i].crc:
                 raise ChecksumError(
-                    f"{info.name!r}: {which.name} blob CRC is {ref.crc:#010x}, computed "
-                    f"{int(actual[k]):#010x} (§7.1)"
+                    f"{infos[i].name!r}: {which.name} blob CRC is {refs[i].crc:#010x}, "
+                    f"computed {crc:#010x} (§7.1)"
                 )
-            self._checked.update((infos[i].index, which) for i in todo.tolist())
-        for i in rows:
-            ref = refs[i]
-            out[i] = piece[ref.offset - first : ref.end - first]
+        checked.update([(infos[i].index, which) for i in rows])
 
     def _check_budget(self, info: TensorInfo, nbytes: int, what: str) -> None:
         """LimitError, before anything is allocated, when ``nbytes`` exceed the read budget."""

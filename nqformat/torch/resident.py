@@ -26,7 +26,9 @@ Limits: CPU and float32 only (``module.to(...)`` / ``.half()`` do not convert th
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import threading
 import time
 import weakref
@@ -41,6 +43,7 @@ from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat import fused
+from nqformat.container import spec
 from nqformat.container.dequant import check_params_finite
 from nqformat.container.reader import BLOB_READ_PIECE, NQFile, TensorInfo
 from nqformat.container.spec import DType, Kind, Section
@@ -394,27 +397,28 @@ def _owner(modules: Mapping[str, nn.Module], name: str) -> tuple[nn.Module, str,
     return modules[path], path, attr
 
 
-@torch.no_grad()
-def _restore_raws(
-    modules: Mapping[str, nn.Module],
-    own: Mapping[str, torch.Tensor],
-    infos: list[TensorInfo],
-    stored: list[memoryview],
-) -> None:
-    """Give each RAW tensor CPU memory of its own (if it is on meta) and the file's values
-    (``stored``: its checked DATA blob). The values are copied: the blob's bytes belong to the
-    file's read of DATA, which goes once the load is done.
+class _RawWriter:
+    """Writes the RAW tensors' values (``add``: a tensor and its checked DATA blob) into the
+    module. The values are copied: the blob's bytes belong to a piece of DATA that goes once
+    it is used.
 
-    Tensors already in CPU memory of the file's dtype (a module passed in, or reloaded) are
-    filled per dtype in one go: their blobs joined, split into views and copied by one
-    ``torch._foreach_copy_``; a Python call per tensor was most of the cost."""
-    bulk: dict[torch.dtype, tuple[list[torch.Tensor], list[memoryview]]] = {}
-    written = []
-    for info, blob in zip(infos, stored, strict=True):
-        target = own[info.name]
+    A tensor on meta gets CPU memory of its own (its own storage: ``safetensors.save_file``
+    refuses tensors that share one). Tensors already in CPU memory of the file's dtype (a
+    module passed in, or reloaded) are written at ``finish``, per dtype in one go: their blobs
+    joined as they come (pieces of DATA are released one after another), split into views
+    and copied by one ``torch._foreach_copy_``; a Python call per tensor was most of the
+    cost."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], own: Mapping[str, torch.Tensor]):
+        self.modules, self.own = modules, own
+        self.bulk: dict[torch.dtype, tuple[list[torch.Tensor], list[int], bytearray]] = {}
+        self.written: list[torch.Tensor] = []
+
+    def add(self, info: TensorInfo, blob: memoryview) -> None:
+        target = self.own[info.name]
         dtype = _TORCH_DTYPE[info.dtype]
         if target.is_meta:
-            owner, _, attr = _owner(modules, info.name)
+            owner, _, attr = _owner(self.modules, info.name)
             real = torch.empty(info.shape, dtype=target.dtype)
             if attr in owner._parameters:
                 owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
@@ -422,23 +426,31 @@ def _restore_raws(
                 owner._buffers[attr] = real
             target = real
         elif target.dtype is dtype and target.is_cpu and target.is_contiguous():
-            targets, blobs = bulk.setdefault(dtype, ([], []))
+            entry = self.bulk.get(dtype)
+            if entry is None:
+                entry = self.bulk[dtype] = ([], [], bytearray())
+            targets, sizes, joined = entry
             targets.append(target if target.dim() == 1 else target.view(-1))
-            blobs.append(blob)
-            continue
+            sizes.append(info.numel)
+            joined += blob
+            return
         else:
-            written.append(target)
+            self.written.append(target)
         view = _numpy_view(target)
         values = np.frombuffer(blob, dtype=info.dtype.np_dtype)
         if view is not None and view.dtype == values.dtype:
             np.copyto(view, values.reshape(view.shape))
         else:
-            target.copy_(to_torch(values, info.dtype.name).reshape(target.shape))
-    for dtype, (targets, blobs) in bulk.items():
-        joined = bytearray().join(blobs)  # writable, so torch takes it without a copy
-        sizes = [t.numel() for t in targets]
-        torch._foreach_copy_(targets, torch.frombuffer(joined, dtype=dtype).split(sizes))
-    increment_version(written)  # as copy_ would: autograd sees the writes
+            with torch.no_grad():
+                target.copy_(to_torch(values, info.dtype.name).reshape(target.shape))
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        for dtype, (targets, sizes, joined) in self.bulk.items():
+            # a bytearray is writable, so torch takes it without a copy
+            torch._foreach_copy_(targets, torch.frombuffer(joined, dtype=dtype).split(sizes))
+        self.bulk.clear()
+        increment_version(self.written)  # as copy_ would: autograd sees the writes
 
 
 #: the torch dtype of each .nq dtype (spec §4.1)
@@ -458,15 +470,23 @@ def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
 def _records(
     modules: Mapping[str, nn.Module],
     infos: list[TensorInfo],
-    params: list[memoryview],
+    params: bytearray,
+    sizes: list[int],
     mode: Mode,
-    seen: set[str],
 ) -> list[tuple[nn.Module, _Layer]]:
-    """A layer record (and the layer) for each NESTED tensor; ``params``: its checked DATA
-    blob (§7.2: scale_full, offset_full, scale_part, offset_part, float32 each); ``seen``:
-    the layers recorded so far (one nested weight per layer)."""
+    """A layer record (and the layer) for each NESTED tensor; ``params``: their checked DATA
+    blobs (``sizes`` bytes each) joined (§7.2: scale_full, offset_full, scale_part,
+    offset_part, float32 each), one array the records keep views of, checked finite at once
+    (as NQFile.params checks each blob)."""
+    values = np.frombuffer(params, dtype="<f4")
+    bounds = list(itertools.accumulate((n // 4 for n in sizes), initial=0))
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        k = bisect.bisect_right(bounds, bad) - 1
+        check_params_finite(values[bounds[k] : bounds[k + 1]], repr(infos[k].name))
     out = []
-    for info, blob in zip(infos, params, strict=True):
+    seen: set[str] = set()
+    for info, at in zip(infos, bounds, strict=False):
         owner, path, attr = _owner(modules, info.name)
         if attr != "weight" or path in seen:
             raise NQError(
@@ -474,17 +494,14 @@ def _records(
                 "; load this file with resident='float'"
             )
         seen.add(path)
-        # a copy: a view would keep the whole DATA read (RAW values included) alive
-        arr = np.frombuffer(blob, dtype="<f4").copy()
-        check_params_finite(arr, repr(info.name))  # §7.2, as NQFile.params checks them
         c = info.shape[0]
         rec = _Layer(
             tensor=info.name,
             layer=path,
             attr=attr,
             info=info,
-            part=(arr[2 * c : 3 * c], arr[3 * c : 4 * c]),
-            full=(arr[0:c], arr[c : 2 * c]),
+            part=(values[at + 2 * c : at + 3 * c], values[at + 3 * c : at + 4 * c]),
+            full=(values[at : at + c], values[at + c : at + 2 * c]),
             mode=mode,
         )
         out.append((owner, rec))
@@ -503,6 +520,21 @@ def _pieces(infos: list[TensorInfo], size: int) -> Iterator[list[TensorInfo]]:
         total += info.data.length
     if run:
         yield run
+
+
+def _read_data(f: NQFile, raws: _RawWriter, params: bytearray, at: dict[int, int]) -> None:
+    """Every DATA blob, each checked against its CRC: RAW values to ``raws``, the channel
+    parameters of NESTED record ``i`` into ``params`` at ``at[i]``. DATA is read a piece at a
+    time, each piece's bytes gone before the next is read: holding all of DATA at once left
+    its size as resident memory (freed, not returned by malloc)."""
+    with memoryview(params) as into:
+        for infos in _pieces(f.tensors(), BLOB_READ_PIECE):
+            for info, blob in zip(infos, f.blobs(infos, Section.DATA), strict=True):
+                if info.kind is Kind.NESTED:
+                    start = at[info.index]
+                    into[start : start + len(blob)] = blob  # ValueError: not its §4.2 length
+                else:
+                    raws.add(info, blob)
 
 
 def load_codes(
@@ -532,20 +564,18 @@ def load_codes(
         if mode == "full":
             f.page_in_low()
         handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
-        records: list[tuple[nn.Module, _Layer]] = []
-        seen: set[str] = set()
-        # DATA a piece at a time, each piece's bytes gone before the next is read: holding all
-        # of DATA at once left its size as resident memory (freed, not returned by malloc)
-        for infos in _pieces(f.tensors(), BLOB_READ_PIECE):
-            data = f.blobs(infos, Section.DATA)
-            raw = [i for i, info in enumerate(infos) if info.kind is Kind.RAW]
-            nested = [i for i, info in enumerate(infos) if info.kind is Kind.NESTED]
-            _restore_raws(modules, own, [infos[i] for i in raw], [data[i] for i in raw])
-            records += _records(
-                modules, [infos[i] for i in nested], [data[i] for i in nested], mode, seen
-            )
-            del data
-        highs = f.blobs([rec.info for _, rec in records], Section.HIGH)
+        raws = _RawWriter(modules, own)
+        nested = [info for info in f.tensors() if info.kind is Kind.NESTED]
+        # the channel parameters of every layer in one array the records keep views of,
+        # allocated before the RAW tensors: one allocation of its exact size
+        sizes = [spec.params_length(info.shape[0], len(f.levels)) for info in nested]
+        params = bytearray(sum(sizes))
+        starts = list(itertools.accumulate(sizes, initial=0))[:-1]
+        _read_data(f, raws, params, dict(zip((i.index for i in nested), starts, strict=True)))
+        raws.finish()
+        records = _records(modules, nested, params, sizes, mode)
+        # HIGH in one read: its bytes stay (the codes the module runs on), one buffer for all
+        highs = f.blobs([rec.info for _, rec in records], Section.HIGH, piece=None)
         for (owner, rec), high in zip(records, highs, strict=True):
             rec.high = high
             if mode == "full":
