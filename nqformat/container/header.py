@@ -654,11 +654,12 @@ def check_meta(raw: bytes) -> dict[str, Any]:
         )
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in items:
-            if key in obj:
+        obj = dict(items)  # in C; a dict shorter than the list means a duplicate key
+        seen: set[str] = set()
+        for key, _ in items if len(obj) != len(items) else ():
+            if key in seen:
                 raise MetadataError(f"META has duplicate key {key!r} (§6)")
-            obj[key] = value
+            seen.add(key)
         return obj
 
     def no_constant(name: str) -> Any:

@@ -543,19 +543,35 @@ class NQFile(LevelReads):
         self, infos: Iterable[TensorInfo], which: Section, *, piece: int | None = BLOB_READ_PIECE
     ) -> list[memoryview]:
         """The stored bytes of the DATA or HIGH blobs of ``infos`` (in their order), as
-        :meth:`_blob` gives each: CRC-checked (§11 step 13, when verifying) and decompressed.
+        :meth:`_blob` gives each: CRC-checked (§11 step 13, when verifying) and decompressed;
+        read as :meth:`blob_pieces` reads them (the views share their piece's memory), the
+        blobs it leaves out one by one through :meth:`_blob`."""
+        infos = list(infos)
+        out: list[memoryview | None] = [None] * len(infos)
+        for data, first, rows in self.blob_pieces(infos, which, piece=piece):
+            for i in rows:
+                ref = infos[i].data if which is Section.DATA else infos[i].high
+                out[i] = data[ref.offset - first : ref.offset + ref.length - first]
+        return [
+            view if view is not None else self._blob(info, which)
+            for info, view in zip(infos, out, strict=True)
+        ]
 
-        For loading many blobs at once (the codes runtime's load): neighbouring uncompressed
-        blobs come from one read of up to ``piece`` bytes (a larger blob alone; None: up to the
-        read budget, for bytes that stay, as HIGH does in a codes-resident module), not one
-        read each, and their CRCs from one call (``nqformat.fused.crc32_ranges``); each blob
-        is still checked against its own CRC. The views share their piece's memory.
-        Compressed, empty and over-budget (§10) blobs go one by one through :meth:`_blob`."""
+    def blob_pieces(
+        self, infos: list[TensorInfo], which: Section, *, piece: int | None = BLOB_READ_PIECE
+    ) -> Iterator[tuple[memoryview, int, list[int]]]:
+        """Many DATA or HIGH blobs at once (the codes runtime's load): ``(bytes, file offset
+        of bytes[0], rows)`` per read, ``rows`` the positions in ``infos`` of the blobs it
+        holds, each checked against its own CRC (§11 step 13, when verifying) in one call
+        (``nqformat.fused.crc32_ranges``) before it is yielded. Neighbouring uncompressed
+        blobs share one read of up to ``piece`` bytes (a larger blob alone; None: up to the
+        read budget, for bytes that stay, as HIGH does in a codes-resident module).
+        Compressed, empty and over-budget (§10) blobs are in no piece: :meth:`_blob` reads
+        them."""
         size = self.max_bytes if piece is None else piece
         self._check_open()
         if which is Section.LOW:
             raise NQError("blobs() reads DATA or HIGH; LOW is paged in (page_in_low)")
-        infos = list(infos)
         refs = [info.data if which is Section.DATA else info.high for info in infos]
         # plain Python lists, not numpy scalars: a per-blob numpy index cost more than the read
         offsets = [r.offset for r in refs]
@@ -565,7 +581,6 @@ class NQFile(LevelReads):
             (i for i, r in enumerate(refs) if r.codec == Codec.NONE and 0 < r.length <= budget),
             key=offsets.__getitem__,
         )
-        out: list[memoryview | None] = [None] * len(infos)
         start = 0
         while start < len(order):
             first = offsets[order[start]]
@@ -573,16 +588,11 @@ class NQFile(LevelReads):
             while stop < len(order) and ends[order[stop]] - first <= size:
                 stop += 1
             rows = order[start:stop]
-            piece = self._src.view(_PART_MAP, first, ends[rows[-1]] - first)
+            data = self._src.view(_PART_MAP, first, ends[rows[-1]] - first)
             if self._verify_blobs:
-                self._check_piece(infos, refs, rows, first, piece, which)
-            for i in rows:
-                out[i] = piece[offsets[i] - first : ends[i] - first]
+                self._check_piece(infos, refs, rows, first, data, which)
+            yield data, first, rows
             start = stop
-        return [
-            view if view is not None else self._blob(info, which)
-            for info, view in zip(infos, out, strict=True)
-        ]
 
     def _check_piece(
         self,

@@ -32,7 +32,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,7 @@ import nqformat
 from nqformat import fused
 from nqformat.container import spec
 from nqformat.container.dequant import check_params_finite
-from nqformat.container.reader import BLOB_READ_PIECE, NQFile, TensorInfo
+from nqformat.container.reader import NQFile, TensorInfo
 from nqformat.container.spec import DType, Kind, Section
 from nqformat.errors import NQError
 from nqformat.torch._tensors import _NQ_DTYPE, to_torch
@@ -398,58 +398,54 @@ def _owner(modules: Mapping[str, nn.Module], name: str) -> tuple[nn.Module, str,
 
 
 class _RawWriter:
-    """Writes the RAW tensors' values (``add``: a tensor and its checked DATA blob) into the
-    module. The values are copied: the blob's bytes belong to a piece of DATA that goes once
-    it is used.
+    """Where the RAW tensors' values go: the module's own tensors (a module passed in, or
+    reloaded), or CPU memory of their own for tensors on meta (their own storage each:
+    ``safetensors.save_file`` refuses tensors that share one). The values are copied: the
+    blobs' bytes belong to a piece of DATA that goes once it is used.
 
-    A tensor on meta gets CPU memory of its own (its own storage: ``safetensors.save_file``
-    refuses tensors that share one). Tensors already in CPU memory of the file's dtype (a
-    module passed in, or reloaded) are written at ``finish``, per dtype in one go: their blobs
-    joined as they come (pieces of DATA are released one after another), split into views
-    and copied by one ``torch._foreach_copy_``; a Python call per tensor was most of the
-    cost."""
+    :meth:`address` names the memory a blob's bytes go to as they are (a CPU tensor of the
+    file's dtype, contiguous), so that one ``fused.scatter`` per piece writes them all: a
+    Python or torch call per tensor was most of the cost (Lite0: 246 tensors); the other
+    tensors are converted by :meth:`copy`."""
 
     def __init__(self, modules: Mapping[str, nn.Module], own: Mapping[str, torch.Tensor]):
         self.modules, self.own = modules, own
-        self.bulk: dict[torch.dtype, tuple[list[torch.Tensor], list[int], bytearray]] = {}
-        self.written: list[torch.Tensor] = []
+        self.written: list[torch.Tensor] = []  # tensors of the module written in place
 
-    def add(self, info: TensorInfo, blob: memoryview) -> None:
+    def target(self, info: TensorInfo) -> torch.Tensor:
         target = self.own[info.name]
-        dtype = _TORCH_DTYPE[info.dtype]
-        if target.is_meta:
-            owner, _, attr = _owner(self.modules, info.name)
-            real = torch.empty(info.shape, dtype=target.dtype)
-            if attr in owner._parameters:
-                owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
-            else:
-                owner._buffers[attr] = real
-            target = real
-        elif target.dtype is dtype and target.is_cpu and target.is_contiguous():
-            entry = self.bulk.get(dtype)
-            if entry is None:
-                entry = self.bulk[dtype] = ([], [], bytearray())
-            targets, sizes, joined = entry
-            targets.append(target if target.dim() == 1 else target.view(-1))
-            sizes.append(info.numel)
-            joined += blob
-            return
-        else:
+        if not target.is_meta:
             self.written.append(target)
+            return target
+        owner, _, attr = _owner(self.modules, info.name)
+        real = torch.empty(info.shape, dtype=target.dtype)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
+        else:
+            owner._buffers[attr] = real
+        return real
+
+    def address(self, info: TensorInfo, target: torch.Tensor, length: int) -> int | None:
+        """Where the blob's ``length`` bytes go verbatim, or None (then :meth:`copy`)."""
+        if (
+            target.dtype is _TORCH_DTYPE[info.dtype]
+            and target.is_cpu
+            and target.is_contiguous()
+            and target.nbytes == length
+        ):
+            return target.data_ptr()
+        return None
+
+    @torch.no_grad()
+    def copy(self, info: TensorInfo, target: torch.Tensor, blob: memoryview) -> None:
         view = _numpy_view(target)
         values = np.frombuffer(blob, dtype=info.dtype.np_dtype)
         if view is not None and view.dtype == values.dtype:
             np.copyto(view, values.reshape(view.shape))
         else:
-            with torch.no_grad():
-                target.copy_(to_torch(values, info.dtype.name).reshape(target.shape))
+            target.copy_(to_torch(values, info.dtype.name).reshape(target.shape))
 
-    @torch.no_grad()
     def finish(self) -> None:
-        for dtype, (targets, sizes, joined) in self.bulk.items():
-            # a bytearray is writable, so torch takes it without a copy
-            torch._foreach_copy_(targets, torch.frombuffer(joined, dtype=dtype).split(sizes))
-        self.bulk.clear()
         increment_version(self.written)  # as copy_ would: autograd sees the writes
 
 
@@ -470,15 +466,14 @@ def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
 def _records(
     modules: Mapping[str, nn.Module],
     infos: list[TensorInfo],
-    params: bytearray,
+    values: np.ndarray,
     sizes: list[int],
     mode: Mode,
 ) -> list[tuple[nn.Module, _Layer]]:
-    """A layer record (and the layer) for each NESTED tensor; ``params``: their checked DATA
-    blobs (``sizes`` bytes each) joined (§7.2: scale_full, offset_full, scale_part,
-    offset_part, float32 each), one array the records keep views of, checked finite at once
-    (as NQFile.params checks each blob)."""
-    values = np.frombuffer(params, dtype="<f4")
+    """A layer record (and the layer) for each NESTED tensor; ``values``: their checked DATA
+    blobs (``sizes`` bytes each) one after another (§7.2: scale_full, offset_full,
+    scale_part, offset_part, float32 each), one array the records keep views of, checked
+    finite at once (as NQFile.params checks each blob)."""
     bounds = list(itertools.accumulate((n // 4 for n in sizes), initial=0))
     if not np.isfinite(values).all():
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
@@ -508,33 +503,51 @@ def _records(
     return out
 
 
-def _pieces(infos: list[TensorInfo], size: int) -> Iterator[list[TensorInfo]]:
-    """``infos`` in runs whose DATA blobs add up to at most ``size`` bytes (or one blob)."""
-    run: list[TensorInfo] = []
-    total = 0
-    for info in infos:
-        if run and total + info.data.length > size:
-            yield run
-            run, total = [], 0
-        run.append(info)
-        total += info.data.length
-    if run:
-        yield run
+def _read_data(
+    f: NQFile, raws: _RawWriter, params: np.ndarray, slots: dict[int, tuple[int, int]]
+) -> None:
+    """Every DATA blob, checked against its CRC: RAW values into the module (``raws``), the
+    channel parameters of NESTED record ``i`` into ``params`` at byte ``slots[i][0]``
+    (``slots[i][1]`` bytes). Blobs of one read go to their places in one ``fused.scatter``
+    call. DATA is read a piece at a time, each piece's bytes gone before the next is read:
+    holding all of DATA at once left its size as resident memory (freed, not returned by
+    malloc)."""
+    infos = f.tensors()
+    base = params.ctypes.data
+    done = [False] * len(infos)
 
+    def place(info: TensorInfo, length: int) -> tuple[int | None, torch.Tensor | None]:
+        if info.kind is Kind.NESTED:
+            start, size = slots[info.index]
+            if length != size:
+                raise NQError(f"{info.name}: DATA blob of {length} bytes, expected {size}")
+            return base + start, None
+        target = raws.target(info)
+        return raws.address(info, target, length), target
 
-def _read_data(f: NQFile, raws: _RawWriter, params: bytearray, at: dict[int, int]) -> None:
-    """Every DATA blob, each checked against its CRC: RAW values to ``raws``, the channel
-    parameters of NESTED record ``i`` into ``params`` at ``at[i]``. DATA is read a piece at a
-    time, each piece's bytes gone before the next is read: holding all of DATA at once left
-    its size as resident memory (freed, not returned by malloc)."""
-    with memoryview(params) as into:
-        for infos in _pieces(f.tensors(), BLOB_READ_PIECE):
-            for info, blob in zip(infos, f.blobs(infos, Section.DATA), strict=True):
-                if info.kind is Kind.NESTED:
-                    start = at[info.index]
-                    into[start : start + len(blob)] = blob  # ValueError: not its §4.2 length
-                else:
-                    raws.add(info, blob)
+    for data, first, rows in f.blob_pieces(infos, Section.DATA):
+        starts, lengths, addresses = [], [], []
+        for i in rows:
+            info = infos[i]
+            start, length = info.data.offset - first, info.data.length
+            address, target = place(info, length)
+            if address is None:
+                raws.copy(info, target, data[start : start + length])  # type: ignore[arg-type]
+            else:
+                starts.append(start)
+                lengths.append(length)
+                addresses.append(address)
+            done[i] = True
+        fused.scatter(data, starts, lengths, addresses)
+    for info, read in zip(infos, done, strict=True):
+        if not read:  # compressed or empty: alone, decompressed
+            blob = f._blob(info, Section.DATA)
+            address, target = place(info, len(blob))
+            if address is None:
+                raws.copy(info, target, blob)  # type: ignore[arg-type]
+            else:
+                fused.scatter(blob, [0], [len(blob)], [address])
+    raws.finish()
 
 
 def load_codes(
@@ -564,15 +577,14 @@ def load_codes(
         if mode == "full":
             f.page_in_low()
         handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
-        raws = _RawWriter(modules, own)
         nested = [info for info in f.tensors() if info.kind is Kind.NESTED]
+        sizes = [spec.params_length(info.shape[0], len(f.levels)) for info in nested]
         # the channel parameters of every layer in one array the records keep views of,
         # allocated before the RAW tensors: one allocation of its exact size
-        sizes = [spec.params_length(info.shape[0], len(f.levels)) for info in nested]
-        params = bytearray(sum(sizes))
-        starts = list(itertools.accumulate(sizes, initial=0))[:-1]
-        _read_data(f, raws, params, dict(zip((i.index for i in nested), starts, strict=True)))
-        raws.finish()
+        params = np.empty(sum(sizes) // 4, np.float32)
+        starts = itertools.accumulate(sizes, initial=0)
+        slots = {i.index: (at, n) for i, at, n in zip(nested, starts, sizes, strict=False)}
+        _read_data(f, _RawWriter(modules, own), params, slots)
         records = _records(modules, nested, params, sizes, mode)
         # HIGH in one read: its bytes stay (the codes the module runs on), one buffer for all
         highs = f.blobs([rec.info for _, rec in records], Section.HIGH, piece=None)
