@@ -438,13 +438,7 @@ def _records_vectorised(
 
 def _refs_of(ref: np.ndarray) -> list[BlobRef]:
     """BlobRefs of a column of blob references (all-zero ones share one object)."""
-    rows = zip(
-        ref["offset"].tolist(),
-        ref["length"].tolist(),
-        ref["crc"].tolist(),
-        ref["codec"].tolist(),
-        strict=True,
-    )
+    rows = zip(*(ref[k].tolist() for k in ("offset", "length", "crc", "codec")), strict=True)
     return [_blob_ref(o, n, c, k) if o else _ZERO_REF for o, n, c, k in rows]
 
 
@@ -453,12 +447,13 @@ _DTYPES = {int(d): d for d in DType}
 _NO_RESERVED = bytes(3)  # a BlobRef's reserved bytes, checked zero (§4)
 
 
-# _blob_ref and _infos build frozen BlobRefs / TensorInfos of values the vectorised step 11
-# has checked, without the dataclass __init__ (an object.__setattr__ per field): Lite0's ~700
-# objects were 0.5 ms of a 2 ms open. tests/test_header.py compares them with the dataclasses.
-def _blob_ref(offset: int, length: int, crc: int, codec: int) -> BlobRef:
+# _blob_ref and _infos build checked BlobRefs / TensorInfos with object.__setattr__ bound once,
+# not the dataclass __init__ (two lookups per field): Lite0's ~700 objects were 0.5 ms of a 2 ms
+# open. Not through __dict__: a dict per object doubles its memory (Python 3.11).
+def _blob_ref(offset: int, length: int, crc: int, codec: int, put: Any = object.__setattr__):
     ref = object.__new__(BlobRef)
-    ref.__dict__.update(offset=offset, length=length, crc=crc, codec=codec, reserved=_NO_RESERVED)
+    put(ref, "offset", offset), put(ref, "length", length), put(ref, "crc", crc)
+    put(ref, "codec", codec), put(ref, "reserved", _NO_RESERVED)
     return ref
 
 
@@ -471,13 +466,14 @@ def _infos(recs: np.ndarray, names: list[str], numel: np.ndarray) -> tuple[Tenso
     # RAW records' high/low references are all zero (checked): they share one object
     refs = [_refs_of(recs[field]) for field in ("data", "high", "low")]
     out = []
+    new, put = object.__new__, object.__setattr__
     rows = zip(names, kinds, dtypes, shapes, numel.tolist(), *refs, strict=True)
     for i, (name, kind, dtype, shape, count, data, high, low) in enumerate(rows):
-        info = object.__new__(TensorInfo)
-        info.__dict__.update(
-            name=name, kind=kind, dtype=dtype, shape=shape, numel=count,
-            data=data, high=high, low=low, index=i, levels=(),
-        )  # fmt: skip
+        info = new(TensorInfo)
+        put(info, "name", name), put(info, "kind", kind), put(info, "dtype", dtype)
+        put(info, "shape", shape), put(info, "numel", count), put(info, "data", data)
+        put(info, "high", high), put(info, "low", low), put(info, "index", i)
+        put(info, "levels", ())
         out.append(info)
     return tuple(out)
 
