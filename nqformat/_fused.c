@@ -471,6 +471,48 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(scatter_doc,
+             "scatter(buffer, offsets, lengths, addresses)\n"
+             "memcpy(addresses[i], buffer + offsets[i], lengths[i]) for every i; offsets,\n"
+             "lengths and addresses are uint64 buffers of one count. Every range must lie\n"
+             "inside buffer; every address must be writable memory of lengths[i] bytes that\n"
+             "the caller holds (nqformat.torch.resident: CPU tensors it checked and keeps).");
+
+static PyObject *py_scatter(PyObject *self, PyObject *args) {
+    Py_buffer buf, offsets, lengths, addresses;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*", &buf, &offsets, &lengths, &addresses)) return NULL;
+    PyObject *result = NULL;
+    size_t count = (size_t)offsets.len / 8;
+    if ((size_t)offsets.len % 8 || (size_t)lengths.len != (size_t)offsets.len ||
+        (size_t)addresses.len != (size_t)offsets.len) {
+        PyErr_SetString(PyExc_ValueError, "offsets, lengths and addresses (uint64) disagree");
+        goto done;
+    }
+    const uint64_t *off = (const uint64_t *)offsets.buf, *len = (const uint64_t *)lengths.buf;
+    const uint64_t *to = (const uint64_t *)addresses.buf;
+    if (((uintptr_t)off | (uintptr_t)len | (uintptr_t)to) % 8) {
+        PyErr_SetString(PyExc_ValueError, "offsets, lengths and addresses must be aligned");
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (off[i] > (uint64_t)buf.len || len[i] > (uint64_t)buf.len - off[i] ||
+            (len[i] && !to[i])) {
+            PyErr_Format(PyExc_ValueError, "range %zu lies outside the buffer", i);
+            goto done;
+        }
+    }
+    for (size_t i = 0; i < count; i++)
+        memcpy((void *)(uintptr_t)to[i], (const uint8_t *)buf.buf + off[i], (size_t)len[i]);
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&addresses);
+    return result;
+}
+
 /* Tests turn the PCLMUL path off to check the table one on the same machine. */
 static PyObject *py_use_clmul(PyObject *self, PyObject *arg) {
     int want = PyObject_IsTrue(arg);
@@ -487,6 +529,7 @@ static PyObject *py_use_clmul(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"dequantize", py_dequantize, METH_VARARGS, dequantize_doc},
     {"crc32_ranges", py_crc32_ranges, METH_VARARGS, crc32_ranges_doc},
+    {"scatter", py_scatter, METH_VARARGS, scatter_doc},
     {"use_clmul", py_use_clmul, METH_O, "use_clmul(flag) -> bool: use the PCLMULQDQ CRC where the CPU has it; returns the previous setting."},
     {"use_simd", py_use_simd, METH_O, "use_simd(flag) -> bool: use the AVX2 decode where the CPU has it; returns the previous setting."},
     {NULL, NULL, 0, NULL},

@@ -31,7 +31,15 @@ from nqformat import bitpack
 from nqformat._workers import shared_pool
 from nqformat.errors import NQError
 
-__all__ = ["BACKEND", "CRC_IN_C", "crc32_ranges", "dequantize_packed", "dequantize_packed_numpy"]
+__all__ = [
+    "BACKEND",
+    "CRC_IN_C",
+    "SCATTER_IN_C",
+    "crc32_ranges",
+    "dequantize_packed",
+    "dequantize_packed_numpy",
+    "scatter",
+]
 
 try:
     if os.environ.get("NQFORMAT_FUSED", "").lower() == "numpy":
@@ -200,3 +208,35 @@ def crc32_ranges(buffer: object, offsets: np.ndarray, lengths: np.ndarray) -> np
             raise NQError(f"range {i} lies outside the buffer")
         out[i] = zlib.crc32(view[o : o + n])
     return out
+
+
+#: True where the C extension copies byte ranges to memory addresses (:func:`scatter`)
+SCATTER_IN_C = _fused is not None and hasattr(_fused, "scatter")
+
+
+def scatter(buffer: object, offsets: list[int], lengths: list[int], addresses: list[int]) -> None:
+    """Copy ``buffer[o : o + n]`` to the memory at address ``a`` for each ``o, n, a``: the
+    codes load's RAW values and channel parameters into the module's memory in one call per
+    piece of DATA, where ``torch``'s own copy costs a dispatch per tensor (Lite0: 246). The
+    caller guarantees that every address is writable memory of ``n`` bytes that it keeps
+    alive during the call; ranges outside ``buffer`` raise NQError before anything is copied.
+    C where built, else ``ctypes.memmove`` per range (same bytes)."""
+    off = np.array(offsets, dtype=np.uint64)
+    size = np.array(lengths, dtype=np.uint64)
+    to = np.array(addresses, dtype=np.uint64)
+    if not off.ndim == size.ndim == to.ndim == 1 or not off.size == size.size == to.size:
+        raise NQError("offsets, lengths and addresses must be 1-d and of one length")
+    if SCATTER_IN_C:
+        try:
+            _fused.scatter(buffer, off, size, to)
+        except ValueError as e:
+            raise NQError(str(e)) from None
+        return
+    import ctypes
+
+    src = np.frombuffer(buffer, dtype=np.uint8)  # type: ignore[call-overload]
+    if ((off > src.size) | (size > src.size - np.minimum(off, src.size))).any():
+        raise NQError("a range lies outside the buffer")
+    base = src.ctypes.data
+    for o, n, a in zip(off.tolist(), size.tolist(), to.tolist(), strict=True):
+        ctypes.memmove(a, base + o, n)

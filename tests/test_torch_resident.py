@@ -470,19 +470,17 @@ def test_walk_gives_what_state_dict_gives(kind) -> None:
     assert modules == dict(module.named_modules(remove_duplicate=False))
 
 
-@pytest.mark.parametrize("piece", [1, 200, 1 << 17])
-def test_blobs_read_in_pieces_equal_blob_by_blob_reads(tiny_file, monkeypatch, piece) -> None:
+@pytest.mark.parametrize("piece", [1, 200, 1 << 17, None])
+def test_blobs_read_in_pieces_equal_blob_by_blob_reads(tiny_file, piece) -> None:
     """NQFile.blobs (the codes load's reader) gives each blob's bytes as _blob does, however
     its reads are cut (one blob per read, a few, all in one)."""
-    from nqformat.container import reader
     from nqformat.container.spec import Section
 
-    monkeypatch.setattr(reader, "BLOB_READ_PIECE", piece)
     with nqformat.open(tiny_file) as f, nqformat.open(tiny_file) as g:
         infos = f.tensors()[::-1]  # any order
         nested = [i for i in infos if i.kind.name == "NESTED"]
         for which, chosen in ((Section.DATA, infos), (Section.HIGH, nested)):
-            got = f.blobs(chosen, which)
+            got = f.blobs(chosen, which, piece=piece)
             assert [bytes(b) for b in got] == [bytes(g._blob(i, which)) for i in chosen]
 
 
@@ -503,3 +501,49 @@ def test_non_finite_channel_parameters_fail_the_codes_load(tiny_file, tmp_path) 
     bad.write_bytes(replace_blob(bytes(raw), info.index, "data", crc=crc))
     with pytest.raises(InvalidHeaderError, match=r"blocks\.0\.weight.*not finite"):
         nqt.load(bad, "part", module=tiny(), resident="codes")
+
+
+@pytest.mark.parametrize("into", ["meta", "float32", "float64"])
+@pytest.mark.parametrize("compress", [False, True])
+def test_codes_load_writes_raw_values_as_the_float_runtime(tmp_path, into, compress) -> None:
+    """Every way a RAW value reaches the module gives the float runtime's state: scattered
+    verbatim (CPU tensors of the file's dtype, or new ones for a module on meta), converted
+    (a float64 module), and read alone and decompressed (zstd blobs, in no piece)."""
+    path = nqt.convert_model(tiny(), tmp_path / "t.nq", n=N, h=H, compress=compress).path
+    if compress:
+        with nqformat.open(path) as f:
+            assert any(i.data.codec for i in f.tensors())  # some DATA blob is compressed
+    want = nqt.load(path, "part", module=tiny(seed=1), resident="float").state_dict()
+    if into == "meta":
+        with torch.device("meta"):
+            module = tiny(seed=2)
+    else:
+        module = tiny(seed=2).to(getattr(torch, into))
+    before = {k: t._version for k, t in module.state_dict(keep_vars=True).items()}
+    got = nqt.load(path, "part", module=module, resident="codes").state_dict(keep_vars=True)
+    for name, value in want.items():
+        assert torch.equal(got[name].float(), value), name
+        if into != "meta" and name not in NESTED:
+            assert got[name]._version > before[name], name  # autograd sees the write
+    nqt.close(module)
+
+
+@pytest.mark.parametrize("in_c", [True, False])
+def test_scatter_copies_each_range_to_its_address_or_refuses(monkeypatch, in_c) -> None:
+    """fused.scatter (C, or ctypes.memmove without the extension) copies buffer ranges to
+    memory addresses, and refuses a range outside the buffer before copying anything."""
+    from nqformat import fused
+
+    if in_c and not fused.SCATTER_IN_C:
+        pytest.skip("the C extension is not built")
+    monkeypatch.setattr(fused, "SCATTER_IN_C", in_c)
+    src = bytes(range(256)) * 4
+    dst = [np.zeros(n, np.uint8) for n in (1, 7, 64, 0)]
+    offsets = [5, 1000, 100, 3]
+    fused.scatter(src, offsets, [d.size for d in dst], [d.ctypes.data for d in dst])
+    for d, o in zip(dst, offsets, strict=True):
+        assert d.tobytes() == src[o : o + d.size]
+    spare = np.zeros(8, np.uint8)
+    with pytest.raises(NQError):
+        fused.scatter(src, [0, len(src) - 4], [1, 8], [spare.ctypes.data, spare.ctypes.data])
+    assert not spare.any()

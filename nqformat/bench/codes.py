@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import gc
 import json
+import linecache
 import os
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -186,6 +188,13 @@ def codes_rss_child(mode: str, meta: dict[str, Any], path: str) -> dict[str, Any
     from safetensors.torch import load_file
 
     import nqformat.torch.resident  # noqa: F401
+
+    # zoo.instantiate's torch.manual_seed queues the lazy CUDA seed with a formatted stack,
+    # which reads the source of every frame into linecache: the warm-up above cached this
+    # module's and the zoo's, but a load's own frames (runtime.py, resident.py) would have
+    # counted 0.1 MB of source text as weights (tracemalloc, Lite0)
+    for name in ("nqformat.torch.runtime", "nqformat.torch.resident"):
+        linecache.getlines(sys.modules[name].__file__ or "")
 
     gc.collect()
     before = _current_rss_mb()

@@ -539,72 +539,85 @@ class NQFile(LevelReads):
         what = f"{info.name!r} {which.name}" if named else which.name
         return memoryview(_zstd_decompress(stored, raw_len, what))
 
-    def blobs(self, infos: Iterable[TensorInfo], which: Section) -> list[memoryview]:
+    def blobs(
+        self, infos: Iterable[TensorInfo], which: Section, *, piece: int | None = BLOB_READ_PIECE
+    ) -> list[memoryview]:
         """The stored bytes of the DATA or HIGH blobs of ``infos`` (in their order), as
-        :meth:`_blob` gives each: CRC-checked (§11 step 13, when verifying) and decompressed.
-
-        For loading many blobs at once (the codes runtime's load): neighbouring uncompressed
-        blobs come from one read of up to :data:`BLOB_READ_PIECE` bytes (a larger blob alone),
-        not one read each, and their CRCs from one call (``nqformat.fused.crc32_ranges``); each
-        blob is still checked against its own CRC. The views share their piece's memory.
-        Compressed, empty and over-budget (§10) blobs go one by one through :meth:`_blob`."""
-        self._check_open()
-        if which is Section.LOW:
-            raise NQError("blobs() reads DATA or HIGH; LOW is paged in (page_in_low)")
+        :meth:`_blob` gives each: CRC-checked (§11 step 13, when verifying) and decompressed;
+        read as :meth:`blob_pieces` reads them (the views share their piece's memory), the
+        blobs it leaves out one by one through :meth:`_blob`."""
         infos = list(infos)
-        refs = [info.data if which is Section.DATA else info.high for info in infos]
-        # offset, length, crc, codec of each blob: the checks below are array operations
-        table = np.array([(r.offset, r.length, r.crc, r.codec) for r in refs], np.uint64)
-        table = table.reshape(len(refs), 4)
-        plain = (table[:, 3] == Codec.NONE) & (table[:, 1] > 0) & (table[:, 1] <= self.max_bytes)
         out: list[memoryview | None] = [None] * len(infos)
-        order = np.flatnonzero(plain)
-        order = order[np.argsort(table[order, 0], kind="stable")].tolist()
-        start = 0
-        while start < len(order):
-            first = int(table[order[start], 0])
-            stop = start + 1
-            while stop < len(order) and (
-                int(table[order[stop], 0] + table[order[stop], 1]) - first <= BLOB_READ_PIECE
-            ):
-                stop += 1
-            self._read_piece(infos, refs, table, order[start:stop], which, out)
-            start = stop
+        for data, first, rows in self.blob_pieces(infos, which, piece=piece):
+            for i in rows:
+                ref = infos[i].data if which is Section.DATA else infos[i].high
+                out[i] = data[ref.offset - first : ref.offset + ref.length - first]
         return [
             view if view is not None else self._blob(info, which)
             for info, view in zip(infos, out, strict=True)
         ]
 
-    def _read_piece(
+    def blob_pieces(
+        self, infos: list[TensorInfo], which: Section, *, piece: int | None = BLOB_READ_PIECE
+    ) -> Iterator[tuple[memoryview, int, list[int]]]:
+        """Many DATA or HIGH blobs at once (the codes runtime's load): ``(bytes, file offset
+        of bytes[0], rows)`` per read, ``rows`` the positions in ``infos`` of the blobs it
+        holds, each checked against its own CRC (§11 step 13, when verifying) in one call
+        (``nqformat.fused.crc32_ranges``) before it is yielded. Neighbouring uncompressed
+        blobs share one read of up to ``piece`` bytes (a larger blob alone; None: up to the
+        read budget, for bytes that stay, as HIGH does in a codes-resident module).
+        Compressed, empty and over-budget (§10) blobs are in no piece: :meth:`_blob` reads
+        them."""
+        size = self.max_bytes if piece is None else piece
+        self._check_open()
+        if which is Section.LOW:
+            raise NQError("blobs() reads DATA or HIGH; LOW is paged in (page_in_low)")
+        refs = [info.data if which is Section.DATA else info.high for info in infos]
+        # plain Python lists, not numpy scalars: a per-blob numpy index cost more than the read
+        offsets = [r.offset for r in refs]
+        ends = [r.offset + r.length for r in refs]
+        budget = self.max_bytes
+        order = sorted(
+            (i for i, r in enumerate(refs) if r.codec == Codec.NONE and 0 < r.length <= budget),
+            key=offsets.__getitem__,
+        )
+        start = 0
+        while start < len(order):
+            first = offsets[order[start]]
+            stop = start + 1
+            while stop < len(order) and ends[order[stop]] - first <= size:
+                stop += 1
+            rows = order[start:stop]
+            data = self._src.view(_PART_MAP, first, ends[rows[-1]] - first)
+            if self._verify_blobs:
+                self._check_piece(infos, refs, rows, first, data, which)
+            yield data, first, rows
+            start = stop
+
+    def _check_piece(
         self,
         infos: list[TensorInfo],
         refs: list[spec.BlobRef],
-        table: np.ndarray,
         rows: list[int],
+        first: int,
+        piece: memoryview,
         which: Section,
-        out: list[memoryview | None],
     ) -> None:
-        """One read of the blobs ``rows`` (neighbours, in offset order) for :meth:`blobs`."""
-        first = int(table[rows[0], 0])
-        end = int(table[rows[-1], 0] + table[rows[-1], 1])
-        piece = self._src.view(_PART_MAP, first, end - first)
-        if self._verify_blobs:
-            todo = np.array(
-                [i for i in rows if (infos[i].index, which) not in self._checked], np.intp
-            )
-            actual = fused.crc32_ranges(piece, table[todo, 0] - np.uint64(first), table[todo, 1])
-            bad = np.flatnonzero(actual != table[todo, 2])
-            if bad.size:
-                k = int(bad[0])
-                info, ref = infos[int(todo[k])], refs[int(todo[k])]
+        """Each blob of ``rows`` (read in one ``piece`` from file offset ``first``) against its
+        own CRC (§11 step 13), all in one call; blobs checked before are skipped."""
+        checked = self._checked
+        if checked:
+            rows = [i for i in rows if (infos[i].index, which) not in checked]
+        table = np.array([(refs[i].offset - first, refs[i].length) for i in rows], np.uint64)
+        table = table.reshape(len(rows), 2)
+        actual = fused.crc32_ranges(piece, table[:, 0], table[:, 1]).tolist()
+        for i, crc in zip(rows, actual, strict=True):
+            if crc != refs[i].crc:
                 raise ChecksumError(
-                    f"{info.name!r}: {which.name} blob CRC is {ref.crc:#010x}, computed "
-                    f"{int(actual[k]):#010x} (§7.1)"
+                    f"{infos[i].name!r}: {which.name} blob CRC is {refs[i].crc:#010x}, "
+                    f"computed {crc:#010x} (§7.1)"
                 )
-            self._checked.update((infos[i].index, which) for i in todo.tolist())
-        for i in rows:
-            ref = refs[i]
-            out[i] = piece[ref.offset - first : ref.end - first]
+        checked.update([(infos[i].index, which) for i in rows])
 
     def _check_budget(self, info: TensorInfo, nbytes: int, what: str) -> None:
         """LimitError, before anything is allocated, when ``nbytes`` exceed the read budget."""

@@ -26,11 +26,13 @@ Limits: CPU and float32 only (``module.to(...)`` / ``.half()`` do not convert th
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +43,9 @@ from torch.autograd.graph import increment_version
 
 import nqformat
 from nqformat import fused
+from nqformat.container import spec
 from nqformat.container.dequant import check_params_finite
-from nqformat.container.reader import BLOB_READ_PIECE, NQFile, TensorInfo
+from nqformat.container.reader import NQFile, TensorInfo
 from nqformat.container.spec import DType, Kind, Section
 from nqformat.errors import NQError
 from nqformat.torch._tensors import _NQ_DTYPE, to_torch
@@ -394,51 +397,56 @@ def _owner(modules: Mapping[str, nn.Module], name: str) -> tuple[nn.Module, str,
     return modules[path], path, attr
 
 
-@torch.no_grad()
-def _restore_raws(
-    modules: Mapping[str, nn.Module],
-    own: Mapping[str, torch.Tensor],
-    infos: list[TensorInfo],
-    stored: list[memoryview],
-) -> None:
-    """Give each RAW tensor CPU memory of its own (if it is on meta) and the file's values
-    (``stored``: its checked DATA blob). The values are copied: the blob's bytes belong to the
-    file's read of DATA, which goes once the load is done.
+class _RawWriter:
+    """Where the RAW tensors' values go: the module's own tensors (a module passed in, or
+    reloaded), or CPU memory of their own for tensors on meta (their own storage each:
+    ``safetensors.save_file`` refuses tensors that share one). The values are copied: the
+    blobs' bytes belong to a piece of DATA that goes once it is used.
 
-    Tensors already in CPU memory of the file's dtype (a module passed in, or reloaded) are
-    filled per dtype in one go: their blobs joined, split into views and copied by one
-    ``torch._foreach_copy_``; a Python call per tensor was most of the cost."""
-    bulk: dict[torch.dtype, tuple[list[torch.Tensor], list[memoryview]]] = {}
-    written = []
-    for info, blob in zip(infos, stored, strict=True):
-        target = own[info.name]
-        dtype = _TORCH_DTYPE[info.dtype]
-        if target.is_meta:
-            owner, _, attr = _owner(modules, info.name)
-            real = torch.empty(info.shape, dtype=target.dtype)
-            if attr in owner._parameters:
-                owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
-            else:
-                owner._buffers[attr] = real
-            target = real
-        elif target.dtype is dtype and target.is_cpu and target.is_contiguous():
-            targets, blobs = bulk.setdefault(dtype, ([], []))
-            targets.append(target if target.dim() == 1 else target.view(-1))
-            blobs.append(blob)
-            continue
+    :meth:`address` names the memory a blob's bytes go to as they are (a CPU tensor of the
+    file's dtype, contiguous), so that one ``fused.scatter`` per piece writes them all: a
+    Python or torch call per tensor was most of the cost (Lite0: 246 tensors); the other
+    tensors are converted by :meth:`copy`."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], own: Mapping[str, torch.Tensor]):
+        self.modules, self.own = modules, own
+        self.written: list[torch.Tensor] = []  # tensors of the module written in place
+
+    def target(self, info: TensorInfo) -> torch.Tensor:
+        target = self.own[info.name]
+        if not target.is_meta:
+            self.written.append(target)
+            return target
+        owner, _, attr = _owner(self.modules, info.name)
+        real = torch.empty(info.shape, dtype=target.dtype)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(real, requires_grad=target.requires_grad)
         else:
-            written.append(target)
+            owner._buffers[attr] = real
+        return real
+
+    def address(self, info: TensorInfo, target: torch.Tensor, length: int) -> int | None:
+        """Where the blob's ``length`` bytes go verbatim, or None (then :meth:`copy`)."""
+        if (
+            target.dtype is _TORCH_DTYPE[info.dtype]
+            and target.is_cpu
+            and target.is_contiguous()
+            and target.nbytes == length
+        ):
+            return target.data_ptr()
+        return None
+
+    @torch.no_grad()
+    def copy(self, info: TensorInfo, target: torch.Tensor, blob: memoryview) -> None:
         view = _numpy_view(target)
         values = np.frombuffer(blob, dtype=info.dtype.np_dtype)
         if view is not None and view.dtype == values.dtype:
             np.copyto(view, values.reshape(view.shape))
         else:
             target.copy_(to_torch(values, info.dtype.name).reshape(target.shape))
-    for dtype, (targets, blobs) in bulk.items():
-        joined = bytearray().join(blobs)  # writable, so torch takes it without a copy
-        sizes = [t.numel() for t in targets]
-        torch._foreach_copy_(targets, torch.frombuffer(joined, dtype=dtype).split(sizes))
-    increment_version(written)  # as copy_ would: autograd sees the writes
+
+    def finish(self) -> None:
+        increment_version(self.written)  # as copy_ would: autograd sees the writes
 
 
 #: the torch dtype of each .nq dtype (spec §4.1)
@@ -458,15 +466,22 @@ def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
 def _records(
     modules: Mapping[str, nn.Module],
     infos: list[TensorInfo],
-    params: list[memoryview],
+    values: np.ndarray,
+    sizes: list[int],
     mode: Mode,
-    seen: set[str],
 ) -> list[tuple[nn.Module, _Layer]]:
-    """A layer record (and the layer) for each NESTED tensor; ``params``: its checked DATA
-    blob (§7.2: scale_full, offset_full, scale_part, offset_part, float32 each); ``seen``:
-    the layers recorded so far (one nested weight per layer)."""
+    """A layer record (and the layer) for each NESTED tensor; ``values``: their checked DATA
+    blobs (``sizes`` bytes each) one after another (§7.2: scale_full, offset_full,
+    scale_part, offset_part, float32 each), one array the records keep views of, checked
+    finite at once (as NQFile.params checks each blob)."""
+    bounds = list(itertools.accumulate((n // 4 for n in sizes), initial=0))
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        k = bisect.bisect_right(bounds, bad) - 1
+        check_params_finite(values[bounds[k] : bounds[k + 1]], repr(infos[k].name))
     out = []
-    for info, blob in zip(infos, params, strict=True):
+    seen: set[str] = set()
+    for info, at in zip(infos, bounds, strict=False):
         owner, path, attr = _owner(modules, info.name)
         if attr != "weight" or path in seen:
             raise NQError(
@@ -474,35 +489,65 @@ def _records(
                 "; load this file with resident='float'"
             )
         seen.add(path)
-        # a copy: a view would keep the whole DATA read (RAW values included) alive
-        arr = np.frombuffer(blob, dtype="<f4").copy()
-        check_params_finite(arr, repr(info.name))  # §7.2, as NQFile.params checks them
         c = info.shape[0]
         rec = _Layer(
             tensor=info.name,
             layer=path,
             attr=attr,
             info=info,
-            part=(arr[2 * c : 3 * c], arr[3 * c : 4 * c]),
-            full=(arr[0:c], arr[c : 2 * c]),
+            part=(values[at + 2 * c : at + 3 * c], values[at + 3 * c : at + 4 * c]),
+            full=(values[at : at + c], values[at + c : at + 2 * c]),
             mode=mode,
         )
         out.append((owner, rec))
     return out
 
 
-def _pieces(infos: list[TensorInfo], size: int) -> Iterator[list[TensorInfo]]:
-    """``infos`` in runs whose DATA blobs add up to at most ``size`` bytes (or one blob)."""
-    run: list[TensorInfo] = []
-    total = 0
-    for info in infos:
-        if run and total + info.data.length > size:
-            yield run
-            run, total = [], 0
-        run.append(info)
-        total += info.data.length
-    if run:
-        yield run
+def _read_data(
+    f: NQFile, raws: _RawWriter, params: np.ndarray, slots: dict[int, tuple[int, int]]
+) -> None:
+    """Every DATA blob, checked against its CRC: RAW values into the module (``raws``), the
+    channel parameters of NESTED record ``i`` into ``params`` at byte ``slots[i][0]``
+    (``slots[i][1]`` bytes). Blobs of one read go to their places in one ``fused.scatter``
+    call. DATA is read a piece at a time, each piece's bytes gone before the next is read:
+    holding all of DATA at once left its size as resident memory (freed, not returned by
+    malloc)."""
+    infos = f.tensors()
+    base = params.ctypes.data
+    done = [False] * len(infos)
+
+    def place(info: TensorInfo, length: int) -> tuple[int | None, torch.Tensor | None]:
+        if info.kind is Kind.NESTED:
+            start, size = slots[info.index]
+            if length != size:
+                raise NQError(f"{info.name}: DATA blob of {length} bytes, expected {size}")
+            return base + start, None
+        target = raws.target(info)
+        return raws.address(info, target, length), target
+
+    for data, first, rows in f.blob_pieces(infos, Section.DATA):
+        starts, lengths, addresses = [], [], []
+        for i in rows:
+            info = infos[i]
+            start, length = info.data.offset - first, info.data.length
+            address, target = place(info, length)
+            if address is None:
+                raws.copy(info, target, data[start : start + length])  # type: ignore[arg-type]
+            else:
+                starts.append(start)
+                lengths.append(length)
+                addresses.append(address)
+            done[i] = True
+        fused.scatter(data, starts, lengths, addresses)
+    for info, read in zip(infos, done, strict=True):
+        if not read:  # compressed or empty: alone, decompressed
+            blob = f._blob(info, Section.DATA)
+            address, target = place(info, len(blob))
+            if address is None:
+                raws.copy(info, target, blob)  # type: ignore[arg-type]
+            else:
+                fused.scatter(blob, [0], [len(blob)], [address])
+    raws.finish()
 
 
 def load_codes(
@@ -532,20 +577,17 @@ def load_codes(
         if mode == "full":
             f.page_in_low()
         handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
-        records: list[tuple[nn.Module, _Layer]] = []
-        seen: set[str] = set()
-        # DATA a piece at a time, each piece's bytes gone before the next is read: holding all
-        # of DATA at once left its size as resident memory (freed, not returned by malloc)
-        for infos in _pieces(f.tensors(), BLOB_READ_PIECE):
-            data = f.blobs(infos, Section.DATA)
-            raw = [i for i, info in enumerate(infos) if info.kind is Kind.RAW]
-            nested = [i for i, info in enumerate(infos) if info.kind is Kind.NESTED]
-            _restore_raws(modules, own, [infos[i] for i in raw], [data[i] for i in raw])
-            records += _records(
-                modules, [infos[i] for i in nested], [data[i] for i in nested], mode, seen
-            )
-            del data
-        highs = f.blobs([rec.info for _, rec in records], Section.HIGH)
+        nested = [info for info in f.tensors() if info.kind is Kind.NESTED]
+        sizes = [spec.params_length(info.shape[0], len(f.levels)) for info in nested]
+        # the channel parameters of every layer in one array the records keep views of,
+        # allocated before the RAW tensors: one allocation of its exact size
+        params = np.empty(sum(sizes) // 4, np.float32)
+        starts = itertools.accumulate(sizes, initial=0)
+        slots = {i.index: (at, n) for i, at, n in zip(nested, starts, sizes, strict=False)}
+        _read_data(f, _RawWriter(modules, own), params, slots)
+        records = _records(modules, nested, params, sizes, mode)
+        # HIGH in one read: its bytes stay (the codes the module runs on), one buffer for all
+        highs = f.blobs([rec.info for _, rec in records], Section.HIGH, piece=None)
         for (owner, rec), high in zip(records, highs, strict=True):
             rec.high = high
             if mode == "full":
