@@ -115,6 +115,7 @@ def run(
     pool: str = "small",
     independent: bool = True,
     independent_params: Collection[str] | None = None,
+    part_params: Collection[str] | None = None,
     act_bits: int | None = None,
     act_configs: Sequence[Config] = (),
     act_batch: int = 128,
@@ -184,7 +185,8 @@ def run(
                 part_end, full_end = f.part_end, f.full_end
                 quantizer_version = f.metadata["quant"].get("quantizer_version", "?")
             log(f"{c.label} {pp}: converted in {time.perf_counter() - t:.1f} s")
-            for mode in ("full", "part"):
+            part = part_params is None or pp in part_params
+            for mode in ("full", "part") if part else ("full",):
                 label = f"{c.label} {mode}-bit"
                 result, note = load_and_score(path, mode, label, pp)
                 size = full_end if mode == "full" else part_end
@@ -428,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--independent-params", nargs="+", help="INT-h rows only for these params (default: all)"
     )
+    ap.add_argument(
+        "--part-params", nargs="+", help="part-bit rows only for these params (default: all)"
+    )
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--act-bits", type=int, help="also rows with A-bit activation fake-quant")
     ap.add_argument("--act-configs", nargs="*", default=["8:6"], help="n:h pairs for --act-bits")
@@ -454,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             pool=args.pool,
             independent=not args.no_independent,
             independent_params=args.independent_params,
+            part_params=args.part_params,
             act_bits=args.act_bits,
             act_configs=parse_configs(args.n, [], args.act_configs),
             act_batch=args.act_batch,
