@@ -1,0 +1,39 @@
+"""The curve tool's photo pool file (nqformat.bench.budget_curve.read_pool_file)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from nqformat.bench.budget_curve import read_pool_file
+
+
+def _photo(path: pathlib.Path, content: bytes) -> pathlib.Path:
+    path.write_bytes(content)
+    return path
+
+
+def test_pool_file_lists_paths_one_a_line_skipping_blanks_comments_and_duplicates(
+    tmp_path: pathlib.Path,
+) -> None:
+    a = _photo(tmp_path / "a.jpg", b"a")
+    b = _photo(tmp_path / "b.jpg", b"b")
+    same_as_a = _photo(tmp_path / "c.jpg", b"a")
+    pool = tmp_path / "pool.txt"
+    pool.write_text(f"# pool\n{a}\n\n  {b}  \n{same_as_a}\n", encoding="utf-8")
+    assert read_pool_file(pool) == [a, b]
+
+
+def test_a_missing_photo_or_an_empty_pool_stops_the_run(tmp_path: pathlib.Path) -> None:
+    a = _photo(tmp_path / "a.jpg", b"a")
+    pool = tmp_path / "pool.txt"
+    pool.write_text(f"{a}\n{tmp_path / 'gone.jpg'}\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="1 listed photos are missing"):
+        read_pool_file(pool)
+    pool.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="no photos"):
+        read_pool_file(pool)
