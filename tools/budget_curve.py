@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from nqformat.bench.budget_curve import measure_model, read_pool_file, render_markdown
+from nqformat.bench.budget_curve import FRACTIONS, measure_model, read_pool_file, render_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         type=pathlib.Path,
         help="photos to measure on, one path a line (default: the project's extended pool)",
     )
+    ap.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=list(FRACTIONS),
+        help="budget points, as shares of the file's LOW bytes",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=pathlib.Path, help="write the markdown tables here")
     args = ap.parse_args(argv)
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             only=args.only,
             sensitivity=True if args.sensitivity == "analytic" else "probe",
             pool=pool,
+            fractions=args.fractions,
         )
         for m in args.models
     ]

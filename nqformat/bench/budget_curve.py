@@ -79,6 +79,7 @@ class CurveSet:
     part_end: int
     curves: list[Curve] = field(default_factory=list)
     seeds: int = 0
+    fractions: tuple[float, ...] = FRACTIONS
 
 
 class _Mixer:
@@ -172,10 +173,11 @@ def _curve(
     order: Sequence[str],
     score_fn: Callable[[set[str]], tuple[float, float]],
     cache: dict[frozenset[str], tuple[float, float]],
+    fractions: Sequence[float] = FRACTIONS,
 ) -> list[Point]:
     total = sum(mixer.sizes.values())
     points = []
-    for frac in FRACTIONS:
+    for frac in fractions:
         budget = int(frac * total)
         choice = choose_within(order, mixer.sizes, budget)
         key = frozenset(choice.chosen)
@@ -214,13 +216,15 @@ def measure_model(
     sensitivity: bool | str = "probe",
     extended: bool = True,
     pool: Sequence[pathlib.Path] | None = None,
+    fractions: Sequence[float] = FRACTIONS,
     workdir: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
 ) -> CurveSet:
     """Convert ``model_name`` (nqformat.zoo, real weights) to INT(n|h) and measure its curves
     (``only``: just the orders whose labels start with one of these; ``sensitivity``: the
     converter's option, the score whose stored order is the ``sensitivity`` curve; ``pool``:
-    these photos instead of the project's pool, see :func:`read_pool_file`)."""
+    these photos instead of the project's pool, see :func:`read_pool_file`; ``fractions``:
+    just these budget points, to spend a long run's time where it decides something)."""
     import nqformat.torch as nqt
     from nqformat import zoo
 
@@ -247,7 +251,8 @@ def measure_model(
         agree = float((ref.argmax(-1) == out.argmax(-1)).double().mean())
         return agree, float(per_view_kl(ref, out).mean())
 
-    result = CurveSet(model_name, n, h, 1, total, mixer.part_end, seeds=seeds)
+    fractions = tuple(fractions)
+    result = CurveSet(model_name, n, h, 1, total, mixer.part_end, seeds=seeds, fractions=fractions)
     stored = layer_gains(mixer.metadata)
     if stored is None:
         raise SystemExit(f"{model_name}: the converted file has no META sensitivity")
@@ -270,13 +275,13 @@ def measure_model(
     if only:
         orders = {k: v for k, v in orders.items() if any(k.startswith(o) for o in only)}
     for label, order in orders.items():
-        result.curves.append(Curve(label, tuple(_curve(mixer, order, score_fn, cache))))
+        result.curves.append(Curve(label, tuple(_curve(mixer, order, score_fn, cache, fractions))))
         log(_line(result.curves[-1]))
     rng = np.random.default_rng(0)
     randoms = []
     for seed in range(seeds):
         perm = [names[i] for i in rng.permutation(len(names))]
-        pts = _curve(mixer, perm, score_fn, cache)
+        pts = _curve(mixer, perm, score_fn, cache, fractions)
         randoms.append(pts)
         log(_line(Curve(f"random seed {seed}", tuple(pts))))
     if randoms:
@@ -300,8 +305,8 @@ def render_markdown(sets: Sequence[CurveSet], command: str, env: Mapping[str, st
             f"### {s.model}, INT({s.n}|{s.h}): LOW = {s.low_total:,} B "
             f"(part-bit prefix {s.part_end:,} B), {s.views} view per photo",
             "",
-            "| order | " + " | ".join(f"{round(100 * f)} %" for f in FRACTIONS) + " |",
-            "|---|" + "---|" * len(FRACTIONS),
+            "| order | " + " | ".join(f"{round(100 * f)} %" for f in s.fractions) + " |",
+            "|---|" + "---|" * len(s.fractions),
         ]
         for c in s.curves:
             cells = [f"{100 * p.agree:.1f}% / {p.kl:.4f}" for p in c.points]
