@@ -37,3 +37,15 @@ def test_a_missing_photo_or_an_empty_pool_stops_the_run(tmp_path: pathlib.Path) 
     pool.write_text("# nothing\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="no photos"):
         read_pool_file(pool)
+
+
+def test_markdown_has_one_column_per_measured_budget_point() -> None:
+    from nqformat.bench.budget_curve import Curve, CurveSet, Point, render_markdown
+
+    s = CurveSet("m", 8, 4, 1, 1000, 500, fractions=(0.1, 0.25))
+    s.curves.append(
+        Curve("file", (Point(0.1, 100, 90, 2, 0.5, 0.25), Point(0.25, 250, 250, 4, 1.0, 0.0)))
+    )
+    text = render_markdown([s], "cmd", {})
+    assert "| order | 10 % | 25 % |" in text
+    assert "| file | 50.0% / 0.2500 | 100.0% / 0.0000 |" in text
