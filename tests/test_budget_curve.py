@@ -1,4 +1,4 @@
-"""The curve tool's photo pool file (nqformat.bench.budget_curve.read_pool_file)."""
+"""The curve tool: its photo pool file (read_pool_file) and its tables (render_markdown)."""
 
 from __future__ import annotations
 
