@@ -396,7 +396,13 @@ def probed_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def test_a_model_with_an_input_shape_is_probed(probed_file: pathlib.Path) -> None:
-    from nqformat.torch.sensitivity import PROBE_SCORE, probe_gains
+    from nqformat.torch.sensitivity import (
+        PROBE_IMAGES,
+        PROBE_INPUTS,
+        PROBE_SCORE,
+        PROBE_SEED,
+        probe_gains,
+    )
 
     with nqformat.open(probed_file) as f:
         sens = f.metadata["sensitivity"]
@@ -405,6 +411,8 @@ def test_a_model_with_an_input_shape_is_probed(probed_file: pathlib.Path) -> Non
             for name in NESTED
         }
     assert sens["score"] == PROBE_SCORE and sens["probe"]["input_shape"] == [3, 6, 6]
+    assert sens["probe"]["inputs"] == PROBE_INPUTS.value == "pink"
+    assert sens["probe"]["images"] == PROBE_IMAGES and sens["probe"]["seed"] == PROBE_SEED
     assert set(sens["gains"]) == NESTED and any(v > 0 for v in sens["gains"].values())
     # the same measurement on the file's own weights (dequantized in float32 by §7.2, the
     # converter's in float64 then rounded: equal to a few ulps) gives the same gains

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from nqformat.bench.budget_curve import measure_model, render_markdown
+from nqformat.bench.budget_curve import FRACTIONS, measure_model, read_pool_file, render_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +35,23 @@ def main(argv: list[str] | None = None) -> int:
         choices=["probe", "analytic"],
         help="the converter's score for the 'sensitivity' curve",
     )
+    ap.add_argument(
+        "--pool-file",
+        type=pathlib.Path,
+        help="photos to measure on, one path a line (default: the project's extended pool)",
+    )
+    ap.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=list(FRACTIONS),
+        help="budget points, as shares of the file's LOW bytes",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=pathlib.Path, help="write the markdown tables here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    pool = read_pool_file(args.pool_file) if args.pool_file is not None else None
     command = "python tools/budget_curve.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     sets = [
         measure_model(
@@ -49,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             candidates=args.candidates,
             only=args.only,
             sensitivity=True if args.sensitivity == "analytic" else "probe",
+            pool=pool,
+            fractions=args.fractions,
         )
         for m in args.models
     ]

@@ -31,6 +31,7 @@ import nqformat
 from nqformat.bench.photos import (
     centre_views,
     data_config,
+    distinct,
     logits_of,
     per_view_kl,
     pool_images,
@@ -44,6 +45,7 @@ __all__ = [
     "Point",
     "file_gains",
     "measure_model",
+    "read_pool_file",
     "render_markdown",
 ]
 
@@ -77,6 +79,7 @@ class CurveSet:
     part_end: int
     curves: list[Curve] = field(default_factory=list)
     seeds: int = 0
+    fractions: tuple[float, ...] = FRACTIONS
 
 
 class _Mixer:
@@ -122,12 +125,21 @@ def file_gains(mixer: _Mixer, fp32: torch.nn.Module, score: Score) -> dict[str, 
 
 @torch.inference_mode()
 def synthetic_gains(
-    mixer: _Mixer, size: int, images: int = 8, seed: int = 0, start: str = "full"
+    mixer: _Mixer,
+    size: int,
+    images: int = 8,
+    seed: int = 0,
+    start: str = "full",
+    inputs: str = "white",
 ) -> dict[str, float]:
-    """Candidate study only: each layer's gain measured at the model's output on random
-    normalised inputs (no photo). ``start="full"``: KL(full || full with that one layer
-    part-bit); ``"part"``: KL(full || part) - KL(full || part with that one layer full-bit)."""
-    x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    """Candidate study only: each layer's gain measured at the model's output on synthetic
+    inputs (``nqformat.torch.sensitivity.probe_batch``: no photo) from the file's dequantized
+    weights. ``start="full"``: KL(full || full with that one layer part-bit), the probe's
+    measurement; ``"part"``: KL(full || part) - KL(full || part with that one layer
+    full-bit)."""
+    from nqformat.torch.sensitivity import probe_batch
+
+    x = probe_batch((3, size, size), images, seed, inputs)
     every = set(mixer.part)
     mixer.set(every)
     ref = mixer.module(x)
@@ -142,15 +154,30 @@ def synthetic_gains(
     return out
 
 
+def read_pool_file(path: pathlib.Path) -> list[pathlib.Path]:
+    """The photos a pool file lists: one path a line (blank lines and ``#`` comments skipped),
+    byte-identical files once. A missing photo stops the run: a curve on a smaller pool than
+    asked for would be read as the larger one."""
+    lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+    paths = [pathlib.Path(s) for s in (ln.strip() for ln in lines) if s and not s.startswith("#")]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"{path}: {len(missing)} listed photos are missing, e.g. {missing[:3]}")
+    if not paths:
+        raise SystemExit(f"{path}: lists no photos")
+    return distinct(paths)
+
+
 def _curve(
     mixer: _Mixer,
     order: Sequence[str],
     score_fn: Callable[[set[str]], tuple[float, float]],
     cache: dict[frozenset[str], tuple[float, float]],
+    fractions: Sequence[float] = FRACTIONS,
 ) -> list[Point]:
     total = sum(mixer.sizes.values())
     points = []
-    for frac in FRACTIONS:
+    for frac in fractions:
         budget = int(frac * total)
         choice = choose_within(order, mixer.sizes, budget)
         key = frozenset(choice.chosen)
@@ -188,19 +215,23 @@ def measure_model(
     only: Sequence[str] = (),
     sensitivity: bool | str = "probe",
     extended: bool = True,
+    pool: Sequence[pathlib.Path] | None = None,
+    fractions: Sequence[float] = FRACTIONS,
     workdir: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
 ) -> CurveSet:
     """Convert ``model_name`` (nqformat.zoo, real weights) to INT(n|h) and measure its curves
     (``only``: just the orders whose labels start with one of these; ``sensitivity``: the
-    converter's option, the score whose stored order is the ``sensitivity`` curve)."""
+    converter's option, the score whose stored order is the ``sensitivity`` curve; ``pool``:
+    these photos instead of the project's pool, see :func:`read_pool_file`; ``fractions``:
+    just these budget points, to spend a long run's time where it decides something)."""
     import nqformat.torch as nqt
     from nqformat import zoo
 
     fp32, model_meta = zoo.build(zoo.resolve(model_name))
     fp32.eval()
     cfg = data_config(fp32)
-    photos = pool_images(extended=extended)
+    photos = list(pool) if pool is not None else pool_images(extended=extended)
     x = centre_views(photos, cfg)
     ref = logits_of(fp32, x)
     log(f"{model_name}: {len(photos)} photos, 1 view each, {cfg.describe()}")
@@ -220,7 +251,8 @@ def measure_model(
         agree = float((ref.argmax(-1) == out.argmax(-1)).double().mean())
         return agree, float(per_view_kl(ref, out).mean())
 
-    result = CurveSet(model_name, n, h, 1, total, mixer.part_end, seeds=seeds)
+    fractions = tuple(fractions)
+    result = CurveSet(model_name, n, h, 1, total, mixer.part_end, seeds=seeds, fractions=fractions)
     stored = layer_gains(mixer.metadata)
     if stored is None:
         raise SystemExit(f"{model_name}: the converted file has no META sensitivity")
@@ -233,21 +265,23 @@ def measure_model(
         for score in Score:
             gains = file_gains(mixer, fp32, score)
             orders[f"score={score.value}"] = gain_order(gains, mixer.sizes)
-        for start in ("full", "part"):
-            label = f"random-inputs KL from {start}"
+        for inputs, start in (("white", "full"), ("white", "part"), ("pink", "full")):
+            label = f"{inputs}-noise KL from {start}"
             if not only or any(label.startswith(o) for o in only):
-                gains = synthetic_gains(mixer, cfg.input_size, images=16, start=start)
+                gains = synthetic_gains(
+                    mixer, cfg.input_size, images=16, start=start, inputs=inputs
+                )
                 orders[label] = gain_order(gains, mixer.sizes)
     if only:
         orders = {k: v for k, v in orders.items() if any(k.startswith(o) for o in only)}
     for label, order in orders.items():
-        result.curves.append(Curve(label, tuple(_curve(mixer, order, score_fn, cache))))
+        result.curves.append(Curve(label, tuple(_curve(mixer, order, score_fn, cache, fractions))))
         log(_line(result.curves[-1]))
     rng = np.random.default_rng(0)
     randoms = []
     for seed in range(seeds):
         perm = [names[i] for i in rng.permutation(len(names))]
-        pts = _curve(mixer, perm, score_fn, cache)
+        pts = _curve(mixer, perm, score_fn, cache, fractions)
         randoms.append(pts)
         log(_line(Curve(f"random seed {seed}", tuple(pts))))
     if randoms:
@@ -271,8 +305,8 @@ def render_markdown(sets: Sequence[CurveSet], command: str, env: Mapping[str, st
             f"### {s.model}, INT({s.n}|{s.h}): LOW = {s.low_total:,} B "
             f"(part-bit prefix {s.part_end:,} B), {s.views} view per photo",
             "",
-            "| order | " + " | ".join(f"{round(100 * f)} %" for f in FRACTIONS) + " |",
-            "|---|" + "---|" * len(FRACTIONS),
+            "| order | " + " | ".join(f"{round(100 * f)} %" for f in s.fractions) + " |",
+            "|---|" + "---|" * len(s.fractions),
         ]
         for c in s.curves:
             cells = [f"{100 * p.agree:.1f}% / {p.kl:.4f}" for p in c.points]

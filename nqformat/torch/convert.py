@@ -279,6 +279,7 @@ def _sensitivity_meta(
             "score": sens.PROBE_SCORE,
             "probe": {
                 "images": sens.PROBE_IMAGES,
+                "inputs": sens.PROBE_INPUTS.value,
                 "seed": sens.PROBE_SEED,
                 "input_shape": list(probe_shape),
             },

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -27,11 +28,14 @@ from nqformat.quant.sensitivity import Score, layer_gain
 
 __all__ = [
     "PROBE_IMAGES",
+    "PROBE_INPUTS",
     "PROBE_SCORE",
     "PROBE_SEED",
+    "ProbeInputs",
     "Scorer",
     "following_norm_weights",
     "part_full_weights",
+    "probe_batch",
     "probe_gains",
     "probe_input_shape",
     "scorer",
@@ -142,12 +146,51 @@ def scorer(
     return Scorer(score, dict(inputs), norms, how)
 
 
-#: the probe's synthetic batch: images of independent N(0, 1) values in the model's normalised
-#: input space (no data), and its seed, so the same model gives the same gains
-PROBE_IMAGES = 8
+class ProbeInputs(StrEnum):
+    """What the probe's synthetic images are (no data either way)."""
+
+    #: independent N(0, 1) values in the model's normalised input space
+    WHITE = "white"
+    #: per image and channel, noise whose amplitude spectrum falls as 1/f over the two last
+    #: axes (zero mean, unit variance): natural images have roughly that spectrum (smooth
+    #: areas and edges at every scale), white noise puts most of its energy at the highest
+    #: frequencies, which photos hardly have. Ranked better on real photos
+    #: (docs/mixed-precision.md). Inputs with fewer than two axes get white noise.
+    PINK = "pink"
+
+
+#: the probe's synthetic batch: its size, kind and seed, so the same model gives the same gains
+PROBE_IMAGES = 16
+PROBE_INPUTS = ProbeInputs.PINK
 PROBE_SEED = 0
 #: META sensitivity.score of a probed file
 PROBE_SCORE = "probe-kl"
+
+
+def probe_batch(
+    input_shape: tuple[int, ...],
+    images: int = PROBE_IMAGES,
+    seed: int = PROBE_SEED,
+    inputs: ProbeInputs | str = PROBE_INPUTS,
+) -> torch.Tensor:
+    """The probe's seeded synthetic batch, float32 ``(images, *input_shape)``."""
+    inputs = ProbeInputs(inputs)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (images, *input_shape)
+    if inputs is ProbeInputs.WHITE or len(input_shape) < 2:
+        return torch.randn(shape, generator=gen)
+    h, w = input_shape[-2:]
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
+    f = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    f[0, 0] = 1.0  # the mean is removed below: its amplitude does not matter
+    spec = torch.complex(
+        torch.randn(shape, generator=gen, dtype=torch.float64),
+        torch.randn(shape, generator=gen, dtype=torch.float64),
+    )
+    img = torch.fft.ifft2(spec / f).real
+    img = img - img.mean(dim=(-2, -1), keepdim=True)
+    std = img.std(dim=(-2, -1), keepdim=True)
+    return (img / torch.where(std > 0, std, 1.0)).float()
 
 
 def probe_input_shape(metadata: Mapping[str, object]) -> tuple[int, ...] | None:
@@ -169,18 +212,19 @@ def probe_gains(
     *,
     images: int = PROBE_IMAGES,
     seed: int = PROBE_SEED,
+    inputs: ProbeInputs | str = PROBE_INPUTS,
 ) -> dict[str, float]:
     """Weight name -> the gain of upgrading that one layer, measured at the model's output on
-    a synthetic batch: ``KL(full || full with that one layer part-bit)``, the KL of the softmax
-    over the last axis, mean over the batch: what the layer's part-bit error costs at the
-    output, through every layer after it. (Measuring from the part-bit model instead, the
-    KL that one upgrade removes, ranked worse on real photos: docs/mixed-precision.md.)
-    ``weights`` maps each
-    nested weight's state-dict name to its (full-bit, part-bit) values; ``module`` is not
-    changed (the weights are passed with torch.func.functional_call)."""
+    a synthetic batch (:func:`probe_batch`): ``KL(full || full with that one layer
+    part-bit)``, the KL of the softmax over the last axis, mean over the batch: what the
+    layer's part-bit error costs at the output, through every layer after it. (Measuring from
+    the part-bit model instead, the KL that one upgrade removes, and greedy selections that
+    re-measure after each pick, ranked worse on real photos: docs/mixed-precision.md.)
+    ``weights`` maps each nested weight's state-dict name to its (full-bit, part-bit) values;
+    ``module`` is not changed (the weights are passed with torch.func.functional_call)."""
     from torch.func import functional_call
 
-    x = torch.randn((images, *input_shape), generator=torch.Generator().manual_seed(seed))
+    x = probe_batch(tuple(input_shape), images, seed, inputs)
     full = {k: wf for k, (wf, _) in weights.items()}
     part = {k: wp for k, (_, wp) in weights.items()}
     was_training = module.training
