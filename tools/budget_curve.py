@@ -19,6 +19,7 @@ import sys
 import torch
 
 from nqformat.bench.budget_curve import FRACTIONS, measure_model, read_pool_file, render_markdown
+from nqformat.bench.photos import POOLS, pool_by_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["probe", "analytic"],
         help="the converter's score for the 'sensitivity' curve",
     )
-    ap.add_argument(
+    pools = ap.add_mutually_exclusive_group()
+    pools.add_argument(
+        "--pool",
+        choices=sorted(POOLS),
+        help="a named photo pool (docs/photos.md; default: extended)",
+    )
+    pools.add_argument(
         "--pool-file",
         type=pathlib.Path,
         help="photos to measure on, one path a line (default: the project's extended pool)",
@@ -52,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     pool = read_pool_file(args.pool_file) if args.pool_file is not None else None
+    if args.pool is not None:
+        pool, missing = pool_by_name(args.pool)
+        if missing:
+            print(f"pool {args.pool}: not installed: {', '.join(missing)}", file=sys.stderr)
     command = "python tools/budget_curve.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     sets = [
         measure_model(
