@@ -430,6 +430,18 @@ static uint32_t crc32_bytes(const uint8_t *p, size_t n) {
     return crc_slice8(c, p, n) ^ 0xFFFFFFFFu;
 }
 
+/* Every [off[i], off[i] + len[i]) inside a buffer of size bytes; else a ValueError naming the
+ * first range that is not, and 0. */
+static int ranges_inside(const uint64_t *off, const uint64_t *len, size_t count, Py_ssize_t size) {
+    for (size_t i = 0; i < count; i++) {
+        if (off[i] > (uint64_t)size || len[i] > (uint64_t)size - off[i]) {
+            PyErr_Format(PyExc_ValueError, "range %zu lies outside the buffer", i);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(crc32_ranges_doc,
              "crc32_ranges(buffer, offsets, lengths, out)\n"
              "out[i] = zlib.crc32(buffer[offsets[i] : offsets[i] + lengths[i]]) for every i;\n"
@@ -451,12 +463,7 @@ static PyObject *py_crc32_ranges(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "offsets, lengths and out must be aligned");
         goto done;
     }
-    for (size_t i = 0; i < count; i++) {
-        if (off[i] > (uint64_t)buf.len || len[i] > (uint64_t)buf.len - off[i]) {
-            PyErr_Format(PyExc_ValueError, "range %zu lies outside the buffer", i);
-            goto done;
-        }
-    }
+    if (!ranges_inside(off, len, count, buf.len)) goto done;
     Py_BEGIN_ALLOW_THREADS
     for (size_t i = 0; i < count; i++)
         ((uint32_t *)out.buf)[i] = crc32_bytes((const uint8_t *)buf.buf + off[i], (size_t)len[i]);
@@ -494,9 +501,9 @@ static PyObject *py_scatter(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "offsets, lengths and addresses must be aligned");
         goto done;
     }
+    if (!ranges_inside(off, len, count, buf.len)) goto done;
     for (size_t i = 0; i < count; i++) {
-        if (off[i] > (uint64_t)buf.len || len[i] > (uint64_t)buf.len - off[i] ||
-            (len[i] && !to[i])) {
+        if (len[i] && !to[i]) {
             PyErr_Format(PyExc_ValueError, "range %zu lies outside the buffer", i);
             goto done;
         }

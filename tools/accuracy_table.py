@@ -314,56 +314,46 @@ def _row_line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def nesting_summary(rows: Sequence[Row]) -> list[str]:
-    """Part-bit vs the separately quantized INT-h model with the same params, per n:h."""
+def _versus(pairs: Sequence[tuple[Row, Score]], left: str, right: str, verdict: str) -> list[str]:
+    """One summary table: each row's score beside the score it is compared with."""
     lines = [
-        "| config | params | part-bit agreement | INT-h agreement | part-bit KL | INT-h KL "
-        "| part-bit at least as good on both |",
+        f"| config | params | {left} agreement | {right} agreement | {left} KL | {right} KL "
+        f"| {verdict} |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    ints = {(r.h, r.params): r for r in rows if r.kind == "int-h"}
-    for r in rows:
-        if r.kind != "part" or (r.h, r.params) not in ints:
-            continue
-        i = ints[(r.h, r.params)].score
-        ok = r.score.agree >= i.agree and r.score.kl <= i.kl
+    for r, other in pairs:
+        ok = r.score.agree >= other.agree and r.score.kl <= other.kl
         cells = [
             f"INT({r.n}|{r.h})",
             r.params,
             f"{_pct(r.score.agree)}%",
-            f"{_pct(i.agree)}%",
+            f"{_pct(other.agree)}%",
             f"{r.score.kl:.4f}",
-            f"{i.kl:.4f}",
+            f"{other.kl:.4f}",
             "yes" if ok else "**no**",
         ]
         lines.append(_row_line(cells))
     return lines
+
+
+def nesting_summary(rows: Sequence[Row]) -> list[str]:
+    """Part-bit vs the separately quantized INT-h model with the same params, per n:h."""
+    ints = {(r.h, r.params): r.score for r in rows if r.kind == "int-h"}
+    pairs = [
+        (r, ints[(r.h, r.params)]) for r in rows if r.kind == "part" and (r.h, r.params) in ints
+    ]
+    return _versus(pairs, "part-bit", "INT-h", "part-bit at least as good on both")
 
 
 def fullbit_summary(rows: Sequence[Row], baseline: str = "reference") -> list[str]:
     """Full-bit models of each params choice vs the full-bit ``baseline`` params, per n:h."""
-    lines = [
-        f"| config | params | full-bit agreement | {baseline} agreement | full-bit KL "
-        f"| {baseline} KL | at least as good on both |",
-        "|---|---|---:|---:|---:|---:|---|",
+    base = {(r.n, r.h): r.score for r in rows if r.kind == "full" and r.params == baseline}
+    pairs = [
+        (r, base[(r.n, r.h)])
+        for r in rows
+        if r.kind == "full" and r.params != baseline and (r.n, r.h) in base
     ]
-    base = {(r.n, r.h): r for r in rows if r.kind == "full" and r.params == baseline}
-    for r in rows:
-        if r.kind != "full" or r.params == baseline or (r.n, r.h) not in base:
-            continue
-        b = base[(r.n, r.h)].score
-        ok = r.score.agree >= b.agree and r.score.kl <= b.kl
-        cells = [
-            f"INT({r.n}|{r.h})",
-            r.params,
-            f"{_pct(r.score.agree)}%",
-            f"{_pct(b.agree)}%",
-            f"{r.score.kl:.4f}",
-            f"{b.kl:.4f}",
-            "yes" if ok else "**no**",
-        ]
-        lines.append(_row_line(cells))
-    return lines
+    return _versus(pairs, "full-bit", baseline, "at least as good on both")
 
 
 def render(rows: Sequence[Row], info: dict[str, Any], command: str) -> str:
