@@ -547,3 +547,25 @@ def test_scatter_copies_each_range_to_its_address_or_refuses(monkeypatch, in_c) 
     with pytest.raises(NQError):
         fused.scatter(src, [0, len(src) - 4], [1, 8], [spare.ctypes.data, spare.ctypes.data])
     assert not spare.any()
+
+
+def test_whole_model_upgrade_with_a_corrupt_low_raises_and_stays_part(tiny_file, tmp_path) -> None:
+    """All of LOW in one read (NQFile.low_blobs): a wrong LOW.crc fails the switch and every
+    layer keeps running its part-bit codes."""
+    bad = tmp_path / "bad.nq"
+    data = bytearray(tiny_file.read_bytes())
+    with nqformat.open(tiny_file) as f:
+        ref = f.info("heads.cls.weight").low
+    data[ref.offset] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    model = nqt.load(bad, "part", module=tiny(), resident="codes")
+    want = _float_reference(tiny_file, dict.fromkeys(LAYERS, "part"))
+    with pytest.raises(ChecksumError, match="LOW CRC"):
+        nqt.switch(model, "full")
+    assert set(nqt.modes(model).values()) == {"part"}
+    assert not nqt.runtime(model).file.low_resident
+    with torch.no_grad():
+        assert _same(model(_x()), want(_x()))
+    with pytest.raises(ChecksumError, match="LOW CRC"):
+        nqt.load(bad, "full", module=tiny(), resident="codes")
+    nqt.close(model)

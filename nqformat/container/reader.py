@@ -22,6 +22,7 @@ import numpy as np
 
 from nqformat import bitpack, fused
 from nqformat.container import spec
+from nqformat.container.bulkread import BulkReads, low_crc_error
 from nqformat.container.costs import blob_cost, codes_cost, read_cost
 from nqformat.container.dequant import Scratch as _Scratch
 from nqformat.container.dequant import check_params_finite as _check_params_finite
@@ -71,14 +72,10 @@ class SectionInfo:
 
 
 _PART_MAP = "part"  # DATA and HIGH: [DATA.offset, part_end)
-#: the most bytes :meth:`NQFile.blobs` reads at once (one blob larger than this is read alone):
-#: a larger transient read of DATA would grow the heap past what malloc gives back, which
-#: showed as resident memory of a codes-resident module (Lite0: +0.9 MB for a 0.7 MB DATA)
-BLOB_READ_PIECE = 1 << 17
 _LOW_MAP = "low"  # LOW: [LOW.offset, full_end)
 
 
-class NQFile(LevelReads):
+class NQFile(LevelReads, BulkReads):
     """An open ``.nq`` file; use :func:`open`. Everything but the header is read lazily."""
 
     _PART_MAP = _PART_MAP  # the source's map keys, for nqformat.container.verify
@@ -352,10 +349,7 @@ class NQFile(LevelReads):
                 raise
             if actual != low.crc:
                 self._src.unmap(_LOW_MAP)
-                raise ChecksumError(
-                    f"LOW CRC is {low.crc:#010x}, computed {actual:#010x}: the full-bit data is "
-                    "corrupt (§11 step 13)"
-                )
+                raise low_crc_error(low.crc, actual)
         return low.length - self._release_levels()  # all of LOW supersedes levels paged in
 
     def low_order(self) -> list[str]:
@@ -538,86 +532,6 @@ class NQFile(LevelReads):
             return stored
         what = f"{info.name!r} {which.name}" if named else which.name
         return memoryview(_zstd_decompress(stored, raw_len, what))
-
-    def blobs(
-        self, infos: Iterable[TensorInfo], which: Section, *, piece: int | None = BLOB_READ_PIECE
-    ) -> list[memoryview]:
-        """The stored bytes of the DATA or HIGH blobs of ``infos`` (in their order), as
-        :meth:`_blob` gives each: CRC-checked (§11 step 13, when verifying) and decompressed;
-        read as :meth:`blob_pieces` reads them (the views share their piece's memory), the
-        blobs it leaves out one by one through :meth:`_blob`."""
-        infos = list(infos)
-        out: list[memoryview | None] = [None] * len(infos)
-        for data, first, rows in self.blob_pieces(infos, which, piece=piece):
-            for i in rows:
-                ref = infos[i].data if which is Section.DATA else infos[i].high
-                out[i] = data[ref.offset - first : ref.offset + ref.length - first]
-        return [
-            view if view is not None else self._blob(info, which)
-            for info, view in zip(infos, out, strict=True)
-        ]
-
-    def blob_pieces(
-        self, infos: list[TensorInfo], which: Section, *, piece: int | None = BLOB_READ_PIECE
-    ) -> Iterator[tuple[memoryview, int, list[int]]]:
-        """Many DATA or HIGH blobs at once (the codes runtime's load): ``(bytes, file offset
-        of bytes[0], rows)`` per read, ``rows`` the positions in ``infos`` of the blobs it
-        holds, each checked against its own CRC (§11 step 13, when verifying) in one call
-        (``nqformat.fused.crc32_ranges``) before it is yielded. Neighbouring uncompressed
-        blobs share one read of up to ``piece`` bytes (a larger blob alone; None: up to the
-        read budget, for bytes that stay, as HIGH does in a codes-resident module).
-        Compressed, empty and over-budget (§10) blobs are in no piece: :meth:`_blob` reads
-        them."""
-        size = self.max_bytes if piece is None else piece
-        self._check_open()
-        if which is Section.LOW:
-            raise NQError("blobs() reads DATA or HIGH; LOW is paged in (page_in_low)")
-        refs = [info.data if which is Section.DATA else info.high for info in infos]
-        # plain Python lists, not numpy scalars: a per-blob numpy index cost more than the read
-        offsets = [r.offset for r in refs]
-        ends = [r.offset + r.length for r in refs]
-        budget = self.max_bytes
-        order = sorted(
-            (i for i, r in enumerate(refs) if r.codec == Codec.NONE and 0 < r.length <= budget),
-            key=offsets.__getitem__,
-        )
-        start = 0
-        while start < len(order):
-            first = offsets[order[start]]
-            stop = start + 1
-            while stop < len(order) and ends[order[stop]] - first <= size:
-                stop += 1
-            rows = order[start:stop]
-            data = self._src.view(_PART_MAP, first, ends[rows[-1]] - first)
-            if self._verify_blobs:
-                self._check_piece(infos, refs, rows, first, data, which)
-            yield data, first, rows
-            start = stop
-
-    def _check_piece(
-        self,
-        infos: list[TensorInfo],
-        refs: list[spec.BlobRef],
-        rows: list[int],
-        first: int,
-        piece: memoryview,
-        which: Section,
-    ) -> None:
-        """Each blob of ``rows`` (read in one ``piece`` from file offset ``first``) against its
-        own CRC (§11 step 13), all in one call; blobs checked before are skipped."""
-        checked = self._checked
-        if checked:
-            rows = [i for i in rows if (infos[i].index, which) not in checked]
-        table = np.array([(refs[i].offset - first, refs[i].length) for i in rows], np.uint64)
-        table = table.reshape(len(rows), 2)
-        actual = fused.crc32_ranges(piece, table[:, 0], table[:, 1]).tolist()
-        for i, crc in zip(rows, actual, strict=True):
-            if crc != refs[i].crc:
-                raise ChecksumError(
-                    f"{infos[i].name!r}: {which.name} blob CRC is {refs[i].crc:#010x}, "
-                    f"computed {crc:#010x} (§7.1)"
-                )
-        checked.update([(infos[i].index, which) for i in rows])
 
     def _check_budget(self, info: TensorInfo, nbytes: int, what: str) -> None:
         """LimitError, before anything is allocated, when ``nbytes`` exceed the read budget."""

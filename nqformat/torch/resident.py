@@ -574,8 +574,6 @@ def load_codes(
         close(target)  # a module loaded before lets go of its old file
         modules, own = _walk(target)
         _targets(target, f, own)
-        if mode == "full":
-            f.page_in_low()
         handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
         nested = [info for info in f.tensors() if info.kind is Kind.NESTED]
         sizes = [spec.params_length(info.shape[0], len(f.levels)) for info in nested]
@@ -587,11 +585,12 @@ def load_codes(
         _read_data(f, _RawWriter(modules, own), params, slots)
         records = _records(modules, nested, params, sizes, mode)
         # HIGH in one read: its bytes stay (the codes the module runs on), one buffer for all
-        highs = f.blobs([rec.info for _, rec in records], Section.HIGH, piece=None)
-        for (owner, rec), high in zip(records, highs, strict=True):
-            rec.high = high
-            if mode == "full":
-                rec.low = _packed_blob(f, rec.info, Section.LOW)
+        infos = [rec.info for _, rec in records]
+        highs = f.blobs(infos, Section.HIGH, piece=None)
+        # full mode: LOW after DATA and HIGH (the blob order of §11 step 13), in one read
+        lows = f.low_blobs(infos)[0] if mode == "full" else [None] * len(records)
+        for (owner, rec), high, low in zip(records, highs, lows, strict=True):
+            rec.high, rec.low = high, low
             handle.layers[rec.layer] = rec
             _attach(owner, handle, rec)
         _attach_tied(modules, handle, f.metadata)
@@ -623,6 +622,18 @@ def _stream_layers(handle: CodesRuntime, names: list[str]) -> int:
     return paged
 
 
+def _page_in_all(handle: CodesRuntime) -> int:
+    """Page all of LOW in (``NQFile.low_blobs``) and give every layer its LOW view, the
+    layers streamed alone before included (the section supersedes their blobs); returns
+    the bytes paged in."""
+    records = list(handle.layers.values())
+    lows, paged = handle.file.low_blobs(rec.info for rec in records)
+    handle.streamed.clear()  # low_blobs dropped the blobs streamed alone
+    for rec, low in zip(records, lows, strict=True):
+        rec.low = low
+    return paged
+
+
 def switch_codes(
     handle: CodesRuntime, mode: Mode, layers: Iterable[str] | None, start: float
 ) -> SwitchReport:
@@ -648,19 +659,14 @@ def switch_codes(
             if handle.file is not old:
                 for rec in handle.layers.values():
                     handle.attach_views(rec)
-            if layers is None:
-                # the whole model: all of LOW, checked against LOW.crc (§11 step 13); layers
-                # upgraded alone before now use the mapped section too
-                paged_in = handle.file.page_in_low()
-                handle.streamed.clear()  # page_in_low dropped the blobs streamed alone
-                for rec in handle.layers.values():
-                    if rec.mode == "full":
-                        handle.attach_views(rec)
-            else:
-                paged_in = _stream_layers(handle, changing)
+            # the whole model: all of LOW in one read (checked against LOW.crc and each
+            # blob's CRC, §11 step 13), which layers upgraded alone before use too
+            all_low = layers is None
+            paged_in = _page_in_all(handle) if all_low else _stream_layers(handle, changing)
         for n in changing:
             rec = handle.layers[n]
-            rec.low = _packed_blob(handle.file, rec.info, Section.LOW)
+            if rec.low is None:
+                rec.low = _packed_blob(handle.file, rec.info, Section.LOW)
             rec.mode = "full"
     else:
         for n in changing:
