@@ -33,8 +33,8 @@ def main(argv: list[str]) -> int:
         mode, meta, path, width = argv[1], json.loads(argv[2]), argv[3], int(argv[4])
         print(json.dumps(rss_child(mode, meta, path, width)))
         return 0
-    if len(argv) == 4 and argv[0] == "_codes_rss":
-        print(json.dumps(codes_rss_child(argv[1], json.loads(argv[2]), argv[3])))
+    if len(argv) == 5 and argv[0] == "_codes_rss":
+        print(json.dumps(codes_rss_child(argv[1], json.loads(argv[2]), argv[3], argv[4])))
         return 0
     if len(argv) == 3 and argv[0] == "render":
         result = json.loads(Path(argv[1]).read_text(encoding="utf-8"))

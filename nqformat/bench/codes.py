@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nqformat.bench.baselines import load_baseline, states_equal
+from nqformat.bench.baselines import load_baseline, save_fp32, states_equal
 from nqformat.bench.fused_dequant import FUSED_SIZE, measure_fused
 from nqformat.bench.measurement import Measurement
 from nqformat.bench.models import skeleton
@@ -52,6 +52,7 @@ __all__ = [
     "codes_rss_child",
     "time_forwards",
     "time_loads",
+    "write_warmup",
 ]
 
 #: the configuration the codes keys are stated for (issue 10: "at INT(8|6)")
@@ -166,9 +167,58 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-def codes_rss_child(mode: str, meta: dict[str, Any], path: str) -> dict[str, Any]:
+def _file_rss_mb() -> float:
+    """Resident file-backed pages (code of the interpreter and libraries, mapped files)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _warmup_module() -> Any:
+    """A four-layer model (conv, norm, linear) whose files warm every load path up."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)
+    )
+
+
+def write_warmup(folder: Path) -> Path:
+    """The warm-up model as ``warm.nq`` (INT(8|6)) and ``warm.safetensors`` (FP32) in
+    ``folder``; returns the folder."""
+    from nqformat.torch import convert_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    module = _warmup_module()
+    convert_model(module, folder / "warm.nq", n=CODES_CONFIG[0], h=CODES_CONFIG[1])
+    save_fp32(module, folder / "warm.safetensors")
+    return folder
+
+
+def _warm_up(warm: Path) -> None:
+    """Run each way of loading once on the warm-up model's files (every mode of
+    ``CODES_RSS_MODES``, whichever is measured): the code a load runs for the first time
+    is paged in (file-backed pages of the interpreter and libraries: 0.7 MB for a codes
+    load, 1.8 MB for the FP32 one on Lite0) before the window opens, so that the window
+    counts what the weights add. The warm-up's own tensors are a few KiB."""
+    from safetensors.torch import load_file
+
+    from nqformat import torch as nqt
+
+    for resident in ("codes", "float"):
+        for which in ("part", "full"):
+            module = nqt.load(warm / "warm.nq", which, module=_warmup_module(), resident=resident)
+            nqt.close(module)
+    _warmup_module().load_state_dict(load_file(warm / "warm.safetensors"))
+    gc.collect()
+
+
+def codes_rss_child(mode: str, meta: dict[str, Any], path: str, warm: str) -> dict[str, Any]:
     """Runs in a fresh interpreter: current RSS right before and right after building a ready
-    module one way (``CODES_RSS_MODES``), then after one batch-1 forward."""
+    module one way (``CODES_RSS_MODES``), then after one batch-1 forward. Every way of
+    loading has first run once on the small model in ``warm`` (:func:`write_warmup`)."""
     import importlib
 
     import torch
@@ -196,8 +246,9 @@ def codes_rss_child(mode: str, meta: dict[str, Any], path: str) -> dict[str, Any
     for name in ("nqformat.torch.runtime", "nqformat.torch.resident"):
         linecache.getlines(sys.modules[name].__file__ or "")
 
+    _warm_up(Path(warm))
     gc.collect()
-    before = _current_rss_mb()
+    before, before_file = _current_rss_mb(), _file_rss_mb()
     if mode == "fp32":
         # float32 weights really resident: the module's own tensors, filled by a copy
         module = skeleton(meta)
@@ -211,7 +262,7 @@ def codes_rss_child(mode: str, meta: dict[str, Any], path: str) -> dict[str, Any
         resident, which = mode.split("-")
         module = nqt.load(Path(path), which, resident=resident)
     gc.collect()
-    after = _current_rss_mb()
+    after, after_file = _current_rss_mb(), _file_rss_mb()
     x = torch.zeros(1, *meta["data_config"]["input_size"])
     with torch.inference_mode():
         module(x)
@@ -220,17 +271,19 @@ def codes_rss_child(mode: str, meta: dict[str, Any], path: str) -> dict[str, Any
         "mode": mode,
         "rss_before_mb": before,
         "weights_mb": after - before,
+        "weights_file_backed_mb": after_file - before_file,
         "after_forward_b1_mb": _current_rss_mb() - before,
     }
 
 
 def _measure_rss(meta: dict[str, Any], nq: Path, fp32: Path) -> dict[str, dict[str, Any]]:
+    warm = write_warmup(nq.parent / "rss-warmup")
     rows = {}
     for mode in CODES_RSS_MODES:
         path = fp32 if mode.startswith("fp32") else nq
         # a forking shell gives the child its own RSS accounting (see nqformat.bench.rss)
         cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
-        cmd += bench_child("_codes_rss", mode, json.dumps(meta), str(path))
+        cmd += bench_child("_codes_rss", mode, json.dumps(meta), str(path), str(warm))
         rows[mode] = run_bench_child(cmd, f"codes RSS child {mode} {path.name}")
     return rows
 
