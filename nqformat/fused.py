@@ -36,6 +36,7 @@ __all__ = [
     "CRC_IN_C",
     "SCATTER_IN_C",
     "crc32_ranges",
+    "dequantize_into",
     "dequantize_packed",
     "dequantize_packed_numpy",
     "scatter",
@@ -180,6 +181,36 @@ def dequantize_packed(
     else:
         _fused.dequantize(high_b, low_b, h, lv, count, rows, scale, offset, result, 0, count)
     return result
+
+
+def dequantize_into(
+    high: object,
+    low: object | None,
+    h: int,
+    lbits: int,
+    count: int,
+    rows: int,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """:func:`dequantize_packed` on the calling thread for a caller whose arguments are the
+    checked records of an open file (the codes runtime runs it before every layer): the C
+    kernel is called straight away (it still refuses short buffers and bad widths, as
+    NQError), without the Python-side checks that cost as much as the decode of a small
+    layer. ``out``: float32, C-contiguous, ``count`` elements. Same bits as
+    :func:`dequantize_packed`; the numpy path where the extension is not built."""
+    if _fused is None:
+        dequantize_packed(
+            high, low, h=h, lbits=lbits, count=count, rows=rows, scale=scale, offset=offset, out=out
+        )
+        return
+    try:
+        _fused.dequantize(
+            high, low, h, 0 if low is None else lbits, count, rows, scale, offset, out, 0, count
+        )
+    except (ValueError, TypeError, BufferError) as e:
+        raise NQError(f"dequantize: {e}") from None
 
 
 #: True when :func:`crc32_ranges` runs in C (the extension, on a CPU with PCLMULQDQ: faster than

@@ -100,6 +100,32 @@ def test_c_kernel_matches_numpy_and_the_spec_bit_for_bit(simd, case) -> None:
     assert same_bits(ref, spec)
 
 
+@settings(max_examples=150, deadline=None)
+@given(case=cases())
+def test_dequantize_into_gives_dequantize_packed_bits(case) -> None:
+    """The codes runtime's per-layer call (C at once, no Python-side checks) is the same
+    arithmetic as the checked entry point, in C and without the extension."""
+    h, lbits, rows, count, seed, sc, of, full = case
+    _, _, hb, lb = encode(h, lbits, count, seed)
+    low = lb if full else None
+    want = fused.dequantize_packed(
+        hb, low, h=h, lbits=lbits, count=count, rows=rows, scale=sc, offset=of
+    )
+    out = np.full(count, np.nan, np.float32)
+    fused.dequantize_into(hb, low, h, lbits, count, rows, sc, of, out)
+    assert same_bits(out, want)
+
+
+def test_dequantize_into_still_refuses_short_buffers() -> None:
+    """The C kernel's own checks stand in for the skipped ones (no out-of-bounds read)."""
+    one = np.ones(2, np.float32)
+    hb = bitpack.pack(np.zeros(16, np.int8), 4)
+    with pytest.raises(NQError, match="too short"):
+        fused.dequantize_into(hb[:-1], None, 4, 2, 16, 2, one, one, np.empty(16, np.float32))
+    with pytest.raises(NQError, match=r"short|scale"):  # C: "too short"; numpy: "scale must"
+        fused.dequantize_into(hb, None, 4, 2, 16, 2, one[:1], one, np.empty(16, np.float32))
+
+
 @needs_c
 @pytest.mark.parametrize("h", range(1, 9))
 @pytest.mark.parametrize("full", [False, True])

@@ -159,10 +159,18 @@ class CodesRuntime(NQRuntime):
         if rec.bits is not None:  # a level of several (spec §14): the reader's level path
             f.read(rec.tensor, bits=rec.bits, out=out.reshape(rec.info.shape))
             return out
-        scale, offset = rec.full if rec.mode == "full" else rec.part
+        full = rec.mode == "full"
+        scale, offset = rec.full if full else rec.part
+        low = rec.low if full else None
+        if rec.numel < _THREADED_MIN_ELEMENTS:
+            # this thread, the C kernel called at once: the records were checked at load
+            fused.dequantize_into(
+                rec.high, low, f.h, f.l, rec.numel, rec.info.shape[0], scale, offset, out
+            )
+            return out
         fused.dequantize_packed(
             rec.high,
-            rec.low if rec.mode == "full" else None,
+            low,
             h=f.h,
             lbits=f.l,
             count=rec.numel,
@@ -171,7 +179,7 @@ class CodesRuntime(NQRuntime):
             offset=offset,
             out=out.reshape(-1),
             # as many threads as torch's own ops use, so the layer's cost scales with them
-            threads=torch.get_num_threads() if rec.numel >= _THREADED_MIN_ELEMENTS else 1,
+            threads=torch.get_num_threads(),
         )
         return out
 
@@ -190,23 +198,29 @@ class CodesRuntime(NQRuntime):
     def for_forward(self, rec: _Layer) -> torch.Tensor:
         """The weight for one forward: cached, else in this thread's scratch when nothing can
         keep a reference past the forward (no autograd), else a fresh tensor."""
-        with self._lock:
-            hit = self._cache.get(rec.layer)
-            if hit is not None:
-                self._cache.move_to_end(rec.layer)
-                return hit
+        if self._cache:  # empty whenever cache_bytes=0: no lock to take
+            with self._lock:
+                hit = self._cache.get(rec.layer)
+                if hit is not None:
+                    self._cache.move_to_end(rec.layer)
+                    return hit
         if torch.is_grad_enabled() or self._fits_cache(rec):
             return self.fresh(rec)
         local = self._local
         if getattr(local, "busy", False):  # a layer running inside another's forward
             return self.fresh(rec)
-        scratch = getattr(local, "scratch", None)
-        if scratch is None or scratch.size < rec.numel:
-            scratch = local.scratch = np.empty(max(r.numel for r in self.layers.values()), "f4")
-        view = scratch[: rec.numel].reshape(rec.info.shape)
-        self.values(rec, view)
+        # per layer, a numpy and a torch view of this thread's scratch (made once)
+        views = getattr(local, "views", None)
+        if views is None:
+            views = local.views = {}
+            local.scratch = np.empty(max(r.numel for r in self.layers.values()), "f4")
+        pair = views.get(rec.layer)
+        if pair is None:
+            view = local.scratch[: rec.numel].reshape(rec.info.shape)
+            pair = views[rec.layer] = (view, torch.from_numpy(view))
+        self.values(rec, pair[0])
         local.busy = True
-        return torch.from_numpy(view)
+        return pair[1]
 
     def release_scratch(self) -> None:
         self._local.busy = False
