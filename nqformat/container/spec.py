@@ -509,7 +509,7 @@ class Preamble:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobRef:
     """A 24-byte blob reference inside an INDEX record (§4)."""
 
