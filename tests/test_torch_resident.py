@@ -569,3 +569,32 @@ def test_whole_model_upgrade_with_a_corrupt_low_raises_and_stays_part(tiny_file,
     with pytest.raises(ChecksumError, match="LOW CRC"):
         nqt.load(bad, "full", module=tiny(), resident="codes")
     nqt.close(model)
+
+
+def test_converting_a_codes_module_is_refused_before_anything_changes(tiny_file) -> None:
+    """.half()/.double()/.to(dtype) would leave the codes behind: NQError, and the module keeps
+    every tensor as it was; conversions that change nothing pass; after close() it is plain."""
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.float().cpu().to(torch.float32)  # nothing to convert
+    for convert in (model.half, model.double, lambda: model.to(torch.bfloat16)):
+        with pytest.raises(NQError, match=r"CPU in float32.*resident='float'"):
+            convert()
+        after = model.state_dict()
+        assert all(_same(after[k], v) for k, v in before.items())
+    with pytest.raises(NQError, match=r"blocks\.0"):  # a layer reached directly
+        model.get_submodule("blocks.0").half()
+    nqt.close(model)
+    assert model.half().get_submodule("blocks.0").weight.dtype == torch.float16
+
+
+def test_load_state_dict_into_a_codes_weight_is_an_error_not_a_skip(tiny_file) -> None:
+    model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
+    other = tiny(seed=9).state_dict()
+    for strict in (True, False):
+        with pytest.raises(NQError, match="cannot write a codes-resident weight"):
+            model.load_state_dict(other, strict=strict)
+    raw_only = {k: v for k, v in other.items() if k not in NESTED}
+    model.load_state_dict(raw_only, strict=False)  # RAW tensors load as usual
+    assert _same(model.state_dict()["bn.running_var"], other["bn.running_var"])
+    nqt.close(model)

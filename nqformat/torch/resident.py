@@ -20,8 +20,10 @@ the most recently used layers up to that many bytes (least recently used are dro
 Switching (:func:`switch_codes`) only maps or unmaps LOW and flips each layer's mode; no
 float32 weight is rewritten (cached ones are dropped). Layers can be switched one by one.
 
-Limits: CPU and float32 only (``module.to(...)`` / ``.half()`` do not convert the codes);
-``load_state_dict`` does not write into a codes-resident weight.
+Limits: CPU and float32 only (``module.to(...)``/``.half()``/``.cuda()`` raise NQError:
+they would leave the codes behind); ``load_state_dict`` raises NQError rather than skip a
+codes-resident weight. ``nqformat.torch.close(module)`` turns the weights into float32
+parameters, after which the module is a plain one.
 """
 
 from __future__ import annotations
@@ -343,6 +345,61 @@ def _codes_save_to_state_dict(
     layer._nq_base_class._save_to_state_dict(layer, destination, prefix, keep_vars)
 
 
+def _refuse_conversion(where: str, fn: Any) -> None:
+    """``module.to(...)``, ``.half()``, ``.cuda()`` ... reach ``_apply``: a conversion that
+    leaves a CPU float32 tensor as it is (``.float()``, ``.cpu()``, ``share_memory()``) goes
+    through; any other would leave the codes behind, so it is refused, plainly."""
+    probe = fn(torch.zeros(1))
+    if probe.device.type != "cpu" or probe.dtype is not torch.float32:
+        raise NQError(
+            f"{where}: a codes-resident module runs on the CPU in float32 (asked for "
+            f"{probe.dtype} on {probe.device}); load it with resident='float', or call "
+            "nqformat.torch.close(module) first (its weights become float32 parameters), then "
+            "move or convert it"
+        )
+
+
+def _codes_apply(layer: nn.Module, fn: Any, *args: Any, **kwargs: Any) -> nn.Module:
+    _refuse_conversion(layer.__dict__[_SLOT][1].layer, fn)
+    return layer._nq_base_class._apply(layer, fn, *args, **kwargs)
+
+
+def _root_apply(module: nn.Module, fn: Any, *args: Any, **kwargs: Any) -> nn.Module:
+    """The loaded module's own ``_apply``: refuses before any submodule is converted."""
+    if isinstance(module.__dict__.get(HANDLE_ATTR), CodesRuntime):
+        _refuse_conversion("the module", fn)
+    return module._nq_root_class._apply(module, fn, *args, **kwargs)
+
+
+_ROOTS: dict[type, type] = {}
+
+
+def _guard_root(module: nn.Module) -> None:
+    """Give the loaded module a class whose ``_apply`` checks first (cached per class)."""
+    cls = type(module)
+    if "_nq_root_class" in cls.__dict__ or "_nq_base_class" in cls.__dict__:
+        return  # guarded already, or a codes layer (whose own _apply checks)
+    sub = _ROOTS.get(cls)
+    if sub is None:
+        attrs = {"_apply": _root_apply, "_nq_root_class": cls, "__module__": cls.__module__}
+        sub = _ROOTS[cls] = type(cls.__name__, (cls,), {**attrs, "__qualname__": cls.__qualname__})
+    module.__class__ = sub
+
+
+def _codes_load_from_state_dict(
+    layer: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any
+) -> None:
+    """load_state_dict cannot write into the file's codes: an error, not a silent skip."""
+    rec = layer.__dict__[_SLOT][1]
+    if prefix + rec.attr in state_dict:
+        raise NQError(
+            f"{rec.layer}: load_state_dict cannot write a codes-resident weight (it is the "
+            "file's codes); load with resident='float', or call nqformat.torch.close(module) "
+            "first, to load other weights"
+        )
+    layer._nq_base_class._load_from_state_dict(layer, state_dict, prefix, *args)
+
+
 def _codes_class(cls: type) -> type:
     """``cls`` with ``weight`` read from the codes (one subclass per layer class, cached)."""
     sub = _CLASSES.get(cls)
@@ -354,6 +411,8 @@ def _codes_class(cls: type) -> type:
                 "weight": property(_get_weight, _set_weight, doc="dequantized from the codes"),
                 "forward": _codes_forward,
                 "_save_to_state_dict": _codes_save_to_state_dict,
+                "_load_from_state_dict": _codes_load_from_state_dict,
+                "_apply": _codes_apply,
                 "__module__": cls.__module__,
                 "__qualname__": cls.__qualname__,
                 "_nq_base_class": cls,
@@ -496,6 +555,7 @@ def load_codes(
         f.close()
         raise
     setattr(target, HANDLE_ATTR, handle)
+    _guard_root(target)
     weakref.finalize(target, handle.close)  # the file goes when the module does
     return target
 
