@@ -241,7 +241,7 @@ def test_without_gains_upgrade_within_takes_file_order_and_says_so(
 
 
 def test_upgrade_within_needs_the_codes_runtime(tiny_file: pathlib.Path) -> None:
-    model = _load(tiny_file, "part")
+    model = _load(tiny_file, "part", resident="float")
     try:
         with pytest.raises(NQError, match="resident='codes'"):
             nqt.upgrade_within(model, 100)

@@ -154,10 +154,16 @@ def test_tied_lm_head_is_stored_once_and_comes_back_tied(tmp_path: pathlib.Path)
         assert f.metadata["model"]["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
         assert f.info("model.embed_tokens.weight").kind is Kind.NESTED
     assert "lm_head.weight" not in names
-    model = nqt.load(out, "part")
+    model = nqt.load(out, "part", resident="float")
     assert model.lm_head.weight is model.model.embed_tokens.weight
     nqt.switch(model, "full")  # switching rewrites the one table both names share
     assert model.lm_head.weight is model.model.embed_tokens.weight
+    # codes-resident: both names read the one record, so they follow one mode
+    codes = nqt.load(out, "part", resident="codes")
+    assert torch.equal(codes.lm_head.weight, codes.model.embed_tokens.weight)
+    nqt.switch(codes, "full")
+    assert torch.equal(codes.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(codes.model.embed_tokens.weight, model.lm_head.weight)
     with nqformat.open(out) as f:
         full = f.read("model.embed_tokens.weight", "full")
     assert np.array_equal(model.lm_head.weight.detach().numpy(), full)

@@ -196,7 +196,7 @@ def test_unknown_layer_and_weight_assignment_are_errors(tiny_file) -> None:
         nqt.switch(model, "full", layers=["bn"])
     with pytest.raises(NQError, match="cannot be assigned"):
         model.conv.weight = torch.zeros(8, 3, 3, 3)
-    float_model = nqt.load(tiny_file, "part", module=tiny())
+    float_model = nqt.load(tiny_file, "part", module=tiny(), resident="float")
     with pytest.raises(NQError, match="resident='codes'"):
         nqt.switch(float_model, "full", layers=["conv"])
     with pytest.raises(NQError, match="resident"):
@@ -387,7 +387,7 @@ def _float_mix(path: pathlib.Path, meta: dict, full_layers: list[str]) -> torch.
 
 def test_weight_bytes_count_codes_not_floats(tiny_file) -> None:
     model = nqt.load(tiny_file, "part", module=tiny(), resident="codes")
-    ref = nqt.load(tiny_file, "part", module=tiny(1))
+    ref = nqt.load(tiny_file, "part", module=tiny(1), resident="float")
     handle = nqt.runtime(model)
     with nqformat.open(tiny_file) as f:
         high = sum(len(f._blob(f.info(n), nqformat.container.spec.Section.HIGH)) for n in NESTED)
@@ -508,7 +508,7 @@ def test_non_finite_channel_parameters_fail_the_codes_load(tiny_file, tmp_path) 
 def test_codes_load_writes_raw_values_as_the_float_runtime(tmp_path, into, compress) -> None:
     """Every way a RAW value reaches the module gives the float runtime's state: scattered
     verbatim (CPU tensors of the file's dtype, or new ones for a module on meta), converted
-    (a float64 module), and read alone and decompressed (zstd blobs, in no piece)."""
+    (float64 norm tensors), and read alone and decompressed (zstd blobs, in no piece)."""
     path = nqt.convert_model(tiny(), tmp_path / "t.nq", n=N, h=H, compress=compress).path
     if compress:
         with nqformat.open(path) as f:
@@ -518,7 +518,8 @@ def test_codes_load_writes_raw_values_as_the_float_runtime(tmp_path, into, compr
         with torch.device("meta"):
             module = tiny(seed=2)
     else:
-        module = tiny(seed=2).to(getattr(torch, into))
+        module = tiny(seed=2)
+        module.bn.to(getattr(torch, into))  # RAW tensors only: nested weights stay float32
     before = {k: t._version for k, t in module.state_dict(keep_vars=True).items()}
     got = nqt.load(path, "part", module=module, resident="codes").state_dict(keep_vars=True)
     for name, value in want.items():
@@ -569,6 +570,18 @@ def test_whole_model_upgrade_with_a_corrupt_low_raises_and_stays_part(tiny_file,
     with pytest.raises(ChecksumError, match="LOW CRC"):
         nqt.load(bad, "full", module=tiny(), resident="codes")
     nqt.close(model)
+
+
+def test_a_module_whose_weights_are_not_cpu_float32_is_refused(tiny_file) -> None:
+    """The codes runtime would give such a module float32 weights beside its own dtype."""
+    module = tiny().double()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(NQError, match=r"torch\.float64 on cpu.*resident='float'"):
+        nqt.load(tiny_file, "part", module=module)  # the default: codes
+    assert all(_same(module.state_dict()[k], v) for k, v in before.items())  # nothing written
+    assert nqt.load(tiny_file, "part", module=module, resident="float").conv.weight.dtype == (
+        torch.float64
+    )
 
 
 def test_converting_a_codes_module_is_refused_before_anything_changes(tiny_file) -> None:

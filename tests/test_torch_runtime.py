@@ -204,7 +204,7 @@ def test_corrupt_low_is_refused_and_the_part_model_stays(tiny_file, tmp_path) ->
 def test_half_precision_model_round_trips_its_dtypes(tmp_path) -> None:
     model = tiny().half()
     path = nqt.convert_model(model, tmp_path / "h.nq", n=N, h=H).path
-    loaded = nqt.load(path, "full", module=tiny().half())
+    loaded = nqt.load(path, "full", module=tiny().half(), resident="float")
     ref = nest_quantize(model.conv.weight.detach().float().numpy(), N, H).dequantize("full")
     assert loaded.conv.weight.dtype is torch.float16
     assert np.array_equal(loaded.conv.weight.detach().numpy(), ref.astype(np.float16))
@@ -215,7 +215,7 @@ def test_half_precision_model_round_trips_its_dtypes(tmp_path) -> None:
 def test_load_writes_into_the_modules_own_tensors(tiny_file) -> None:
     model = tiny(seed=9)
     before = {k: (v.data_ptr(), v._version) for k, v in model.state_dict().items()}
-    nqt.load(tiny_file, "part", module=model)
+    nqt.load(tiny_file, "part", module=model, resident="float")
     after = model.state_dict()
     assert {k: v.data_ptr() for k, v in after.items()} == {k: p for k, (p, _) in before.items()}
     # autograd sees the writes, as it would those of copy_
@@ -279,10 +279,16 @@ def test_module_not_loaded_from_a_file_cannot_switch() -> None:
         nqt.switch(tiny(), "full")
 
 
-def test_deep_copy_is_a_plain_module(tiny_file) -> None:
-    model = nqt.load(tiny_file, "part", module=tiny())
+@pytest.mark.parametrize("resident", ["float", "codes"])
+def test_deep_copy_is_a_plain_module(tiny_file, resident) -> None:
+    """Two modules must not share one paging state: the copy holds float32 weights of the
+    original's current mode (a codes-resident one, as close() would leave it)."""
+    model = nqt.load(tiny_file, "part", module=tiny(), resident=resident)
     clone = copy.deepcopy(model)
     assert _bit_equal(_state(clone), _state(model))
+    assert list(clone.state_dict()) == list(tiny().state_dict())  # the same order as built
+    assert all(isinstance(p, torch.nn.Parameter) for p in clone.parameters())
+    clone.half()  # a plain module converts as any other
     with pytest.raises(NQError, match="not loaded"):
         nqt.switch(clone, "full")
     nqt.switch(model, "full")  # the original still switches

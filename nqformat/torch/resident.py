@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import copy
 import itertools
 import threading
 import time
@@ -263,7 +264,7 @@ class CodesRuntime(NQRuntime):
                 weight = torch.empty(rec.info.shape, device="meta")
             layer.__class__ = layer._nq_base_class
             del layer.__dict__[_SLOT]
-            layer._parameters[rec.attr] = nn.Parameter(weight)
+            layer._parameters = {rec.attr: nn.Parameter(weight), **layer._parameters}
         for path, rec in self.aliases.items():
             layer = module.get_submodule(path)
             layer.__class__ = layer._nq_base_class
@@ -400,6 +401,23 @@ def _codes_load_from_state_dict(
     layer._nq_base_class._load_from_state_dict(layer, state_dict, prefix, *args)
 
 
+def _codes_deepcopy(layer: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """A deep copy is a plain layer holding the weight dequantized in its current mode (as
+    ``close`` leaves it): two modules must not share one paging state. Tied layers share the
+    copy's Parameter, as the original's names share one record."""
+    handle, rec = layer.__dict__[_SLOT]
+    base = layer._nq_base_class
+    clone = base.__new__(base)
+    memo[id(layer)] = clone
+    state = {k: v for k, v in layer.__dict__.items() if k != _SLOT}
+    clone.__dict__.update(copy.deepcopy(state, memo))
+    weight = memo.get(id(rec))
+    if weight is None:
+        weight = memo[id(rec)] = nn.Parameter(handle.fresh(rec).detach().clone())
+    clone._parameters = {rec.attr: weight, **clone._parameters}  # the weight first, as built
+    return clone
+
+
 def _codes_class(cls: type) -> type:
     """``cls`` with ``weight`` read from the codes (one subclass per layer class, cached)."""
     sub = _CLASSES.get(cls)
@@ -413,6 +431,7 @@ def _codes_class(cls: type) -> type:
                 "_save_to_state_dict": _codes_save_to_state_dict,
                 "_load_from_state_dict": _codes_load_from_state_dict,
                 "_apply": _codes_apply,
+                "__deepcopy__": _codes_deepcopy,
                 "__module__": cls.__module__,
                 "__qualname__": cls.__qualname__,
                 "_nq_base_class": cls,
@@ -502,6 +521,19 @@ def _records(
     return out
 
 
+def _check_cpu_float32(nested: list[TensorInfo], own: Mapping[str, torch.Tensor]) -> None:
+    """The codes runtime gives float32 weights on the CPU: a module passed in whose nested
+    weights have another dtype or device is refused before anything is written."""
+    for info in nested:
+        t = own[info.name]
+        if not t.is_meta and (t.dtype is not torch.float32 or t.device.type != "cpu"):
+            raise NQError(
+                f"{info.name} is {t.dtype} on {t.device}; the codes-resident runtime (the "
+                "default) runs float32 on the CPU: load with resident='float' to fill the "
+                "module in its own dtype and device"
+            )
+
+
 def load_codes(
     path: Any,
     mode: Mode,
@@ -526,8 +558,9 @@ def load_codes(
         close(target)  # a module loaded before lets go of its old file
         modules, own = _walk(target)
         _targets(target, f, own)
-        handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
         nested = [info for info in f.tensors() if info.kind is Kind.NESTED]
+        _check_cpu_float32(nested, own)
+        handle = CodesRuntime(f, mode, verify=verify, cache_bytes=cache_bytes)
         sizes = [spec.params_length(info.shape[0], len(f.levels)) for info in nested]
         # the channel parameters of every layer in one array the records keep views of,
         # allocated before the RAW tensors: one allocation of its exact size

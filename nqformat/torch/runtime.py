@@ -260,7 +260,7 @@ def load(
     module: nn.Module | None = None,
     verify: bool = True,
     act_quant: bool = False,
-    resident: str = "float",
+    resident: str = "codes",
     cache_bytes: int | None = 0,
     bits: int | None = None,
     budget: int | None = None,
@@ -287,11 +287,12 @@ def load(
     with the activation ranges stored in the file's META ``activation`` (``nqtool convert
     --act-bits``); a file without them is an error. The ranges stay applied across switches.
 
-    ``resident`` (default ``"float"``) chooses what the module keeps in memory: ``"float"``
-    writes every weight as float32 at load (as above); ``"codes"`` keeps each nested weight as
-    the file's packed codes and dequantizes it just before its layer runs (nqformat/torch/
-    resident.py; outputs bit-identical to ``"float"``), keeping at most ``cache_bytes`` of
-    float32 weights between forwards (0: none; None: all after first use).
+    ``resident`` (default ``"codes"``) chooses what the module keeps in memory: ``"codes"``
+    keeps each nested weight as the file's packed codes and dequantizes it just before its
+    layer runs (nqformat/torch/resident.py; CPU and float32; outputs bit-identical to
+    ``"float"``), keeping at most ``cache_bytes`` of float32 weights between forwards (0:
+    none; None: all after first use); ``"float"`` writes every weight as float32 at load (as
+    above): for training, editing weights, other devices or dtypes (docs/runtime.md).
 
     ``bits`` loads the level of that width of a file of several levels (spec §14; one of
     ``nqformat.open(path).levels``) instead of ``mode``; "part" and "full" are its lowest and
