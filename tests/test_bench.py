@@ -284,7 +284,8 @@ def test_quick_bench_has_the_codes_runtime_keys_finite_with_medians(quick_result
         # each way of loading ran once on the warm-up model first: the window pages in no
         # library code (without the warm-up: 0.7 MB codes, 1.8 MB FP32 on Lite0)
         for mode, row in rss.items():
-            assert row["weights_file_backed_mb"] < 0.5, (case["label"], mode)
+            if mode != "fp32-mapped":  # that one's weights are the mapped file's pages
+                assert row["weights_file_backed_mb"] < 0.5, (case["label"], mode)
 
 
 def test_codes_headline_is_the_worst_case_with_the_median_beside_it() -> None:

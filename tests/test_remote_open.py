@@ -234,3 +234,32 @@ def test_a_torch_model_can_upgrade_layer_by_layer_as_low_streams_in(site: RangeS
     assert len(site.requests()) == 1 and torch.equal(model(x), reference(x))
     nqt.close(model)
     nqt.close(reference)
+
+
+def test_a_codes_resident_model_upgrades_layer_by_layer_as_low_streams_in(
+    site: RangeServer,
+) -> None:
+    """docs/remote.md's recipe for the default runtime: each layer switches to full-bit as
+    soon as its LOW blob has arrived and matched its CRC; all of LOW is one request."""
+    torch = pytest.importorskip("torch")
+    import nqformat.torch as nqt
+    from tests._torch_models import tiny
+
+    path = site.root / "tiny.nq"
+    nqt.convert_model(tiny(), path, n=8, h=6, rounding="rtn")
+    reference = nqt.load(path, mode="full", module=tiny(seed=2), resident="float")
+    model = nqt.load(site.url_of("tiny.nq"), mode="part", module=tiny(seed=1))
+    f = nqt.runtime(model).file
+    site.clear()
+    seen = []
+    for name, error in f.stream_low():
+        assert error is None
+        nqt.switch(model, "full", layers=[name.rpartition(".")[0]])
+        seen.append(nqt.modes(model)[name.rpartition(".")[0]])
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    assert seen == ["full"] * len(seen) and nqt.runtime(model).mode == "full"
+    assert len(site.requests()) == 1
+    nqt.close(model)
+    nqt.close(reference)

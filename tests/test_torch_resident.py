@@ -349,7 +349,7 @@ def test_real_lite0_on_real_photos_is_bit_identical_in_every_mode(tmp_path) -> N
     x = torch.stack(batch)
     labels = torch.tensor([int(p.stem.rsplit("_", 1)[1]) for p in photos])
 
-    ref = nqt.load(path.path, "part")
+    ref = nqt.load(path.path, "part", resident="float")
     codes = nqt.load(path.path, "part", resident="codes")
     layers = list(nqt.modes(codes))
     half = layers[: len(layers) // 2]
@@ -374,10 +374,10 @@ def test_real_lite0_on_real_photos_is_bit_identical_in_every_mode(tmp_path) -> N
 
 def _float_mix(path: pathlib.Path, meta: dict, full_layers: list[str]) -> torch.nn.Module:
     """A float module with ``full_layers`` from the full-bit model and the rest part-bit."""
-    full = nqt.load(path, "full")
+    full = nqt.load(path, "full", resident="float")
     state = {k: v.clone() for k, v in full.state_dict().items()}
     nqt.close(full)
-    mix = nqt.load(path, "part")
+    mix = nqt.load(path, "part", resident="float")  # its state_dict() holds its own tensors
     own = mix.state_dict()
     with torch.no_grad():
         for layer in full_layers:

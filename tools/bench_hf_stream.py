@@ -154,7 +154,7 @@ def timed(cmd: list[str]) -> tuple[float, int, str]:
 LOAD_SNIPPET = """
 import sys, time, nqformat.torch as nqt
 t = time.perf_counter()
-m = nqt.load(sys.argv[1], "part")
+m = nqt.load(sys.argv[1], "part", resident="float")  # as docs/transformers.md measured it
 print("load_seconds", time.perf_counter() - t)
 print("params", sum(p.numel() for p in m.parameters()))
 """
