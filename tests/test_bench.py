@@ -264,6 +264,15 @@ CODES_KEYS = (
 
 
 @pytest.mark.slow
+def test_the_v01_switching_keys_still_measure_the_float_runtime(quick_result: dict) -> None:
+    """part_load_vs_int8_load and friends keep their meaning (the float runtime, which
+    dequantizes every weight at load) now that load() defaults to the codes runtime."""
+    assert quick_result["cases"]
+    for case in quick_result["cases"]:
+        assert case["timings"]["resident"] == "float", case["label"]
+
+
+@pytest.mark.slow
 def test_quick_bench_has_the_codes_runtime_keys_finite_with_medians(quick_result: dict) -> None:
     import math
 

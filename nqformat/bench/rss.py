@@ -40,7 +40,9 @@ def rss_child(mode: str, model_meta: dict[str, Any], path: str, width: int) -> d
     after_import = _maxrss_mb()
     start = time.perf_counter()
     if mode in ("part", "full"):
-        module = nqtorch.load(Path(path), mode)
+        # the float runtime, the meaning these keys have had since v0.1 (issue 10's codes
+        # runtime has figures of its own, nqformat.bench.codes)
+        module = nqtorch.load(Path(path), mode, resident="float")
     else:
         module = skeleton(model_meta)
         if mode == "fp32":

@@ -95,7 +95,12 @@ def _one_pass(
     whole = (0, None)
     # A fresh load: drop the previous load's file handle (and its mappings) untimed.
     nqtorch.close(m_nq)
-    step("nq_part_load", nq, lambda: nqtorch.load(nq, "part", module=m_nq), (0, files.part_end))
+    step(
+        "nq_part_load",
+        nq,
+        lambda: nqtorch.load(nq, "part", module=m_nq, resident="float"),
+        (0, files.part_end),
+    )
     up = step("nq_upgrade", nq, lambda: nqtorch.switch(m_nq, "full"), files.low_span)
     # downgrade reads DATA and HIGH, which this process still maps from the part load
     down = step("nq_downgrade", nq, lambda: nqtorch.switch(m_nq, "part"), (0, files.part_end))
@@ -133,6 +138,7 @@ def time_case(
             )
         progress(f"  {case.label}: round {i + 1}/{warmup + reps}")
 
+    resident = nqtorch.runtime(m_nq).resident  # "float": these keys' meaning since v0.1
     # The comparison is only fair if both sides produce the same module.
     nqtorch.switch(m_nq, "full")
     load_baseline(m_base, files.intn, case.n)
@@ -146,6 +152,7 @@ def time_case(
         "baseline_equal_full": equal_full,
         "baseline_equal_part": equal_part,
         "switch_report": switch_reports,
+        "resident": resident,
     }
     for state, acc in samples.items():
         t = {k: acc.timing(k) for k in acc.by_key}
@@ -169,14 +176,14 @@ def profile_switch(case: Case, meta: dict[str, Any], files: CaseFiles, top: int 
     from nqformat import torch as nqtorch
 
     m_nq, m_base = skeleton(meta), skeleton(meta)
-    nqtorch.load(files.nq, "part", module=m_nq)  # warm-up
+    nqtorch.load(files.nq, "part", module=m_nq, resident="float")  # warm-up
     nqtorch.switch(m_nq, "full")
     load_baseline(m_base, files.intn, case.n)
     nqtorch.switch(m_nq, "part")
     nqtorch.close(m_nq)
     out: dict[str, Any] = {"case": case.label}
     steps = (
-        ("part_load", lambda: nqtorch.load(files.nq, "part", module=m_nq)),
+        ("part_load", lambda: nqtorch.load(files.nq, "part", module=m_nq, resident="float")),
         ("upgrade", lambda: nqtorch.switch(m_nq, "full")),
         ("intn_load", lambda: load_baseline(m_base, files.intn, case.n)),
     )
