@@ -172,15 +172,20 @@ def test_whole_model_switch_reads_and_checks_all_of_low(tiny_file) -> None:
     nqt.close(model)
 
 
+def _low_byte_flipped(src: pathlib.Path, dst: pathlib.Path, tensor: str) -> pathlib.Path:
+    """A copy of ``src`` whose ``tensor``'s LOW blob has its first byte flipped (its CRC and
+    LOW.crc left as they were)."""
+    data = bytearray(src.read_bytes())
+    with nqformat.open(src) as f:
+        data[f.info(tensor).low.offset] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def test_one_layer_upgrade_with_a_corrupt_low_blob_raises_and_stays_part(
     tiny_file, tmp_path
 ) -> None:
-    bad = tmp_path / "bad.nq"
-    data = bytearray(tiny_file.read_bytes())
-    with nqformat.open(tiny_file) as f:
-        ref = f.info("blocks.0.weight").low
-    data[ref.offset] ^= 0xFF
-    bad.write_bytes(bytes(data))
+    bad = _low_byte_flipped(tiny_file, tmp_path / "bad.nq", "blocks.0.weight")
     model = nqt.load(bad, "part", module=tiny(), resident="codes")
     with pytest.raises(ChecksumError, match=r"blocks\.0\.weight"):
         nqt.switch(model, "full", layers=["blocks.0"])
@@ -553,12 +558,7 @@ def test_scatter_copies_each_range_to_its_address_or_refuses(monkeypatch, in_c) 
 def test_whole_model_upgrade_with_a_corrupt_low_raises_and_stays_part(tiny_file, tmp_path) -> None:
     """All of LOW in one read (NQFile.low_blobs): a wrong LOW.crc fails the switch and every
     layer keeps running its part-bit codes."""
-    bad = tmp_path / "bad.nq"
-    data = bytearray(tiny_file.read_bytes())
-    with nqformat.open(tiny_file) as f:
-        ref = f.info("heads.cls.weight").low
-    data[ref.offset] ^= 0xFF
-    bad.write_bytes(bytes(data))
+    bad = _low_byte_flipped(tiny_file, tmp_path / "bad.nq", "heads.cls.weight")
     model = nqt.load(bad, "part", module=tiny(), resident="codes")
     want = _float_reference(tiny_file, dict.fromkeys(LAYERS, "part"))
     with pytest.raises(ChecksumError, match="LOW CRC"):
