@@ -520,6 +520,48 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(json_shape_doc,
+             "json_shape(raw) -> (depth, values)\n"
+             "The META pre-scan of nqformat.container.metajson.json_shape in one pass, with\n"
+             "the same rules on any bytes: a quote preceded by an even run of backslashes is a\n"
+             "string delimiter; outside strings '{'/'[' and '}'/']' step the depth (its\n"
+             "maximum is returned), and an opening quote or a value's first byte ('{', '[',\n"
+             "'-', a digit, t, f, n, not right after a number byte) counts one value.");
+
+static PyObject *py_json_shape(PyObject *self, PyObject *args) {
+    Py_buffer raw;
+    if (!PyArg_ParseTuple(args, "y*", &raw)) return NULL;
+    const uint8_t *p = (const uint8_t *)raw.buf;
+    long long depth = 0, max_depth = 0, values = 0;
+    size_t backslashes = 0; /* run of backslashes right before the current byte */
+    int in_string = 0, prev_number = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < raw.len; i++) {
+        uint8_t c = p[i];
+        int delim = c == '"' && backslashes % 2 == 0;
+        if (!in_string) {
+            if (delim) values++;
+            if (c == '{' || c == '[') {
+                if (++depth > max_depth) max_depth = depth;
+            } else if (c == '}' || c == ']') {
+                depth--;
+            }
+            int starts = c == '{' || c == '[' || c == '-' || (c >= '0' && c <= '9') ||
+                         c == 't' || c == 'f' || c == 'n';
+            if (starts && !prev_number) values++;
+            prev_number = c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9') ||
+                          c == 'e' || c == 'E';
+        } else {
+            prev_number = 0;
+        }
+        if (delim) in_string ^= 1;
+        backslashes = c == '\\' ? backslashes + 1 : 0;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&raw);
+    return Py_BuildValue("(LL)", max_depth, values);
+}
+
 /* Tests turn the PCLMUL path off to check the table one on the same machine. */
 static PyObject *py_use_clmul(PyObject *self, PyObject *arg) {
     int want = PyObject_IsTrue(arg);
@@ -537,6 +579,7 @@ static PyMethodDef methods[] = {
     {"dequantize", py_dequantize, METH_VARARGS, dequantize_doc},
     {"crc32_ranges", py_crc32_ranges, METH_VARARGS, crc32_ranges_doc},
     {"scatter", py_scatter, METH_VARARGS, scatter_doc},
+    {"json_shape", py_json_shape, METH_VARARGS, json_shape_doc},
     {"use_clmul", py_use_clmul, METH_O, "use_clmul(flag) -> bool: use the PCLMULQDQ CRC where the CPU has it; returns the previous setting."},
     {"use_simd", py_use_simd, METH_O, "use_simd(flag) -> bool: use the AVX2 decode where the CPU has it; returns the previous setting."},
     {NULL, NULL, 0, NULL},

@@ -34,11 +34,13 @@ from nqformat.errors import NQError
 __all__ = [
     "BACKEND",
     "CRC_IN_C",
+    "JSON_SCAN_IN_C",
     "SCATTER_IN_C",
     "crc32_ranges",
     "dequantize_into",
     "dequantize_packed",
     "dequantize_packed_numpy",
+    "json_scan",
     "scatter",
 ]
 
@@ -239,6 +241,18 @@ def crc32_ranges(buffer: object, offsets: np.ndarray, lengths: np.ndarray) -> np
             raise NQError(f"range {i} lies outside the buffer")
         out[i] = zlib.crc32(view[o : o + n])
     return out
+
+
+#: True where the C extension has the META pre-scan (:func:`json_scan`)
+JSON_SCAN_IN_C = _fused is not None and hasattr(_fused, "json_shape")
+
+
+def json_scan(raw: bytes) -> tuple[int, int]:
+    """(depth, values) of ``nqformat.container.metajson.json_shape_numpy`` in one C pass (same
+    rules on any bytes, tested equal): the numpy scan costs ~15 ns per byte, a fifth of a
+    small model's open. Only where :data:`JSON_SCAN_IN_C`."""
+    depth, values = _fused.json_shape(raw)
+    return int(depth), int(values)
 
 
 #: True where the C extension copies byte ranges to memory addresses (:func:`scatter`)

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from test_c_reader import _runner, c_reader_bins  # noqa: F401 - fixture
 
 import nqformat
-from nqformat import _paths
+from nqformat import _paths, fused
 from nqformat.container import metajson
 from nqformat.container.spec import DType, Kind
 from nqformat.errors import MetadataError
@@ -496,10 +496,29 @@ def test_json_shape_counts_depth_and_values_exactly_across_chunk_boundaries(
     raw = json.dumps(obj, indent=indent, ensure_ascii=bool(chunk % 2)).encode()
     expect = _shape_of(obj)
     monkeypatch_module.setattr(metajson, "_JSON_SCAN_CHUNK", chunk)
-    got = metajson.json_shape(raw)
+    got = metajson.json_shape_numpy(raw)
     monkeypatch_module.undo()
     assert (got.depth, got.values) == expect
-    assert metajson.json_shape(raw) == got  # one chunk
+    assert metajson.json_shape_numpy(raw) == got  # one chunk
+    assert metajson.json_shape(raw) == got  # the C scan where built
+
+
+@pytest.mark.skipif(not fused.JSON_SCAN_IN_C, reason="the C extension is not built")
+@settings(max_examples=400, deadline=None)
+@given(
+    raw=st.binary(max_size=200)
+    | st.lists(st.sampled_from(list(b'"\\{}[]-+.09eEtfnu a,:')), max_size=200).map(bytes),
+    chunk=st.integers(1, 9),
+)
+def test_c_meta_scan_equals_the_numpy_scan_on_any_bytes(
+    raw: bytes, chunk: int, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    """Valid JSON or not: the C scan applies the numpy scan's rules byte for byte."""
+    monkeypatch_module.setattr(metajson, "_JSON_SCAN_CHUNK", chunk)
+    want = metajson.json_shape_numpy(raw)
+    monkeypatch_module.undo()
+    depth, values = fused.json_scan(raw)
+    assert (depth, values) == (want.depth, want.values)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["JsonShape", "json_depth", "json_shape"]
+from nqformat import fused
+
+__all__ = ["JsonShape", "json_depth", "json_shape", "json_shape_numpy"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,16 @@ _DEPTH_STEP[[ord("}"), ord("]")]] = -1
 
 
 def json_shape(raw: bytes) -> JsonShape:
+    """Depth and value count of the JSON text ``raw`` (§6): the C scan of the extension where
+    it is built (``nqformat.fused.json_scan``, one pass, the same rules), else
+    :func:`json_shape_numpy`."""
+    if fused.JSON_SCAN_IN_C:
+        depth, values = fused.json_scan(raw)
+        return JsonShape(depth, values)
+    return json_shape_numpy(raw)
+
+
+def json_shape_numpy(raw: bytes) -> JsonShape:
     """Depth and value count of the JSON text ``raw`` (§6), in one linear vectorised pass with
     bounded temporaries and no regular expression: safe on any input, valid JSON or not.
 
