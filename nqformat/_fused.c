@@ -442,6 +442,23 @@ static int ranges_inside(const uint64_t *off, const uint64_t *len, size_t count,
     return 1;
 }
 
+/* count entries of uint64 in each of n tables (Py_buffers), all of one length and 8-byte
+ * aligned; else a ValueError saying what disagrees, and 0. */
+static int u64_tables(Py_buffer **tables, int n, size_t *count, const char *names) {
+    *count = (size_t)tables[0]->len / 8;
+    for (int i = 0; i < n; i++) {
+        if ((size_t)tables[i]->len != (size_t)tables[0]->len || (size_t)tables[i]->len % 8) {
+            PyErr_Format(PyExc_ValueError, "%s (uint64) disagree", names);
+            return 0;
+        }
+        if ((uintptr_t)tables[i]->buf % 8) {
+            PyErr_Format(PyExc_ValueError, "%s must be aligned", names);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(crc32_ranges_doc,
              "crc32_ranges(buffer, offsets, lengths, out)\n"
              "out[i] = zlib.crc32(buffer[offsets[i] : offsets[i] + lengths[i]]) for every i;\n"
@@ -452,17 +469,14 @@ static PyObject *py_crc32_ranges(PyObject *self, PyObject *args) {
     Py_buffer buf, offsets, lengths, out;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &buf, &offsets, &lengths, &out)) return NULL;
     PyObject *result = NULL;
-    size_t count = (size_t)offsets.len / 8;
-    if ((size_t)offsets.len % 8 || (size_t)lengths.len != (size_t)offsets.len ||
-        (size_t)out.len != count * 4) {
-        PyErr_SetString(PyExc_ValueError, "offsets, lengths (uint64) and out (uint32) disagree");
+    size_t count;
+    Py_buffer *tables[] = {&offsets, &lengths};
+    if (!u64_tables(tables, 2, &count, "offsets and lengths")) goto done;
+    if ((size_t)out.len != count * 4 || (uintptr_t)out.buf % 4) {
+        PyErr_SetString(PyExc_ValueError, "out must be an aligned uint32 buffer of one per range");
         goto done;
     }
     const uint64_t *off = (const uint64_t *)offsets.buf, *len = (const uint64_t *)lengths.buf;
-    if (((uintptr_t)off | (uintptr_t)len) % 8 || (uintptr_t)out.buf % 4) {
-        PyErr_SetString(PyExc_ValueError, "offsets, lengths and out must be aligned");
-        goto done;
-    }
     if (!ranges_inside(off, len, count, buf.len)) goto done;
     Py_BEGIN_ALLOW_THREADS
     for (size_t i = 0; i < count; i++)
@@ -489,22 +503,15 @@ static PyObject *py_scatter(PyObject *self, PyObject *args) {
     Py_buffer buf, offsets, lengths, addresses;
     if (!PyArg_ParseTuple(args, "y*y*y*y*", &buf, &offsets, &lengths, &addresses)) return NULL;
     PyObject *result = NULL;
-    size_t count = (size_t)offsets.len / 8;
-    if ((size_t)offsets.len % 8 || (size_t)lengths.len != (size_t)offsets.len ||
-        (size_t)addresses.len != (size_t)offsets.len) {
-        PyErr_SetString(PyExc_ValueError, "offsets, lengths and addresses (uint64) disagree");
-        goto done;
-    }
+    size_t count;
+    Py_buffer *tables[] = {&offsets, &lengths, &addresses};
+    if (!u64_tables(tables, 3, &count, "offsets, lengths and addresses")) goto done;
     const uint64_t *off = (const uint64_t *)offsets.buf, *len = (const uint64_t *)lengths.buf;
     const uint64_t *to = (const uint64_t *)addresses.buf;
-    if (((uintptr_t)off | (uintptr_t)len | (uintptr_t)to) % 8) {
-        PyErr_SetString(PyExc_ValueError, "offsets, lengths and addresses must be aligned");
-        goto done;
-    }
     if (!ranges_inside(off, len, count, buf.len)) goto done;
     for (size_t i = 0; i < count; i++) {
         if (len[i] && !to[i]) {
-            PyErr_Format(PyExc_ValueError, "range %zu lies outside the buffer", i);
+            PyErr_Format(PyExc_ValueError, "range %zu has no address to copy to", i);
             goto done;
         }
     }

@@ -264,7 +264,7 @@ class CodesRuntime(NQRuntime):
                 weight = torch.empty(rec.info.shape, device="meta")
             layer.__class__ = layer._nq_base_class
             del layer.__dict__[_SLOT]
-            layer._parameters = {rec.attr: nn.Parameter(weight), **layer._parameters}
+            _put_weight(layer, rec.attr, nn.Parameter(weight))
         for path, rec in self.aliases.items():
             layer = module.get_submodule(path)
             layer.__class__ = layer._nq_base_class
@@ -380,11 +380,7 @@ def _guard_root(module: nn.Module) -> None:
     cls = type(module)
     if "_nq_root_class" in cls.__dict__ or "_nq_base_class" in cls.__dict__:
         return  # guarded already, or a codes layer (whose own _apply checks)
-    sub = _ROOTS.get(cls)
-    if sub is None:
-        attrs = {"_apply": _root_apply, "_nq_root_class": cls, "__module__": cls.__module__}
-        sub = _ROOTS[cls] = type(cls.__name__, (cls,), {**attrs, "__qualname__": cls.__qualname__})
-    module.__class__ = sub
+    module.__class__ = _subclass(_ROOTS, cls, {"_apply": _root_apply, "_nq_root_class": cls})
 
 
 def _codes_load_from_state_dict(
@@ -414,31 +410,38 @@ def _codes_deepcopy(layer: nn.Module, memo: dict[int, Any]) -> nn.Module:
     weight = memo.get(id(rec))
     if weight is None:
         weight = memo[id(rec)] = nn.Parameter(handle.fresh(rec).detach().clone())
-    clone._parameters = {rec.attr: weight, **clone._parameters}  # the weight first, as built
+    _put_weight(clone, rec.attr, weight)
     return clone
 
 
-def _codes_class(cls: type) -> type:
-    """``cls`` with ``weight`` read from the codes (one subclass per layer class, cached)."""
-    sub = _CLASSES.get(cls)
+def _put_weight(layer: nn.Module, attr: str, weight: nn.Parameter) -> None:
+    """Give a plain layer its weight Parameter back, first among its parameters (as it was
+    built: state_dict keeps its order)."""
+    layer._parameters = {attr: weight, **layer._parameters}
+
+
+def _subclass(cache: dict[type, type], cls: type, attrs: dict[str, Any]) -> type:
+    """``cls`` with ``attrs`` on top, under its own name (one subclass per class, cached)."""
+    sub = cache.get(cls)
     if sub is None:
-        sub = type(
-            cls.__name__,
-            (cls,),
-            {
-                "weight": property(_get_weight, _set_weight, doc="dequantized from the codes"),
-                "forward": _codes_forward,
-                "_save_to_state_dict": _codes_save_to_state_dict,
-                "_load_from_state_dict": _codes_load_from_state_dict,
-                "_apply": _codes_apply,
-                "__deepcopy__": _codes_deepcopy,
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-                "_nq_base_class": cls,
-            },
-        )
-        _CLASSES[cls] = sub
+        names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        sub = cache[cls] = type(cls.__name__, (cls,), {**attrs, **names})
     return sub
+
+
+_CODES_ATTRS = {
+    "weight": property(_get_weight, _set_weight, doc="dequantized from the codes"),
+    "forward": _codes_forward,
+    "_save_to_state_dict": _codes_save_to_state_dict,
+    "_load_from_state_dict": _codes_load_from_state_dict,
+    "_apply": _codes_apply,
+    "__deepcopy__": _codes_deepcopy,
+}
+
+
+def _codes_class(cls: type) -> type:
+    """``cls`` with ``weight`` read from the codes."""
+    return _subclass(_CLASSES, cls, {**_CODES_ATTRS, "_nq_base_class": cls})
 
 
 def _attach(layer: nn.Module, handle: CodesRuntime, rec: _Layer) -> None:
